@@ -1,0 +1,61 @@
+"""gptkit: GPT-2 from readable, swappable parts.
+
+Import a block on its own (`from gptkit import MultiHeadAttention`), or build a
+whole model from a config (`GPTModel(model_preset("gpt2"))`).
+"""
+
+from gptkit.config import ComponentSpec, ModelConfig, PRESETS, config_json_schema, describe_validation_error, model_preset
+from gptkit.errors import CheckpointError, ConfigError, DataError, GptkitError, PluginError, RegistryError
+from gptkit.hookspecs import hookimpl, hookspec
+from gptkit.layers import (
+    GELU,
+    FeedForward,
+    KVCache,
+    LayerKVCache,
+    LayerNorm,
+    LearnedPositionEmbedding,
+    MultiHeadAttention,
+    PositionEncoding,
+    TransformerBlock,
+    causal_mask,
+)
+from gptkit.model import GPTModel
+from gptkit.plugins import build_registry, default_registry, reset_default_registry
+from gptkit.registry import Component, ComponentParams, NoParams, Registry
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "GELU",
+    "PRESETS",
+    "CheckpointError",
+    "Component",
+    "ComponentParams",
+    "ComponentSpec",
+    "ConfigError",
+    "DataError",
+    "FeedForward",
+    "GPTModel",
+    "GptkitError",
+    "KVCache",
+    "LayerKVCache",
+    "LayerNorm",
+    "LearnedPositionEmbedding",
+    "ModelConfig",
+    "MultiHeadAttention",
+    "NoParams",
+    "PluginError",
+    "PositionEncoding",
+    "Registry",
+    "RegistryError",
+    "TransformerBlock",
+    "build_registry",
+    "causal_mask",
+    "config_json_schema",
+    "default_registry",
+    "describe_validation_error",
+    "hookimpl",
+    "hookspec",
+    "model_preset",
+    "reset_default_registry",
+]

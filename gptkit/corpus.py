@@ -1,0 +1,277 @@
+"""Where training text comes from: the default corpus, user sources, strict reading.
+
+The default corpus is the Python standard library's own source code, because
+every machine that can run gptkit already has it: no download, no licence
+question, and the same files on every install of the same Python version.
+
+A user source is a file, a directory, a glob pattern or an http(s) URL.
+Reading is strict UTF-8 and streams in blocks, so a corpus larger than memory
+can be read, and a binary or mis-encoded file stops the run with the exact byte
+offset instead of quietly training on mojibake.
+"""
+
+from __future__ import annotations
+
+import codecs
+import glob
+import hashlib
+import os
+import re
+import shutil
+import sysconfig
+import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from gptkit.errors import DataError
+
+# Suffixes that are plain text by convention. Directories are scanned only for
+# these, so pointing gptkit at a project folder skips images, archives, .pyc
+# and the like instead of failing on the first binary file. A file named
+# explicitly (or matched by a glob) is read whatever its suffix.
+TEXT_SUFFIXES: frozenset[str] = frozenset(
+    {
+        ".txt", ".text", ".md", ".markdown", ".rst", ".org", ".adoc", ".tex",
+        ".py", ".pyi", ".c", ".h", ".cc", ".cpp", ".hpp", ".rs", ".go", ".java",
+        ".js", ".ts", ".html", ".htm", ".css", ".xml", ".json", ".jsonl",
+        ".yaml", ".yml", ".toml", ".ini", ".cfg", ".csv", ".tsv", ".sh",
+    }
+)
+
+# Stdlib directories that are tests, the IDE, installed packages or build
+# configuration. Tests are left out because they are full of deliberately odd
+# code (bad encodings, syntax errors, huge generated literals).
+_STDLIB_EXCLUDED_DIRS: frozenset[str] = frozenset(
+    {"site-packages", "dist-packages", "test", "tests", "idle_test", "idlelib", "__pycache__"}
+)
+
+READ_BLOCK_BYTES = 1 << 20
+_GLOB_CHARS = re.compile(r"[*?\[]")
+
+
+def stdlib_root() -> Path:
+    """The directory holding the running Python's standard library sources."""
+    return Path(sysconfig.get_paths()["stdlib"]).resolve()
+
+
+def default_corpus_files() -> list[Path]:
+    """The standard library's `.py` files minus tests and machine-specific files, sorted.
+
+    `_sysconfigdata_*` and `config-*` describe how this particular interpreter
+    was built; leaving them out keeps the corpus identical across installs.
+    """
+    root = stdlib_root()
+    found: list[tuple[str, Path]] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [
+            d for d in dirnames if d not in _STDLIB_EXCLUDED_DIRS and not d.startswith(("config-", "."))
+        ]
+        for name in filenames:
+            if name.endswith(".py") and not name.startswith("_sysconfigdata"):
+                path = Path(dirpath, name)
+                found.append((path.relative_to(root).as_posix(), path))
+    # Sorted by relative path, not absolute, so the order is the same wherever
+    # Python is installed.
+    return [path for _, path in sorted(found)]
+
+
+def relative_name(path: Path, root: Path) -> str:
+    """`path` relative to `root` in POSIX form, or just its name if outside `root`."""
+    try:
+        return path.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return path.name
+
+
+def split_files(
+    files: Sequence[Path], val_fraction: float = 0.05, seed: int = 0, root: Path | None = None
+) -> tuple[list[Path], list[Path]]:
+    """Split files into (train, val) by a hash of each file's path relative to `root`.
+
+    A hash instead of a shuffled list: adding or removing one file never moves
+    any other file between splits, and the split is the same on every machine.
+    With two or more files each side gets at least one when `val_fraction` > 0.
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if root is None:
+        root = Path(os.path.commonpath([str(Path(f).resolve().parent) for f in files])) if files else Path()
+    scored = []
+    for f in files:
+        digest = hashlib.sha256(f"{seed}:{relative_name(Path(f), root)}".encode()).digest()
+        scored.append((int.from_bytes(digest[:8], "big") / 2.0**64, Path(f)))
+    val = {f for score, f in scored if score < val_fraction}
+    if val_fraction > 0 and len(scored) >= 2:
+        by_score = sorted(scored, key=lambda sf: sf[0])
+        if not val:
+            val.add(by_score[0][1])
+        if len(val) == len(scored):
+            val.discard(by_score[-1][1])
+    train = [Path(f) for f in files if Path(f) not in val]
+    return train, [Path(f) for f in files if Path(f) in val]
+
+
+def default_cache_dir() -> Path:
+    """`$GPTKIT_CACHE`, else `~/.cache/gptkit`."""
+    return Path(os.environ.get("GPTKIT_CACHE", "~/.cache/gptkit")).expanduser()
+
+
+def fetch_url(url: str, cache_dir: Path) -> Path:
+    """Download `url` into `cache_dir` once; later calls return the cached file."""
+    safe_name = re.sub(r"[^A-Za-z0-9._-]", "_", url.rstrip("/").rsplit("/", 1)[-1])[:64] or "download"
+    target = cache_dir / f"{hashlib.sha256(url.encode()).hexdigest()[:16]}-{safe_name}"
+    if target.is_file():
+        return target
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=".download-")
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
+            shutil.copyfileobj(response, out, READ_BLOCK_BYTES)
+            out.flush()
+            os.fsync(out.fileno())
+        # Rename only a complete download, so an interrupted one is never
+        # mistaken for the cached file next time.
+        os.replace(tmp, target)
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        Path(tmp).unlink(missing_ok=True)
+        reason = getattr(exc, "reason", None) or exc
+        raise DataError(f"could not download {url}: {reason}; expected a reachable http(s) URL") from exc
+    return target
+
+
+def _walk_text_files(directory: Path) -> list[Path]:
+    found = []
+    for dirpath, dirnames, filenames in os.walk(directory):
+        # Hidden directories are .git, .venv, caches: tooling, not text.
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        found.extend(
+            Path(dirpath, n) for n in filenames if not n.startswith(".") and Path(n).suffix.lower() in TEXT_SUFFIXES
+        )
+    return sorted(found)
+
+
+def resolve_source(path: str, cache_dir: Path | None = None) -> list[Path]:
+    """Expand a source (file, directory, glob or http(s) URL) into a sorted list of files.
+
+    URLs are downloaded once into `cache_dir` (default `default_cache_dir()/downloads`).
+    """
+    if path.startswith(("http://", "https://")):
+        return [fetch_url(path, cache_dir if cache_dir is not None else default_cache_dir() / "downloads")]
+    p = Path(path).expanduser()
+    if p.is_file():
+        return [p]
+    if p.is_dir():
+        files = _walk_text_files(p)
+        if not files:
+            raise DataError(
+                f"directory {p} contains no text files; expected files with one of the suffixes "
+                f"{', '.join(sorted(TEXT_SUFFIXES))}"
+            )
+        return files
+    if _GLOB_CHARS.search(path):
+        matches: list[Path] = []
+        for m in sorted(glob.glob(str(p), recursive=True)):
+            mp = Path(m)
+            matches.extend([mp] if mp.is_file() else _walk_text_files(mp) if mp.is_dir() else [])
+        if not matches:
+            raise DataError(f"glob pattern {path!r} matches no files; expected at least one text file")
+        return sorted(set(matches))
+    raise DataError(f"data source {path!r} does not exist; expected a text file, directory, glob or http(s) URL")
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    """A checked source file: its size and the SHA-256 of its bytes."""
+
+    path: Path
+    size: int
+    sha256: str
+
+
+def _decoded_blocks(path: Path) -> Iterator[tuple[bytes, str]]:
+    """Yield (raw bytes, text) blocks of a file, rejecting NUL bytes and invalid UTF-8."""
+    decoder = codecs.getincrementaldecoder("utf-8")("strict")
+    offset = 0
+    try:
+        with open(path, "rb") as f:
+            while True:
+                raw = f.read(READ_BLOCK_BYTES)
+                nul = raw.find(b"\x00")
+                if nul >= 0:
+                    raise DataError(
+                        f"file {path} looks binary: NUL byte at byte offset {offset + nul}; expected UTF-8 text"
+                    )
+                pending = len(decoder.getstate()[0])
+                try:
+                    text = decoder.decode(raw, final=not raw)
+                except UnicodeDecodeError as exc:
+                    # The decoder re-reads bytes held back from the last block,
+                    # so the error offset counts from where those began.
+                    at = offset - pending + exc.start
+                    bad = exc.object[exc.start : exc.start + 1].hex()
+                    raise DataError(
+                        f"file {path} is not valid UTF-8: byte 0x{bad} at byte offset {at}; "
+                        "expected UTF-8 text"
+                    ) from None
+                if offset == 0 and text.startswith("\ufeff"):
+                    text = text[1:]  # a byte-order mark is not part of the text
+                if not raw:
+                    return
+                offset += len(raw)
+                yield raw, text
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror}; expected a readable text file") from exc
+
+
+def scan_file(path: Path) -> FileInfo:
+    """Check that `path` is UTF-8 text and hash its bytes, reading in blocks."""
+    h = hashlib.sha256()
+    size = 0
+    for raw, _ in _decoded_blocks(path):
+        h.update(raw)
+        size += len(raw)
+    return FileInfo(Path(path), size, h.hexdigest())
+
+
+def read_text(path: Path) -> str:
+    """The whole file as strict UTF-8 text (for small files; use `iter_pieces` for big ones)."""
+    return "".join(text for _, text in _decoded_blocks(path))
+
+
+def _last_safe_cut(text: str, lo: int, hi: int) -> int:
+    """The last index in (lo, hi] just after a newline with non-space on both sides, or -1.
+
+    GPT-2-style pre-tokenizers end a token on both sides of such a newline, so
+    cutting there gives exactly the tokens of the uncut text. A newline next to
+    other whitespace is not safe: the pre-tokenizer glues whitespace runs.
+    """
+    i = text.rfind("\n", lo, hi)
+    while i > lo:
+        if i + 1 < len(text) and not text[i - 1].isspace() and not text[i + 1].isspace():
+            return i + 1
+        i = text.rfind("\n", lo, i)
+    return -1
+
+
+def iter_pieces(path: Path, max_chars: int) -> Iterator[str]:
+    """Yield a file's text in pieces of at most `max_chars` characters.
+
+    Pieces end at safe newlines (see `_last_safe_cut`), so tokenizing them one
+    by one gives the tokens of the whole file. Only where the second half of a
+    piece has no safe newline (minified text, CRLF line ends, deeply indented
+    code) is the text cut hard, which can change the tokens around that cut.
+    """
+    buf = ""
+    for _, text in _decoded_blocks(path):
+        buf += text
+        while len(buf) > max_chars:
+            cut = _last_safe_cut(buf, max_chars // 2, max_chars)
+            if cut < 0:
+                cut = max_chars
+            yield buf[:cut]
+            buf = buf[cut:]
+    if buf:
+        yield buf

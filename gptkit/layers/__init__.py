@@ -1,0 +1,22 @@
+"""GPT-2's building blocks, one per file, each usable with plain constructor arguments."""
+
+from gptkit.layers.attention import MultiHeadAttention, causal_mask
+from gptkit.layers.block import TransformerBlock
+from gptkit.layers.embeddings import LearnedPositionEmbedding, PositionEncoding
+from gptkit.layers.feed_forward import FeedForward
+from gptkit.layers.gelu import GELU
+from gptkit.layers.kv_cache import KVCache, LayerKVCache
+from gptkit.layers.layer_norm import LayerNorm
+
+__all__ = [
+    "GELU",
+    "FeedForward",
+    "KVCache",
+    "LayerKVCache",
+    "LayerNorm",
+    "LearnedPositionEmbedding",
+    "MultiHeadAttention",
+    "PositionEncoding",
+    "TransformerBlock",
+    "causal_mask",
+]

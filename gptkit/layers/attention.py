@@ -1,0 +1,98 @@
+"""Causal multi-head self-attention.
+
+Each token's query is compared with the keys of itself and every earlier token;
+the softmax of those scores weights the values. Heads do this in parallel on
+slices of the embedding, and a final projection mixes them back together.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+if TYPE_CHECKING:
+    from gptkit.layers.embeddings import PositionEncoding
+    from gptkit.layers.kv_cache import LayerKVCache
+
+
+def causal_mask(q_len: int, k_len: int, device: torch.device | None = None) -> torch.Tensor:
+    """True where query i may attend to key j.
+
+    With a KV cache the queries are the *last* q_len of k_len positions, so the
+    diagonal is shifted by k_len - q_len rather than starting at the top left.
+    """
+    return torch.ones(q_len, k_len, dtype=torch.bool, device=device).tril(diagonal=k_len - q_len)
+
+
+class MultiHeadAttention(nn.Module):
+    """Causal self-attention with `num_heads` heads (GPT-2's "c_attn"/"c_proj").
+
+    ``use_sdpa=True`` runs `F.scaled_dot_product_attention`, which picks a fused
+    kernel (flash attention on GPU); ``False`` runs the same computation written
+    out with `masked_fill`, for reading and for checking the fast path.
+    """
+
+    def __init__(
+        self,
+        d_in: int,
+        d_out: int,
+        context_length: int,
+        num_heads: int,
+        dropout: float = 0.0,
+        qkv_bias: bool = False,
+        *,
+        use_sdpa: bool = True,
+        proj_bias: bool = True,
+    ) -> None:
+        super().__init__()
+        if d_out % num_heads:
+            raise ValueError(f"d_out ({d_out}) must be divisible by num_heads ({num_heads})")
+        self.d_out = d_out
+        self.context_length = context_length
+        self.num_heads = num_heads
+        self.head_dim = d_out // num_heads
+        self.dropout = dropout
+        self.use_sdpa = use_sdpa
+        # One matmul for queries, keys and values together: three times wider, one launch.
+        self.qkv = nn.Linear(d_in, 3 * d_out, bias=qkv_bias)
+        self.out_proj = nn.Linear(d_out, d_out, bias=proj_bias)
+        self.out_proj.is_residual_projection = True  # type: ignore[assignment]
+        self.attn_dropout = nn.Dropout(dropout)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        position: PositionEncoding | None = None,
+        start_pos: int = 0,
+        kv_cache: LayerKVCache | None = None,
+    ) -> torch.Tensor:
+        batch, seq_len, _ = x.shape
+        # (batch, seq, 3, heads, head_dim) -> three tensors of (batch, heads, seq, head_dim)
+        q, k, v = self.qkv(x).view(batch, seq_len, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        if position is not None:
+            q, k = position.rotate(q, k, start_pos)
+        if kv_cache is not None:
+            k, v = kv_cache.update(k, v)
+        context = self._sdpa(q, k, v) if self.use_sdpa else self._explicit(q, k, v)
+        context = context.transpose(1, 2).reshape(batch, seq_len, self.d_out)
+        return self.out_proj(context)
+
+    def _sdpa(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        q_len, k_len = q.shape[-2], k.shape[-2]
+        dropout = self.dropout if self.training else 0.0
+        if q_len == k_len:
+            return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
+        # Decoding against a cache: is_causal would align the mask top-left, which is wrong here.
+        mask = None if q_len == 1 else causal_mask(q_len, k_len, q.device)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+
+    def _explicit(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)
+        allowed = causal_mask(q.shape[-2], k.shape[-2], q.device)
+        scores = scores.masked_fill(~allowed, float("-inf"))
+        weights = self.attn_dropout(torch.softmax(scores, dim=-1))
+        return weights @ v

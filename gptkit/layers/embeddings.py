@@ -1,0 +1,44 @@
+"""Position encodings: what tells the model where each token stands.
+
+Two places can carry position: an *absolute* vector added to the token
+embedding (GPT-2's learned table), or a *relative* rotation of queries and keys
+inside attention (RoPE, in `plugins/`). One interface serves both, so the model
+and attention need not know which is in use.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class PositionEncoding(nn.Module):
+    """Base class: no absolute embedding, no rotation (NoPE: causal masking alone)."""
+
+    def absolute(self, start_pos: int, seq_len: int) -> torch.Tensor | None:
+        """(seq_len, emb_dim) vectors added to the token embeddings, or None."""
+        return None
+
+    def rotate(self, q: torch.Tensor, k: torch.Tensor, start_pos: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Queries and keys of shape (batch, heads, seq, head_dim), rotated by position."""
+        return q, k
+
+
+class LearnedPositionEmbedding(PositionEncoding):
+    """GPT-2's table of one trained vector per position, added to the token embedding."""
+
+    def __init__(self, context_length: int, emb_dim: int) -> None:
+        super().__init__()
+        self.context_length = context_length
+        self.weight = nn.Parameter(torch.empty(context_length, emb_dim))
+        nn.init.normal_(self.weight, std=0.02)
+
+    def absolute(self, start_pos: int, seq_len: int) -> torch.Tensor:
+        end = start_pos + seq_len
+        if end > self.context_length:
+            raise ValueError(
+                f"positions {start_pos}..{end - 1} exceed the learned table of {self.context_length}; "
+                "crop the input to the context length"
+            )
+        # A slice, not an index lookup: positions are contiguous, so no gather is needed.
+        return self.weight[start_pos:end]

@@ -1,0 +1,114 @@
+"""GPTModel: token embeddings, a stack of transformer blocks, a final norm and the output head."""
+
+from __future__ import annotations
+
+import math
+from typing import overload
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gptkit.config import ModelConfig, model_preset
+from gptkit.layers.kv_cache import KVCache
+from gptkit.registry import Registry
+
+
+class GPTModel(nn.Module):
+    """A decoder-only transformer assembled from a `ModelConfig` through the registry."""
+
+    def __init__(self, cfg: ModelConfig, registry: Registry | None = None) -> None:
+        super().__init__()
+        if registry is None:
+            from gptkit.plugins import default_registry
+
+            registry = default_registry()
+        self.cfg = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.emb_dim)
+        self.pos_emb = registry.create("position", cfg.position, cfg)
+        self.drop_emb = nn.Dropout(cfg.drop_rate)
+        self.blocks = nn.ModuleList(
+            registry.create(
+                "block", cfg.block, cfg,
+                attention=registry.create("attention", cfg.attention, cfg),
+                ffn=registry.create("ffn", cfg.ffn, cfg, activation=registry.create("activation", cfg.activation)),
+                norm1=registry.create("norm", cfg.norm, cfg.emb_dim),
+                norm2=registry.create("norm", cfg.norm, cfg.emb_dim),
+            )
+            for _ in range(cfg.n_layers)
+        )
+        self.final_norm = registry.create("norm", cfg.norm, cfg.emb_dim)
+        self.out_head = nn.Linear(cfg.emb_dim, cfg.vocab_size, bias=False)
+        self.reset_parameters()
+        if cfg.weight_tying:
+            # GPT-2 reads and writes tokens with one matrix: a third fewer parameters
+            # in the 124M model, and rare tokens' output rows get the input's gradient.
+            self.out_head.weight = self.tok_emb.weight
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: object) -> GPTModel:
+        return cls(model_preset(name, **overrides))
+
+    def reset_parameters(self) -> None:
+        """GPT-2's initialisation: N(0, 0.02) weights, zero biases, scaled residual projections."""
+        # Each block adds two outputs to the residual stream, so its variance grows with
+        # 2 * n_layers; scaling those projections by (2 * n_layers) ** -0.5 keeps it steady.
+        residual_std = 0.02 / math.sqrt(2 * self.cfg.n_layers)
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                std = residual_std if getattr(module, "is_residual_projection", False) else 0.02
+                nn.init.normal_(module.weight, mean=0.0, std=std)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_parameters(self, non_embedding: bool = False) -> int:
+        """Parameters counted once each (a tied head is not counted twice, as in Hugging Face)."""
+        total = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            total -= self.tok_emb.weight.numel()
+            total -= sum(p.numel() for p in self.pos_emb.parameters())
+        return total
+
+    def make_kv_cache(self, batch: int, max_len: int | None = None) -> KVCache:
+        ref = self.tok_emb.weight
+        return KVCache(
+            self.cfg.n_layers, batch, self.cfg.n_heads, max_len or self.cfg.context_length, self.cfg.head_dim,
+            dtype=ref.dtype, device=ref.device,
+        )
+
+    @overload
+    def forward(self, idx: torch.Tensor, targets: None = None, *, start_pos: int = 0, kv_cache: KVCache | None = None) -> torch.Tensor: ...
+    @overload
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor, *, start_pos: int = 0, kv_cache: KVCache | None = None) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        *,
+        start_pos: int = 0,
+        kv_cache: KVCache | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Logits of shape (batch, seq, vocab); with `targets`, also the mean cross-entropy.
+
+        Targets equal to -100 are ignored in the loss (padding), as in PyTorch and Hugging Face.
+        """
+        seq_len = idx.shape[1]
+        if start_pos + seq_len > self.cfg.context_length:
+            raise ValueError(
+                f"{start_pos + seq_len} positions exceed the context length {self.cfg.context_length}"
+            )
+        x = self.tok_emb(idx)
+        absolute = self.pos_emb.absolute(start_pos, seq_len)
+        if absolute is not None:
+            x = x + absolute
+        x = self.drop_emb(x)
+        for i, block in enumerate(self.blocks):
+            x = block(x, self.pos_emb, start_pos, kv_cache.layers[i] if kv_cache is not None else None)
+        logits = self.out_head(self.final_norm(x))
+        if targets is None:
+            return logits
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
+        return logits, loss
