@@ -1,23 +1,131 @@
 """gptkit's command line: `python main.py [COMMAND] [OPTIONS]`.
 
-Commands: components (list every registered name). User mistakes end with a
-short message and exit code 2, never a traceback.
+    python main.py                         train with the default config
+    python main.py --set model.norm=rmsnorm --set train.max_steps=500
+    python main.py --config configs/gpt2-124m.toml
+    python main.py --resume runs/NAME      continue a run exactly where it stopped
+    python main.py config [...]            print the resolved config
+    python main.py components [PATTERN]    list every registered component name
+
+User mistakes end with a short message and exit code 2, never a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
+import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from pydantic import ValidationError
 from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+from rich.syntax import Syntax
 from rich.table import Table
 
-from gptkit import GptkitError, PRESETS, default_registry, describe_validation_error
+import config as run_config
+from gptkit import PRESETS, CheckpointError, GptkitError, default_registry, describe_validation_error
+from gptkit.checkpoint import latest_checkpoint, write_text_atomic
+from gptkit.data import PreparedData, prepare_dataset
 
 console = Console()
 err_console = Console(stderr=True)
+COMMANDS = ("train", "config", "components")
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "gptkit"
+
+
+def resolve_config(args: argparse.Namespace) -> run_config.RunConfig:
+    """The run config from defaults, preset, file and --set (on top of a stored one when resuming)."""
+    if not getattr(args, "resume", None):
+        return run_config.load_run_config(args.config, args.preset, args.set)
+    stored_path = Path(args.resume) / "config.json"
+    if not stored_path.is_file():
+        raise CheckpointError(f"cannot resume {args.resume}: no config.json there (is it a gptkit run directory?)")
+    stored = json.loads(stored_path.read_text(encoding="utf-8"))
+    merged = run_config.build_raw_config(args.config, args.preset, args.set, base=stored)
+    cfg = run_config.validate_run_config(merged)
+    changed = [
+        key for key in run_config.config_differences(stored, cfg.model_dump(mode="json"))
+        if not key.startswith(run_config.RESUMABLE_PREFIXES)
+    ]
+    if changed:
+        raise CheckpointError(
+            f"cannot resume {args.resume} with a different config: {', '.join(changed)} differ from the stored "
+            f"config.json. Only budgets, callbacks, sampling and device settings may change on resume"
+        )
+    return cfg
+
+
+def make_run_dir(cfg: run_config.RunConfig) -> Path:
+    name = cfg.run.name or time.strftime("run-%Y%m%d-%H%M%S")
+    run_dir = Path(cfg.run.out_dir) / name
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise GptkitError(f"run directory {run_dir} already exists; pick another run.name or continue it with --resume {run_dir}")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as err:
+        raise GptkitError(f"cannot write the run directory {run_dir}: {err.strerror or err}; set run.out_dir to a writable folder") from None
+    return run_dir
+
+
+def prepare_data(cfg: run_config.RunConfig, tokenizer: object) -> PreparedData:
+    cache = Path(cfg.data.cache_dir) if cfg.data.cache_dir else default_cache_dir()
+    columns = (TextColumn("tokenizing {task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task(cfg.data.path or "the Python standard library", total=None)
+        data = prepare_dataset(
+            cfg.data.path, tokenizer, cache, cfg.data.val_fraction,  # type: ignore[arg-type]
+            progress=lambda done, total: progress.update(task, completed=done, total=total),
+        )
+    s = data.stats
+    how = "cached" if s.cached else f"tokenized at {s.mb_per_s:.1f} MB/s"
+    console.print(f"data: {s.n_files} files, {s.text_mb:.1f} MB, {data.train.n_tokens:,} train / {data.val.n_tokens:,} val tokens ({how})")
+    return data
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from trainer import Trainer  # deferred: importing torch's optimizers is slow for `--help`
+
+    cfg = resolve_config(args)
+    registry = default_registry()
+    if args.resume:
+        run_dir = Path(args.resume)
+        checkpoint = latest_checkpoint(run_dir)
+        console.print(f"resuming {run_dir} from {checkpoint.name}")
+    else:
+        run_dir, checkpoint = make_run_dir(cfg), None
+    write_text_atomic(run_dir / "config.json", json.dumps(cfg.model_dump(mode="json"), indent=2) + "\n")
+    tokenizer = registry.create("tokenizer", cfg.data.tokenizer)
+    data = prepare_data(cfg, tokenizer)
+    trainer = Trainer(cfg, run_dir, data, tokenizer, registry, resume_from=checkpoint)
+    console.print(
+        f"model: {trainer.model.num_parameters() / 1e6:.1f}M parameters on {trainer.device} ({cfg.run.dtype}); "
+        f"run directory {run_dir}"
+    )
+    try:
+        trainer.fit()
+    except KeyboardInterrupt:
+        err_console.print(f"interrupted; continue with: python main.py --resume {run_dir}")
+        return 130
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    """Print the resolved config as JSON (what a run directory's config.json will hold)."""
+    cfg = resolve_config(args)
+    text = json.dumps(cfg.model_dump(mode="json"), indent=2)
+    console.print(Syntax(text, "json", background_color="default") if console.is_terminal else text, soft_wrap=True)
+    return 0
 
 
 def cmd_components(args: argparse.Namespace) -> int:
@@ -36,9 +144,25 @@ def cmd_components(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_config_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE", help="TOML or JSON run config")
+    parser.add_argument("--preset", metavar="NAME", help=f"model preset: {', '.join(PRESETS)}")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one setting, e.g. train.lr=1e-3 (repeatable)")
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python main.py", description="Train and use GPT-2 style models.")
+    parser = argparse.ArgumentParser(
+        prog="python main.py",
+        description="Train and use GPT-2 style models. With no command, trains with the default config.",
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    train = commands.add_parser("train", help="train a model (the default command)")
+    add_config_options(train)
+    train.set_defaults(handler=cmd_train)
+    show = commands.add_parser("config", help="print the resolved run config")
+    add_config_options(show)
+    show.set_defaults(handler=cmd_config)
     components = commands.add_parser("components", help="list every registered component name")
     components.add_argument("pattern", nargs="?", default="*", help="glob filter on names, e.g. 'rms*'")
     components.set_defaults(handler=cmd_components)
@@ -46,12 +170,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    handler: Callable[[argparse.Namespace], int] | None = getattr(args, "handler", None)
-    if handler is None:
-        console.print("Training arrives with the next piece of work; try `python main.py components`.")
-        return 0
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or (argv[0] not in COMMANDS and argv[0] not in ("-h", "--help")):
+        argv.insert(0, "train")
+    args = build_parser().parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)
     except ValidationError as err:

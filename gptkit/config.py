@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from gptkit.errors import GptkitError
+from gptkit.errors import ConfigError, GptkitError
 from gptkit.registry import Registry, split_spec
 
 # Config field -> registry kind, for every component a model is assembled from.
@@ -78,6 +78,19 @@ def resolve_component(kind: str, spec: ComponentSpec, registry: Registry, cfg: A
     return ComponentSpec(name=name, **params.model_dump())
 
 
+def fill_default_names(model: type[BaseModel], data: Any, slots: Any) -> Any:
+    """`{"eps": 1e-6}` in a component slot means the slot's default component with that parameter."""
+    if not isinstance(data, dict):
+        return data
+    data = dict(data)
+    for field in slots:
+        value = data.get(field)
+        if isinstance(value, dict) and "name" not in value:
+            default = model.model_fields[field].default
+            data[field] = {"name": split_spec(default)[0], **value}
+    return data
+
+
 class ModelConfig(BaseModel):
     """Shape, options and component names of a GPT model. Defaults are GPT-2 124M."""
 
@@ -97,6 +110,11 @@ class ModelConfig(BaseModel):
     ffn: ComponentSpec = Field("mlp", description="Position-wise feed-forward network.")
     position: ComponentSpec = Field("learned", description="How token positions are encoded.")
     block: ComponentSpec = Field("pre_ln", description="How attention and FFN are wired into a layer.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_names(cls, data: Any) -> Any:
+        return fill_default_names(cls, data, MODEL_SLOTS)
 
     @field_validator(*MODEL_SLOTS, mode="after")
     @classmethod
@@ -118,6 +136,18 @@ class ModelConfig(BaseModel):
     def head_dim(self) -> int:
         return self.emb_dim // self.n_heads
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        # pydantic stores an assigned field before the model validators run and keeps
+        # it when they fail, which would leave e.g. n_heads not dividing emb_dim behind.
+        before, fields_set = dict(self.__dict__), set(self.__pydantic_fields_set__)
+        try:
+            super().__setattr__(name, value)
+        except ValidationError:
+            self.__dict__.clear()
+            self.__dict__.update(before)
+            object.__setattr__(self, "__pydantic_fields_set__", fields_set)
+            raise
+
 
 # GPT-2 sizes as OpenAI released them; "cpu-small" trains on a laptop CPU in minutes.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -137,7 +167,7 @@ def preset_values(name: str) -> dict[str, Any]:
     if name not in PRESETS:
         from gptkit.registry import unknown_name_message
 
-        raise GptkitError(unknown_name_message("preset", name, list(PRESETS)))
+        raise ConfigError(unknown_name_message("preset", name, list(PRESETS)))
     return copy.deepcopy(PRESETS[name])
 
 

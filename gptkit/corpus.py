@@ -80,8 +80,10 @@ def default_corpus_files() -> list[Path]:
 
 def relative_name(path: Path, root: Path) -> str:
     """`path` relative to `root` in POSIX form, or just its name if outside `root`."""
+    # absolute(), not resolve(): resolving stats every path component, which
+    # costs more than tokenizing small files.
     try:
-        return path.resolve().relative_to(root.resolve()).as_posix()
+        return path.absolute().relative_to(root.absolute()).as_posix()
     except ValueError:
         return path.name
 
@@ -98,7 +100,7 @@ def split_files(
     if not 0.0 <= val_fraction < 1.0:
         raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}")
     if root is None:
-        root = Path(os.path.commonpath([str(Path(f).resolve().parent) for f in files])) if files else Path()
+        root = Path(os.path.commonpath([str(Path(f).absolute().parent) for f in files])) if files else Path()
     scored = []
     for f in files:
         digest = hashlib.sha256(f"{seed}:{relative_name(Path(f), root)}".encode()).digest()
@@ -242,27 +244,27 @@ def read_text(path: Path) -> str:
 
 
 def _last_safe_cut(text: str, lo: int, hi: int) -> int:
-    """The last index in (lo, hi] just after a newline with non-space on both sides, or -1.
+    """The last index in (lo, hi) of a space that follows a non-space character, or -1.
 
-    GPT-2-style pre-tokenizers end a token on both sides of such a newline, so
-    cutting there gives exactly the tokens of the uncut text. A newline next to
-    other whitespace is not safe: the pre-tokenizer glues whitespace runs.
+    The GPT-2 pre-tokenizer regex (and the later cl100k/o200k ones) never puts
+    a non-space character and a following space in one pre-token, and BPE
+    never merges across pre-tokens, so cutting there changes no token.
     """
-    i = text.rfind("\n", lo, hi)
+    i = text.rfind(" ", lo + 1, hi)
     while i > lo:
-        if i + 1 < len(text) and not text[i - 1].isspace() and not text[i + 1].isspace():
-            return i + 1
-        i = text.rfind("\n", lo, i)
+        if not text[i - 1].isspace():
+            return i
+        i = text.rfind(" ", lo + 1, i)
     return -1
 
 
 def iter_pieces(path: Path, max_chars: int) -> Iterator[str]:
     """Yield a file's text in pieces of at most `max_chars` characters.
 
-    Pieces end at safe newlines (see `_last_safe_cut`), so tokenizing them one
-    by one gives the tokens of the whole file. Only where the second half of a
-    piece has no safe newline (minified text, CRLF line ends, deeply indented
-    code) is the text cut hard, which can change the tokens around that cut.
+    Pieces end just before a space (see `_last_safe_cut`), so tokenizing them
+    one by one gives the tokens of the whole file. Only where the second half
+    of a piece has no space at all (long runs of CJK text, minified or encoded
+    data) is the text cut hard, which can change the tokens around that cut.
     """
     buf = ""
     for _, text in _decoded_blocks(path):

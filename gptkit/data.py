@@ -2,8 +2,8 @@
 
 `prepare_dataset` turns a text source into two flat uint16 token files (train
 and val) plus a JSON manifest, in a cache directory keyed by everything that
-decides the tokens. Text is streamed through the tokenizer a few megabytes at
-a time and appended to the output, so memory stays flat however big the
+decides the tokens. Text is streamed through the tokenizer about a megabyte
+at a time and appended to the output, so memory stays flat however big the
 corpus is. `BatchSampler` then draws random windows from a memory-mapped token
 file, as a pure function of (seed, step, micro_step, rank), so a resumed or
 distributed run sees exactly the batches it should.
@@ -16,8 +16,9 @@ import json
 import os
 import re
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
@@ -41,8 +42,14 @@ from gptkit.errors import DataError
 # placement, dtype, split rule), so old caches are not silently reused.
 FORMAT_VERSION = 1
 TOKEN_DTYPE = np.uint16
-DEFAULT_CHUNK_BYTES = 8 << 20
+# About 1 MB of text per tokenizer call: large enough that per-call overhead
+# vanishes, small enough that the token lists in flight (about 36 bytes per
+# token as Python ints) stay in the tens of megabytes.
+DEFAULT_CHUNK_BYTES = 1 << 20
 ENCODE_THREADS = 2
+# Batches handed to the tokenizer before the oldest is written out; their
+# token lists are what memory use scales with (see _write_tokens).
+MAX_BATCHES_IN_FLIGHT = 2
 
 Progress = Callable[[int, int], None]
 
@@ -90,7 +97,11 @@ class TokenFile:
 
 @dataclass(frozen=True)
 class PrepareStats:
-    """What `prepare_dataset` did. MB are 10**6 bytes of source text."""
+    """What `prepare_dataset` did. MB are 10**6 bytes of source text.
+
+    `seconds` covers reading, hashing and (unless `cached`) tokenizing, so on
+    a cache hit `mb_per_s` is the speed of checking the cache.
+    """
 
     text_bytes: int
     train_tokens: int
@@ -118,6 +129,8 @@ class PrepareStats:
 
 @dataclass(frozen=True)
 class PreparedData:
+    """The train and val token files of a prepared source, and how they were made."""
+
     train: TokenFile
     val: TokenFile
     stats: PrepareStats
@@ -146,6 +159,14 @@ class _AtomicFile:
         self.file.close()
         self.tmp.unlink(missing_ok=True)
 
+    def __enter__(self) -> _AtomicFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        # After a commit the temporary name is gone, so this only cleans up
+        # files left unfinished by an error or an uncommitted exit.
+        self.discard()
+
 
 def _fsync_dir(directory: Path) -> None:
     # Makes the renames themselves durable; not possible on every OS.
@@ -166,10 +187,11 @@ def _write_tokens(
 ) -> int:
     """Tokenize `files` into `out`, each document followed by EOT; returns the token count.
 
-    Text goes to the tokenizer in batches of about `chunk_bytes` characters.
-    One batch is encoded on a worker thread while the previous one is
-    converted and written here, so that Python-side work overlaps the
-    tokenizer's GIL-free encoding.
+    Text goes to the tokenizer in batches of about `chunk_bytes` characters,
+    each encoded on a worker thread. While one batch encodes, the previous
+    one is converted and written here, so Python-side work overlaps the
+    tokenizer's GIL-free encoding, and while one batch's last long text
+    finishes on one core the next batch keeps the other core busy.
     """
     eot = np.array([tokenizer.eot_id], dtype=TOKEN_DTYPE)
     # Several pieces per batch so every encoding thread has work even when
@@ -177,16 +199,20 @@ def _write_tokens(
     piece_chars = max(1, chunk_bytes // (4 * ENCODE_THREADS))
     texts: list[str] = []
     ends: list[bool] = []
-    pending = 0
+    in_flight: deque[tuple[Future[Sequence[Sequence[int]]], list[bool], int]] = deque()
     written = 0
-    in_flight: tuple[Future[Sequence[Sequence[int]]], list[bool], int] | None = None
 
-    def write(batch: tuple[Future[Sequence[Sequence[int]]], list[bool], int]) -> None:
+    def write_oldest() -> None:
         nonlocal written
-        future, batch_ends, n_bytes = batch
+        future, batch_ends, n_bytes = in_flight.popleft()
         parts: list[np.ndarray] = []
         for ids, end in zip(future.result(), batch_ends, strict=True):
-            parts.append(np.asarray(ids, dtype=TOKEN_DTYPE))
+            # fromiter converts a list of ints about twice as fast as asarray.
+            parts.append(
+                np.fromiter(ids, dtype=TOKEN_DTYPE, count=len(ids))
+                if isinstance(ids, list)
+                else np.asarray(ids, dtype=TOKEN_DTYPE)
+            )
             if end:
                 parts.append(eot)
         arr = np.concatenate(parts)
@@ -195,39 +221,33 @@ def _write_tokens(
         on_bytes(n_bytes)
 
     def submit(pool: ThreadPoolExecutor) -> None:
-        nonlocal pending, in_flight
-        if not texts:
-            return
         n_bytes = sum(len(t.encode("utf-8")) for t in texts)
         future = pool.submit(tokenizer.encode_batch, list(texts), num_threads=ENCODE_THREADS)
-        if in_flight is not None:
-            write(in_flight)
-        in_flight = (future, list(ends), n_bytes)
+        in_flight.append((future, list(ends), n_bytes))
         texts.clear()
         ends.clear()
-        pending = 0
+        if len(in_flight) >= MAX_BATCHES_IN_FLIGHT:
+            write_oldest()
 
-    with ThreadPoolExecutor(max_workers=1) as pool:
+    with ThreadPoolExecutor(max_workers=MAX_BATCHES_IN_FLIGHT) as pool:
+        pending = 0
         for path in files:
-            previous: str | None = None
-            # One piece of look-ahead tells which piece ends the document.
-            for piece in iter_pieces(path, piece_chars):
-                if previous is not None:
-                    texts.append(previous)
-                    ends.append(False)
-                    pending += len(previous)
-                previous = piece
+            pieces = iter_pieces(path, piece_chars)
+            piece = next(pieces, None)
+            while piece is not None:
+                # One piece of look-ahead tells which piece ends the document.
+                following = next(pieces, None)
+                texts.append(piece)
+                ends.append(following is None)
+                pending += len(piece)
                 if pending >= chunk_bytes:
                     submit(pool)
-            if previous is not None:
-                texts.append(previous)
-                ends.append(True)
-                pending += len(previous)
-            if pending >= chunk_bytes:
-                submit(pool)
-        submit(pool)
-        if in_flight is not None:
-            write(in_flight)
+                    pending = 0
+                piece = following
+        if texts:
+            submit(pool)
+        while in_flight:
+            write_oldest()
     return written
 
 
@@ -241,7 +261,9 @@ def _copy_range(src: BinaryIO, start: int, stop: int, dst: BinaryIO) -> None:
         left -= len(block)
 
 
-def _cache_key(tokenizer: TokenizerLike, split: str, val_fraction: float, names: Sequence[str], infos: Sequence[FileInfo]) -> str:
+def _cache_key(
+    tokenizer: TokenizerLike, split: str, val_fraction: float, names: Sequence[str], infos: Sequence[FileInfo]
+) -> str:
     # Content hashes, not mtimes: a checkout or copy changes every mtime
     # without changing the tokens, and an edit within the mtime resolution
     # that keeps the size would be missed. Hashing runs at disk speed, around
@@ -284,7 +306,49 @@ def _resolve(source: str | None, cache_dir: Path) -> tuple[list[Path], Path]:
     if source is None:
         return default_corpus_files(), stdlib_root()
     files = resolve_source(source, cache_dir / "downloads")
-    return files, Path(os.path.commonpath([str(f.resolve().parent) for f in files]))
+    return files, Path(os.path.commonpath([str(f.absolute().parent) for f in files]))
+
+
+def _no_text(source: str | None) -> DataError:
+    return DataError(f"data source {source or 'stdlib'!r} contains no text; expected at least one non-empty file")
+
+
+def _tokenize_splits(
+    out_dir: Path,
+    train_files: list[Path],
+    val_files: list[Path],
+    by_position: float,
+    tokenizer: TokenizerLike,
+    chunk_bytes: int,
+    on_bytes: Callable[[int], None],
+) -> tuple[int, int]:
+    """Write train.bin and val.bin atomically; returns their token counts.
+
+    With `by_position` > 0 the last that fraction of train's tokens is moved
+    to val (`val_files` is then empty).
+    """
+    with _AtomicFile(out_dir / "train.bin") as train, _AtomicFile(out_dir / "val.bin") as val:
+        n_train = _write_tokens(train.file, train_files, tokenizer, chunk_bytes, on_bytes)
+        n_val = _write_tokens(val.file, val_files, tokenizer, chunk_bytes, on_bytes)
+        if by_position > 0 and n_train >= 2:
+            n_val = min(max(round(n_train * by_position), 1), n_train - 1)
+            n_train -= n_val
+            size = np.dtype(TOKEN_DTYPE).itemsize
+            train.file.flush()
+            _copy_range(train.file, n_train * size, (n_train + n_val) * size, val.file)
+            train.file.truncate(n_train * size)
+        if n_train + n_val > 0:  # else the caller reports an empty corpus
+            train.commit()
+            val.commit()
+    return n_train, n_val
+
+
+def _write_manifest(path: Path, manifest: dict[str, Any]) -> None:
+    # Written last: its presence is what marks the token files as complete.
+    with _AtomicFile(path) as writer:
+        writer.file.write(json.dumps(manifest, indent=1).encode())
+        writer.commit()
+    _fsync_dir(path.parent)
 
 
 def prepare_dataset(
@@ -300,7 +364,10 @@ def prepare_dataset(
 
     Several files are split by file (see `corpus.split_files`); a single file
     is split by position, the last `val_fraction` of its tokens going to val.
-    A second call with the same inputs reuses the cached files.
+    A second call with the same inputs reuses the cached files. Processes
+    preparing the same data at once each write their own temporary files and
+    rename them, so they only duplicate work. `progress(bytes_done,
+    bytes_total)` is called after each batch of text is written.
     """
     if not 0.0 <= val_fraction < 1.0:
         raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}")
@@ -316,19 +383,22 @@ def prepare_dataset(
     infos = [info for info in map(scan_file, files) if info.size > 0]
     total_bytes = sum(info.size for info in infos)
     if total_bytes == 0:
-        raise DataError(f"data source {source or 'stdlib'!r} contains no text; expected at least one non-empty file")
+        raise _no_text(source)
     split = "position" if len(infos) == 1 else "file"
-    names = [relative_name(info.path, root) for info in infos]
-    key = _cache_key(tokenizer, split, val_fraction, names, infos)
-
+    key = _cache_key(tokenizer, split, val_fraction, [relative_name(i.path, root) for i in infos], infos)
     out_dir = cache_dir / "tokens" / f"{re.sub(r'[^A-Za-z0-9._-]', '_', tokenizer.name)}-{key[:16]}"
     manifest_path = out_dir / "manifest.json"
+
     cached = _load_cached(manifest_path, key)
     if cached is not None:
-        stats = PrepareStats(total_bytes, cached[0].n_tokens, cached[1].n_tokens, len(infos), time.perf_counter() - start, True)
+        seconds = time.perf_counter() - start
+        stats = PrepareStats(total_bytes, cached[0].n_tokens, cached[1].n_tokens, len(infos), seconds, True)
         return PreparedData(cached[0], cached[1], stats, manifest_path)
 
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if split == "file":
+        train_files, val_files = split_files([i.path for i in infos], val_fraction, root=root)
+    else:
+        train_files, val_files = [infos[0].path], []
     done = 0
 
     def on_bytes(n: int) -> None:
@@ -337,55 +407,34 @@ def prepare_dataset(
         if progress is not None:
             progress(done, total_bytes)
 
-    if split == "file":
-        train_files, val_files = split_files([i.path for i in infos], val_fraction, root=root)
-    else:
-        train_files, val_files = [infos[0].path], []
-    train, val = _AtomicFile(out_dir / "train.bin"), _AtomicFile(out_dir / "val.bin")
-    try:
-        n_train = _write_tokens(train.file, train_files, tokenizer, chunk_bytes, on_bytes)
-        n_val = _write_tokens(val.file, val_files, tokenizer, chunk_bytes, on_bytes)
-        if split == "position" and val_fraction > 0 and n_train >= 2:
-            n_val = min(max(round(n_train * val_fraction), 1), n_train - 1)
-            n_train -= n_val
-            size = np.dtype(TOKEN_DTYPE).itemsize
-            train.file.flush()
-            _copy_range(train.file, n_train * size, (n_train + n_val) * size, val.file)
-            train.file.truncate(n_train * size)
-        train.commit()
-        val.commit()
-    except BaseException:
-        train.discard()
-        val.discard()
-        raise
-
-    manifest = {
-        "format_version": FORMAT_VERSION,
-        "key": key,
-        "tokenizer": tokenizer.name,
-        "vocab_size": tokenizer.vocab_size,
-        "eot_id": tokenizer.eot_id,
-        "dtype": np.dtype(TOKEN_DTYPE).name,
-        "split": split,
-        "val_fraction": val_fraction,
-        "root": str(root),
-        "text_bytes": total_bytes,
-        "train": {"file": "train.bin", "tokens": n_train, "sources": [relative_name(p, root) for p in train_files]},
-        "val": {"file": "val.bin", "tokens": n_val, "sources": [relative_name(p, root) for p in val_files]},
-    }
-    # The manifest goes last: its presence is what marks the token files complete.
-    writer = _AtomicFile(manifest_path)
-    try:
-        writer.file.write(json.dumps(manifest, indent=1).encode())
-        writer.commit()
-    except BaseException:
-        writer.discard()
-        raise
-    _fsync_dir(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    by_position = val_fraction if split == "position" else 0.0
+    n_train, n_val = _tokenize_splits(out_dir, train_files, val_files, by_position, tokenizer, chunk_bytes, on_bytes)
+    if n_train + n_val == 0:  # files holding nothing but a byte-order mark
+        raise _no_text(source)
+    _write_manifest(
+        manifest_path,
+        {
+            "format_version": FORMAT_VERSION,
+            "key": key,
+            "tokenizer": tokenizer.name,
+            "vocab_size": tokenizer.vocab_size,
+            "eot_id": tokenizer.eot_id,
+            "dtype": np.dtype(TOKEN_DTYPE).name,
+            "split": split,
+            "val_fraction": val_fraction,
+            "root": str(root),
+            "text_bytes": total_bytes,
+            "train": {"file": "train.bin", "tokens": n_train, "sources": [relative_name(p, root) for p in train_files]},
+            "val": {"file": "val.bin", "tokens": n_val, "sources": [relative_name(p, root) for p in val_files]},
+        },
+    )
     if progress is not None:
         progress(total_bytes, total_bytes)
     stats = PrepareStats(total_bytes, n_train, n_val, len(infos), time.perf_counter() - start, False)
-    return PreparedData(TokenFile(out_dir / "train.bin", n_train), TokenFile(out_dir / "val.bin", n_val), stats, manifest_path)
+    return PreparedData(
+        TokenFile(out_dir / "train.bin", n_train), TokenFile(out_dir / "val.bin", n_val), stats, manifest_path
+    )
 
 
 class BatchSampler:

@@ -15,9 +15,11 @@ Environment:
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import importlib.metadata
 import importlib.util
+import inspect
 import os
 import sys
 import threading
@@ -32,9 +34,11 @@ from gptkit.errors import GptkitError, PluginError
 from gptkit.registry import Registry
 
 ENTRY_POINT_GROUP = "gptkit"
-BUILTIN_PLUGINS = ("gptkit.components",)
+BUILTIN_PLUGINS = ("gptkit.components", "gptkit.training_components", "gptkit.callbacks.plugin")
 DISABLE_AUTOLOAD_ENV = "GPTKIT_DISABLE_PLUGIN_AUTOLOAD"
 PLUGIN_DIRS_ENV = "GPTKIT_PLUGIN_DIRS"
+FILE_PLUGIN_PACKAGE = "gptkit_plugins"
+HOOK_PREFIX = f"{hookspecs.PROJECT}_"
 
 
 def checkout_plugin_dir() -> Path | None:
@@ -56,14 +60,29 @@ def default_plugin_dirs() -> list[Path]:
     return dirs
 
 
+def file_plugin_package() -> ModuleType:
+    """The (empty) parent of file plugins' modules, so `import gptkit_plugins.NAME` resolves.
+
+    Without it, pickle cannot find a class defined in a plugin file: it imports the
+    top-level package of the class's module first.
+    """
+    package = sys.modules.get(FILE_PLUGIN_PACKAGE)
+    if package is None:
+        package = ModuleType(FILE_PLUGIN_PACKAGE, "Modules loaded from gptkit plugin folders.")
+        package.__path__ = []  # a package, but nothing is ever found on disk through it
+        sys.modules[FILE_PLUGIN_PACKAGE] = package
+    return package
+
+
 def load_file_plugin(path: Path) -> ModuleType:
-    module_name = f"gptkit_plugins.{path.stem}"
+    module_name = f"{FILE_PLUGIN_PACKAGE}.{path.stem}"
     if module_name in sys.modules and getattr(sys.modules[module_name], "__file__", None) == str(path):
         return sys.modules[module_name]
     spec = importlib.util.spec_from_file_location(module_name, path)
     if spec is None or spec.loader is None:
         raise PluginError(f"plugin file {path} cannot be loaded as a Python module")
     module = importlib.util.module_from_spec(spec)
+    package = file_plugin_package()
     # Registered before exec so dataclasses and pickling inside the plugin can find it.
     sys.modules[module_name] = module
     try:
@@ -71,6 +90,7 @@ def load_file_plugin(path: Path) -> ModuleType:
     except Exception as err:
         del sys.modules[module_name]
         raise PluginError(f"plugin file {path} failed to import: {type(err).__name__}: {err}") from err
+    setattr(package, path.stem, module)
     return module
 
 
@@ -102,6 +122,44 @@ def collect_plugins(plugin_dirs: Iterable[Path], entry_points: bool) -> list[tup
     return plugins
 
 
+def check_hook_names(manager: pluggy.PluginManager, plugin: object, label: str) -> None:
+    """Refuse a `gptkit_*` function that is not a known, marked hook.
+
+    pluggy keeps a marked function with an unknown name aside unverified (it is
+    never called) and skips an unmarked one altogether, so either mistake would
+    silently leave the plugin's components unregistered.
+    """
+    specs = sorted(
+        name for name, caller in vars(manager.hook).items() if not name.startswith("_") and caller.has_spec()
+    )
+    unknown = [
+        name
+        for name, caller in vars(manager.hook).items()
+        if not name.startswith("_")
+        and not caller.has_spec()
+        and any(impl.plugin is plugin and not impl.optionalhook for impl in caller.get_hookimpls())
+    ]
+    for attr in dir(plugin):
+        value = getattr(plugin, attr, None)
+        if (
+            not attr.startswith(HOOK_PREFIX)
+            or not inspect.isroutine(value)
+            or manager.parse_hookimpl_opts(plugin, attr) is not None
+            or getattr(value, f"{hookspecs.PROJECT}_spec", None) is not None  # the spec itself, imported
+        ):
+            continue
+        if attr in specs:
+            raise PluginError(
+                f"plugin {label} defines {attr} without @gptkit.hookimpl, so it would never be called"
+            )
+        unknown.append(attr)
+    if unknown:
+        name = unknown[0]
+        close = difflib.get_close_matches(name, specs, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise PluginError(f"plugin {label} implements unknown hook '{name}'{hint}; gptkit hooks: {', '.join(specs)}")
+
+
 def build_registry(
     plugin_dirs: Iterable[Path] | None = None,
     entry_points: bool | None = None,
@@ -115,12 +173,19 @@ def build_registry(
     manager.add_hookspecs(hookspecs)
     registry = Registry()
     for label, plugin in [*collect_plugins(dirs, entry_points), *extra_plugins]:
-        try:
-            manager.register(plugin, name=label)
-        except ValueError:
+        if manager.is_registered(plugin):
             continue  # the same module reached twice (e.g. a folder also named in the env)
+        # Two different plugins may share a label (same file name in two folders named
+        # alike); pluggy needs unique names, and neither may be dropped silently.
+        unique, n = label, 1
+        while manager.has_plugin(unique):
+            n += 1
+            unique = f"{label} #{n}"
+        try:
+            manager.register(plugin, name=unique)
         except pluggy.PluginValidationError as err:
             raise PluginError(f"plugin {label} is invalid: {err}") from err
+        check_hook_names(manager, plugin, label)
         # Each plugin's hook is called on its own so its registrations are attributed
         # to it and a failure names it; pluggy still validated the hook's signature.
         for impl in manager.hook.gptkit_register_components.get_hookimpls():

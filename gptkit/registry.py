@@ -137,7 +137,9 @@ class Registry:
         try:
             params = component.validate(values)
         except ValidationError as err:
-            raise RegistryError(f"{kind} '{name}': {err}") from None
+            # One line per problem, as config errors read; pydantic's own text spans lines and links its docs.
+            text = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors())
+            raise RegistryError(f"{kind} '{name}': {text}") from None
         return component.factory(*args, **context, **params.model_dump())
 
 
@@ -146,7 +148,9 @@ def split_spec(spec: str | dict[str, Any] | BaseModel) -> tuple[str, dict[str, A
     if isinstance(spec, str):
         return spec, {}
     data = spec.model_dump() if isinstance(spec, BaseModel) else dict(spec)
-    name = data.pop("name")
+    name = data.pop("name", None)
+    if not isinstance(name, str):
+        raise RegistryError(f"a component spec needs a 'name' string, got {spec!r}")
     return name, data
 
 

@@ -74,6 +74,7 @@ class TrainerView(Protocol):
     state: TrainState
     context: CallbackContext
     last_checkpoint: Path | None  # set by save_checkpoint()
+    last_checkpoint_step: int | None  # the step it holds, so the same step is not saved twice
 
     def request_stop(self, reason: str) -> None: ...
 

@@ -1,0 +1,242 @@
+"""The run config: model + data + train + sampling + run, with the default run built in.
+
+Sources, each overriding the one before:
+
+1. the defaults below (the `cpu-small` model, the standard-library corpus);
+2. ``--preset NAME`` (a model preset, same as ``--set model.preset=NAME``);
+3. a TOML or JSON file (``--config FILE``);
+4. ``--set dotted.key=value`` overrides; the value is read as JSON when it parses
+   (``3``, ``1e-3``, ``true``, ``["console"]``) and as a plain string otherwise.
+
+A ``preset`` key inside the model section expands to that preset's values
+before the section's other keys are applied. The resolved config is what a run
+directory stores in ``config.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+
+from gptkit import ComponentSpec, ConfigError, ModelConfig, describe_validation_error
+from gptkit.config import fill_default_names, preset_values, registry_from, resolve_component
+
+DEFAULT_MODEL_PRESET = "cpu-small"
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class DataConfig(Section):
+    path: str | None = Field(None, description="Text file, directory, glob or http(s) URL; None: Python's standard library sources.")
+    val_fraction: float = Field(0.05, gt=0, lt=0.5, description="Share of files (or of the text, for one file) kept for validation.")
+    cache_dir: str | None = Field(None, description="Where token files are cached; None: $XDG_CACHE_HOME/gptkit or ~/.cache/gptkit.")
+    tokenizer: ComponentSpec = Field(ComponentSpec(name="gpt2"), description="Tokenizer (registry kind 'tokenizer').")
+
+    @field_validator("tokenizer", mode="after")
+    @classmethod
+    def _known_tokenizer(cls, spec: ComponentSpec, info: ValidationInfo) -> ComponentSpec:
+        return resolve_component("tokenizer", spec, registry_from(info))
+
+
+def default_callbacks() -> list[ComponentSpec]:
+    names = ["console", "metrics", "loss_plot", "samples", "checkpoint", "early_stopping"]
+    return [ComponentSpec(name=n) for n in names]
+
+
+class TrainConfig(Section):
+    batch_size: int = Field(16, gt=0, description="Sequences per micro-batch.")
+    grad_accum_steps: int = Field(1, gt=0, description="Micro-batches summed into one optimizer step.")
+    max_steps: int | None = Field(1200, gt=0, description="Stop after this many optimizer steps.")
+    max_tokens: int | None = Field(None, gt=0, description="Stop after this many training tokens.")
+    max_time: float | None = Field(None, gt=0, description="Stop after this many seconds of training.")
+    lr: float = Field(2e-3, gt=0, description="Peak learning rate.")
+    min_lr: float = Field(2e-4, ge=0, description="Learning rate at the end of the decay.")
+    scheduler: ComponentSpec = Field(ComponentSpec(name="cosine", warmup_steps=60), description="Learning-rate schedule.")
+    weight_decay: float = Field(0.1, ge=0, description="AdamW decay, applied to 2-D weights only.")
+    beta1: float = Field(0.9, ge=0, lt=1)
+    beta2: float = Field(0.95, ge=0, lt=1)
+    grad_clip: float | None = Field(1.0, gt=0, description="Clip the global gradient norm to this; None: no clipping.")
+    eval_every: int = Field(100, gt=0, description="Validate every N steps (and at the end).")
+    eval_batches: int = Field(20, gt=0, description="Fixed validation batches per evaluation.")
+    nan_policy: Literal["stop", "skip"] = Field("stop", description="On a NaN/inf loss: stop the run, or skip that batch.")
+    callbacks: list[ComponentSpec] = Field(default_factory=default_callbacks)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_names(cls, data: Any) -> Any:
+        return fill_default_names(cls, data, ["scheduler"])
+
+    @field_validator("scheduler", mode="after")
+    @classmethod
+    def _known_scheduler(cls, spec: ComponentSpec, info: ValidationInfo) -> ComponentSpec:
+        return resolve_component("scheduler", spec, registry_from(info))
+
+    @field_validator("callbacks", mode="after")
+    @classmethod
+    def _known_callbacks(cls, specs: list[ComponentSpec], info: ValidationInfo) -> list[ComponentSpec]:
+        return [resolve_component("callback", spec, registry_from(info)) for spec in specs]
+
+    @model_validator(mode="after")
+    def _bounded(self) -> TrainConfig:
+        if self.max_steps is None and self.max_tokens is None and self.max_time is None:
+            raise ValueError("set at least one budget: train.max_steps, train.max_tokens or train.max_time")
+        if self.min_lr > self.lr:
+            raise ValueError(f"train.min_lr ({self.min_lr}) is above train.lr ({self.lr})")
+        return self
+
+
+class SamplingConfig(Section):
+    samplers: list[ComponentSpec] = Field(
+        default_factory=lambda: [ComponentSpec(name="temperature", value=0.8), ComponentSpec(name="top_k", k=50)],
+        description="Applied in order to the logits before drawing a token.",
+    )
+    max_new_tokens: int = Field(200, gt=0)
+    prompt: str = ""
+
+    @field_validator("samplers", mode="after")
+    @classmethod
+    def _known_samplers(cls, specs: list[ComponentSpec], info: ValidationInfo) -> list[ComponentSpec]:
+        return [resolve_component("sampler", spec, registry_from(info)) for spec in specs]
+
+
+class RunSection(Section):
+    out_dir: str = Field("runs", description="Parent of the run directories.")
+    name: str | None = Field(None, description="Run directory name; None: a timestamp.")
+    seed: int = 1337
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps.")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("bfloat16", description="Autocast precision (float16: CUDA only).")
+    compile: bool = Field(False, description="torch.compile the model.")
+    peak_flops: float | None = Field(None, gt=0, description="Device peak FLOP/s for MFU; None: known GPUs only.")
+
+
+class RunConfig(Section):
+    model: ModelConfig = Field(default_factory=lambda: ModelConfig(**preset_values(DEFAULT_MODEL_PRESET)))
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    run: RunSection = Field(default_factory=RunSection)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RunConfig:
+        if self.run.dtype == "float16" and not self.run.device.startswith("cuda"):
+            raise ValueError("run.dtype float16 needs a CUDA device (set run.device=cuda); on CPU use bfloat16 or float32")
+        return self
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix == ".toml":
+            return tomllib.loads(text)
+        if path.suffix == ".json":
+            return json.loads(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as err:
+        raise ConfigError(f"config file {path} is not valid {path.suffix[1:].upper()}: {err}") from None
+    raise ConfigError(f"config file {path} must end in .toml or .json")
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`"train.lr=1e-3"` -> (["train", "lr"], 0.001)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set expects dotted.key=value, got '{text}'")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def set_dotted(data: dict[str, Any], path: list[str], value: Any) -> None:
+    node = data
+    for part in path[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            # e.g. model.norm=rmsnorm then model.norm.eps=1e-6: promote the name to a spec.
+            child = node[part] = {"name": child} if isinstance(child, str) else {}
+        node = child
+    node[path[-1]] = value
+
+
+def expand_model_preset(data: dict[str, Any]) -> dict[str, Any]:
+    model = data.get("model")
+    if isinstance(model, dict) and "preset" in model:
+        model = dict(model)
+        name = model.pop("preset")
+        data = {**data, "model": {**preset_values(str(name)), **model}}
+    elif model is None or isinstance(model, dict):
+        # A full stored config overrides every preset key, so this is harmless on resume.
+        data = {**data, "model": {**preset_values(DEFAULT_MODEL_PRESET), **(model or {})}}
+    return data
+
+
+def build_raw_config(
+    config_file: str | Path | None = None,
+    preset: str | None = None,
+    overrides: list[str] = (),  # type: ignore[assignment]
+    base: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Layer the sources into one plain dict, before validation."""
+    data: dict[str, Any] = dict(base or {})
+    if preset is not None:
+        data = deep_merge(data, {"model": {"preset": preset}})
+    if config_file is not None:
+        data = deep_merge(data, read_config_file(config_file))
+    for item in overrides:
+        path, value = parse_override(item)
+        set_dotted(data, path, value)
+    return expand_model_preset(data)
+
+
+def validate_run_config(data: dict[str, Any]) -> RunConfig:
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError("invalid config:\n" + describe_validation_error(err)) from None
+
+
+def load_run_config(
+    config_file: str | Path | None = None, preset: str | None = None, overrides: list[str] = ()  # type: ignore[assignment]
+) -> RunConfig:
+    return validate_run_config(build_raw_config(config_file, preset, list(overrides)))
+
+
+# Settings a resumed run may change: budgets, reporting, where it runs. Anything else
+# (model shape, data, optimiser, schedule shape) would make the resumed run a different one.
+RESUMABLE_PREFIXES = (
+    "train.max_steps", "train.max_tokens", "train.max_time", "train.callbacks", "train.eval_every",
+    "train.nan_policy", "sampling.", "run.device", "run.compile", "run.peak_flops", "run.out_dir", "run.name",
+)
+
+
+def config_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two resolved configs."""
+    keys = sorted(set(old) | set(new))
+    out: list[str] = []
+    for key in keys:
+        path = f"{prefix}{key}"
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out.extend(config_differences(a, b, path + "."))
+        elif a != b:
+            out.append(path)
+    return out

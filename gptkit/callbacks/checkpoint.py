@@ -1,0 +1,46 @@
+"""Checkpoint callback: when to save and how many to keep (the trainer knows how)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from gptkit.checkpoint import prune_checkpoints
+from gptkit.hookspecs import hookimpl
+from gptkit.registry import ComponentParams
+from gptkit.train_state import CallbackContext, StepMetrics, TrainerView, TrainSummary
+
+
+class CheckpointParams(ComponentParams):
+    every: int = Field(500, gt=0, description="Save every N optimizer steps.")
+    keep_last: int = Field(3, gt=0, description="Delete older checkpoints beyond this many.")
+    on_interrupt: bool = Field(True, description="Save when Ctrl-C or SIGTERM stops the run.")
+
+
+class CheckpointCallback:
+    """Saves every `every` steps, at the end and on interruption; keeps the newest `keep_last`."""
+
+    def __init__(self, context: CallbackContext, every: int = 500, keep_last: int = 3, on_interrupt: bool = True) -> None:
+        self.context = context
+        self.every = every
+        self.keep_last = keep_last
+        self.on_interrupt = on_interrupt
+
+    def save(self, trainer: TrainerView) -> None:
+        if self.context.is_main_process and trainer.last_checkpoint_step != trainer.state.step:
+            trainer.save_checkpoint()
+            prune_checkpoints(self.context.run_dir, self.keep_last)
+
+    @hookimpl
+    def gptkit_step_end(self, trainer: TrainerView, metrics: StepMetrics) -> None:
+        if metrics.step % self.every == 0:
+            self.save(trainer)
+
+    # tryfirst: the closing summary (console callback) names the final checkpoint.
+    @hookimpl(tryfirst=True)
+    def gptkit_train_end(self, trainer: TrainerView, summary: TrainSummary) -> None:
+        self.save(trainer)
+
+    @hookimpl(tryfirst=True)
+    def gptkit_exception(self, trainer: TrainerView, error: BaseException) -> None:
+        if self.on_interrupt and isinstance(error, KeyboardInterrupt):
+            self.save(trainer)

@@ -1,0 +1,4 @@
+import torch
+def test_threads():
+    print("THREADS", torch.get_num_threads())
+    assert False
