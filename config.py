@@ -15,6 +15,7 @@ directory stores in ``config.json``.
 
 from __future__ import annotations
 
+import copy
 import json
 import tomllib
 from pathlib import Path
@@ -196,7 +197,7 @@ def build_raw_config(
     base: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Layer the sources into one plain dict, before validation."""
-    data: dict[str, Any] = dict(base or {})
+    data: dict[str, Any] = copy.deepcopy(base or {})  # --set edits nested dicts in place
     if preset is not None:
         data = deep_merge(data, {"model": {"preset": preset}})
     if config_file is not None:
