@@ -36,7 +36,7 @@ class Section(BaseModel):
 class DataConfig(Section):
     path: str | None = Field(None, description="Text file, directory, glob or http(s) URL; None: Python's standard library sources.")
     val_fraction: float = Field(0.05, gt=0, lt=0.5, description="Share of files (or of the text, for one file) kept for validation.")
-    cache_dir: str | None = Field(None, description="Where token files are cached; None: $XDG_CACHE_HOME/gptkit or ~/.cache/gptkit.")
+    cache_dir: str | None = Field(None, description="Where token files are cached; None: $GPTKIT_CACHE or ~/.cache/gptkit.")
     tokenizer: ComponentSpec = Field(ComponentSpec(name="gpt2"), description="Tokenizer (registry kind 'tokenizer').")
 
     @field_validator("tokenizer", mode="after")

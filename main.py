@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -29,16 +28,12 @@ from rich.table import Table
 import config as run_config
 from gptkit import PRESETS, CheckpointError, GptkitError, default_registry, describe_validation_error
 from gptkit.checkpoint import latest_checkpoint, write_text_atomic
+from gptkit.corpus import default_cache_dir
 from gptkit.data import PreparedData, prepare_dataset
 
 console = Console()
 err_console = Console(stderr=True)
 COMMANDS = ("train", "config", "components")
-
-
-def default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "gptkit"
 
 
 def resolve_config(args: argparse.Namespace) -> run_config.RunConfig:

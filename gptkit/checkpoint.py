@@ -28,6 +28,10 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from gptkit.errors import CheckpointError
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from gptkit.model import GPTModel
 from gptkit.train_state import TrainState
 
 CHECKPOINTS = "checkpoints"
@@ -227,3 +231,28 @@ def load_checkpoint(
             if cuda and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(cuda)
     return state, meta
+
+
+def load_run_model(run_dir: Path, checkpoint: Path | None = None) -> GPTModel:
+    """The model of a run directory with its latest (or the given) checkpoint's weights, in eval mode."""
+    from pydantic import ValidationError
+
+    from gptkit.config import ModelConfig, describe_validation_error
+    from gptkit.model import GPTModel
+
+    run_dir = Path(run_dir)
+    config_path = run_dir / "config.json"
+    if not config_path.is_file():
+        raise CheckpointError(f"{run_dir} is not a gptkit run directory (no config.json)")
+    try:
+        model_section = json.loads(config_path.read_text(encoding="utf-8"))["model"]
+        cfg = ModelConfig.model_validate(model_section)
+    except (ValueError, KeyError) as err:
+        detail = describe_validation_error(err, "model") if isinstance(err, ValidationError) else str(err)
+        raise CheckpointError(f"{config_path} does not describe a model: {detail}") from None
+    checkpoint = checkpoint or latest_checkpoint(run_dir)
+    # Built for real, not on the meta device: buffers such as RoPE's tables are not
+    # in the checkpoint and must be computed by the constructor.
+    model = GPTModel(cfg)
+    load_model_weights(model, checkpoint / "model.safetensors")
+    return model.eval()
