@@ -20,6 +20,7 @@ from config import RunConfig
 from gptkit import GPTModel, GptkitError, Registry, hookspecs
 from gptkit.checkpoint import load_checkpoint, save_checkpoint
 from gptkit.data import BatchSampler, PreparedData, fixed_batches
+from gptkit.plugins import check_hook_names
 from gptkit.train_state import CallbackContext, EvalMetrics, StepMetrics, TrainState, TrainSummary
 
 # Dense bf16 peak FLOP/s of GPUs we can name; elsewhere set run.peak_flops for an MFU figure.
@@ -148,10 +149,10 @@ class Trainer:
         )
         self.hooks = pluggy.PluginManager(hookspecs.PROJECT)
         self.hooks.add_hookspecs(hookspecs)
-        for spec in cfg.train.callbacks:
-            self.hooks.register(registry.create("callback", spec, self.context), name=f"callback:{spec.name}")
-        for i, callback in enumerate(extra_callbacks):
-            self.hooks.register(callback, name=f"extra:{i}")
+        callbacks = [(f"callback {s.name}", registry.create("callback", s, self.context)) for s in cfg.train.callbacks]
+        for label, callback in [*callbacks, *((f"extra callback {i}", c) for i, c in enumerate(extra_callbacks))]:
+            self.hooks.register(callback, name=label)
+            check_hook_names(self.hooks, callback, label)  # a misspelt hook would never be called
 
     # --- what callbacks may call -------------------------------------------------
     def request_stop(self, reason: str) -> None:

@@ -207,7 +207,7 @@ def config_json_schema(registry: Registry | None = None) -> dict[str, Any]:
         for component in registry.list(kind):
             sub = component.params.model_json_schema()
             sub.setdefault("properties", {})["name"] = {"const": component.name}
-            sub["required"] = ["name", *sub.get("required", [])]
+            # No "name" in "required": {"eps": 1e-6} alone means the slot's default component.
             sub["title"] = component.name
             sub["description"] = component.description
             choices.append({"const": component.name})

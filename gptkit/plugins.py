@@ -116,7 +116,8 @@ def collect_plugins(plugin_dirs: Iterable[Path], entry_points: bool) -> list[tup
             raise PluginError(f"plugin folder {folder} does not exist")
         for path in sorted(folder.glob("*.py")):
             if not path.name.startswith("_"):
-                plugins.append((f"{folder.name}/{path.name}", load_file_plugin(path)))
+                # resolve(): a folder given as "." still has a name to show
+                plugins.append((f"{folder.resolve().name}/{path.name}", load_file_plugin(path)))
     if entry_points:
         plugins.extend(load_entry_point_plugins())
     return plugins

@@ -224,6 +224,15 @@ def test_kv_cache_decoding_equals_full_forward(position: str) -> None:
     torch.testing.assert_close(torch.cat(pieces, dim=1), full, rtol=1e-5, atol=1e-5)
 
 
+def test_kv_cache_refuses_a_start_pos_it_does_not_hold() -> None:
+    model = build().eval()
+    cache = model.make_kv_cache(batch=1)
+    model(torch.zeros(1, 4, dtype=torch.long), kv_cache=cache)
+    with pytest.raises(ValueError, match=re.escape("start_pos 0 does not match the KV cache, which holds 4 positions")):
+        model(torch.zeros(1, 1, dtype=torch.long), kv_cache=cache)
+    assert cache.length == 4  # the refused call left the cache alone
+
+
 # --- components selected by name ------------------------------------------------------------
 
 

@@ -268,6 +268,12 @@ def test_plugin_dirs_env_adds_folders(tmp_path: Path, monkeypatch: pytest.Monkey
     assert registry.get("norm", "rmsnorm").source == "plugins/rmsnorm.py"  # the checkout's folder still comes first
 
 
+def test_plugin_folder_given_as_dot_is_labelled_by_its_real_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write(tmp_path / "dotted", "dot_plug.py", norm_plugin("dot_norm"))
+    monkeypatch.chdir(tmp_path / "dotted")
+    assert folder_registry(Path(".")).get("norm", "dot_norm").source == "dotted/dot_plug.py"
+
+
 def test_checkout_plugin_folder_is_found() -> None:
     assert checkout_plugin_dir() == REPO_ROOT / "plugins"
 
@@ -389,18 +395,32 @@ print(json.dumps({
     "shape": list(logits.shape),
     "loss": loss.item(),
 }))
+
+# Same process, entry points switched off: the name is gone.
+import os
+from pydantic import ValidationError
+from gptkit import describe_validation_error, reset_default_registry
+os.environ["GPTKIT_DISABLE_PLUGIN_AUTOLOAD"] = "1"
+reset_default_registry()
+try:
+    ModelConfig(norm="scalenorm")
+except ValidationError as err:
+    print(json.dumps({"disabled": describe_validation_error(err, "model")}))
 """
 
 
-def test_entry_point_plugin_component_is_selected_by_config_and_runs(good_site: Path) -> None:
+def test_entry_point_plugin_component_is_selected_by_config_and_runs_unless_disabled(good_site: Path) -> None:
     result = run_python(["-c", SELECT_SCALENORM], good_site)
     assert result.returncode == 0, result.stderr
-    out = json.loads(result.stdout.strip().splitlines()[-1])
+    out, disabled = (json.loads(line) for line in result.stdout.strip().splitlines()[-2:])
     assert out["source"] == "package myplug-dist (myplug)"
     assert out["norms"] == ["myplug_pkg.plugin.ScaleNorm"]  # every norm slot uses the plugin's class
     assert out["params"] == {"eps": 1e-5}
     assert out["shape"] == [2, 8, 64]
     assert math.isfinite(out["loss"])
+    assert disabled["disabled"] == (
+        "model.norm: unknown norm 'scalenorm' (did you mean 'layernorm'?); valid norm names: layernorm, rmsnorm"
+    )
 
 
 def test_entry_point_plugin_is_skipped_when_autoload_disabled(good_site: Path, monkeypatch: pytest.MonkeyPatch, on_sys_path) -> None:
