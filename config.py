@@ -51,20 +51,22 @@ def default_callbacks() -> list[ComponentSpec]:
 
 
 class TrainConfig(Section):
-    batch_size: int = Field(16, gt=0, description="Sequences per micro-batch.")
+    """Defaults are the CPU run: about 4 minutes on 2 cores, validation loss from 10.9 to about 3.6."""
+
+    batch_size: int = Field(8, gt=0, description="Sequences per micro-batch.")
     grad_accum_steps: int = Field(1, gt=0, description="Micro-batches summed into one optimizer step.")
-    max_steps: int | None = Field(1200, gt=0, description="Stop after this many optimizer steps.")
+    max_steps: int | None = Field(250, gt=0, description="Stop after this many optimizer steps.")
     max_tokens: int | None = Field(None, gt=0, description="Stop after this many training tokens.")
     max_time: float | None = Field(None, gt=0, description="Stop after this many seconds of training.")
     lr: float = Field(2e-3, gt=0, description="Peak learning rate.")
     min_lr: float = Field(2e-4, ge=0, description="Learning rate at the end of the decay.")
-    scheduler: ComponentSpec = Field(ComponentSpec(name="cosine", warmup_steps=60), description="Learning-rate schedule.")
+    scheduler: ComponentSpec = Field(ComponentSpec(name="cosine", warmup_steps=20), description="Learning-rate schedule.")
     weight_decay: float = Field(0.1, ge=0, description="AdamW decay, applied to 2-D weights only.")
     beta1: float = Field(0.9, ge=0, lt=1)
     beta2: float = Field(0.95, ge=0, lt=1)
     grad_clip: float | None = Field(1.0, gt=0, description="Clip the global gradient norm to this; None: no clipping.")
-    eval_every: int = Field(100, gt=0, description="Validate every N steps (and at the end).")
-    eval_batches: int = Field(20, gt=0, description="Fixed validation batches per evaluation.")
+    eval_every: int = Field(50, gt=0, description="Validate every N steps (and at the end).")
+    eval_batches: int = Field(10, gt=0, description="Fixed validation batches per evaluation.")
     nan_policy: Literal["stop", "skip"] = Field("stop", description="On a NaN/inf loss: stop the run, or skip that batch.")
     callbacks: list[ComponentSpec] = Field(default_factory=default_callbacks)
 

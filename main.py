@@ -6,6 +6,9 @@
     python main.py --resume runs/NAME      continue a run exactly where it stopped
     python main.py config [...]            print the resolved config
     python main.py components [PATTERN]    list every registered component name
+    python main.py generate --run RUN_DIR --prompt "def "   stream a continuation
+    python main.py chat --run RUN_DIR      talk with the model
+    python main.py serve --run RUN_DIR     web demo + OpenAI-compatible API on http://127.0.0.1:8000
 
 User mistakes end with a short message and exit code 2, never a traceback.
 """
@@ -30,10 +33,11 @@ from gptkit import PRESETS, CheckpointError, GptkitError, default_registry, desc
 from gptkit.checkpoint import latest_checkpoint, write_text_atomic
 from gptkit.corpus import default_cache_dir
 from gptkit.data import PreparedData, prepare_dataset
+from gptkit.server import add_serve_arguments, cmd_serve
 
 console = Console()
 err_console = Console(stderr=True)
-COMMANDS = ("train", "config", "components")
+COMMANDS = ("train", "config", "components", "generate", "chat", "serve")
 
 
 def resolve_config(args: argparse.Namespace) -> run_config.RunConfig:
@@ -139,6 +143,67 @@ def cmd_components(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_generate(args: argparse.Namespace) -> int:
+    """Continue --prompt with a trained model, printing the text as it is generated."""
+    from gptkit.generation import stream_text
+    from gptkit.inference import open_session
+
+    session = open_session(args)
+    loaded = session.loaded
+    err_console.print(f"model: {loaded.description}, {loaded.model.num_parameters() / 1e6:.1f}M parameters", highlight=False)
+    sys.stdout.write(args.prompt)
+    sys.stdout.flush()
+    try:
+        for piece in stream_text(
+            loaded.model, loaded.tokenizer, args.prompt, session.max_new_tokens, session.samplers,
+            stop=args.stop, generator=session.generator,
+        ):
+            sys.stdout.write(piece)
+            sys.stdout.flush()  # a pipe would otherwise hold the text back until the end
+    except KeyboardInterrupt:
+        sys.stdout.write("\n")
+        return 130
+    sys.stdout.write("\n")
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    """Talk with a model: each line on stdin is a turn, each reply streams back; EOF or /exit ends."""
+    from gptkit.inference import Chat, open_session
+
+    session = open_session(args)
+    loaded = session.loaded
+    chat = Chat(loaded.model, loaded.tokenizer, session.samplers, session.max_new_tokens, args.stop, session.generator)
+    interactive = sys.stdin.isatty()
+    if interactive:
+        err_console.print(f"chatting with {loaded.description}; /exit or Ctrl-D ends", highlight=False)
+    try:
+        while True:
+            try:
+                line = input(f"{Chat.USER} ") if interactive else sys.stdin.readline()
+            except EOFError:
+                break
+            if not line and not interactive:
+                break  # readline() gives "" only at the end of the input
+            line = line.strip()
+            if line == "/exit":
+                break
+            if not line:
+                continue
+            if not interactive:  # a piped conversation reads as a transcript
+                sys.stdout.write(f"{Chat.USER} {line}\n")
+            sys.stdout.write(Chat.ASSISTANT)
+            for piece in chat.reply(line):
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        sys.stdout.write("\n")
+        return 130
+    return 0
+
+
 def add_config_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE", help="TOML or JSON run config")
     parser.add_argument("--preset", metavar="NAME", help=f"model preset: {', '.join(PRESETS)}")
@@ -161,6 +226,27 @@ def build_parser() -> argparse.ArgumentParser:
     components = commands.add_parser("components", help="list every registered component name")
     components.add_argument("pattern", nargs="?", default="*", help="glob filter on names, e.g. 'rms*'")
     components.set_defaults(handler=cmd_components)
+    generate = commands.add_parser("generate", help="continue a prompt with a trained model")
+    generate.add_argument("--prompt", default="", help="text to continue; empty: start from <|endoftext|>")
+    generate.set_defaults(handler=cmd_generate)
+    chat = commands.add_parser("chat", help="talk with a model, one stdin line per turn")
+    chat.set_defaults(handler=cmd_chat)
+    for sub in (generate, chat):
+        source = sub.add_mutually_exclusive_group(required=True)
+        source.add_argument("--run", metavar="RUN_DIR", help="a gptkit run directory (its latest checkpoint)")
+        source.add_argument("--hf-dir", metavar="DIR", help="a Hugging Face GPT-2 checkpoint folder")
+        sub.add_argument("--temperature", type=float, help="0: greedy. Any sampler option replaces the run's chain")
+        sub.add_argument("--top-k", type=int, help="keep the k most likely tokens")
+        sub.add_argument("--top-p", type=float, help="keep the most likely tokens up to this probability mass")
+        sub.add_argument("--min-p", type=float, help="keep tokens at least this fraction as likely as the top one")
+        sub.add_argument("--repetition-penalty", type=float, help="above 1 discourages tokens already seen")
+        sub.add_argument("--max-new-tokens", type=int, help="default: the run's sampling.max_new_tokens, else 200")
+        sub.add_argument("--seed", type=int, help="seed the sampling for a reproducible result")
+        sub.add_argument("--stop", action="append", default=[], metavar="TEXT", help="end at this text, not printed (repeatable)")
+        sub.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="weights' precision")
+    serve = commands.add_parser("serve", help="serve a web demo and an OpenAI-compatible completions API")
+    add_serve_arguments(serve)
+    serve.set_defaults(handler=cmd_serve)
     return parser
 
 

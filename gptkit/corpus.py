@@ -43,10 +43,15 @@ TEXT_SUFFIXES: frozenset[str] = frozenset(
 
 # Stdlib directories that are tests, the IDE, installed packages or build
 # configuration. Tests are left out because they are full of deliberately odd
-# code (bad encodings, syntax errors, huge generated literals).
+# code (bad encodings, syntax errors, huge generated literals). `encodings/`
+# (charmap tables), `pydoc_data/` (an English help-text dump) and the HTML entity
+# table are generated data, not Python: a small model spends its capacity on
+# their hex tables, and a validation split that draws them reads a loss far above
+# what the model does on code.
 _STDLIB_EXCLUDED_DIRS: frozenset[str] = frozenset(
-    {"site-packages", "dist-packages", "test", "tests", "idle_test", "idlelib", "__pycache__"}
+    {"site-packages", "dist-packages", "test", "tests", "idle_test", "idlelib", "__pycache__", "encodings", "pydoc_data"}
 )
+_STDLIB_EXCLUDED_FILES: frozenset[str] = frozenset({"html/entities.py"})
 
 READ_BLOCK_BYTES = 1 << 20
 _GLOB_CHARS = re.compile(r"[*?\[]")
@@ -72,7 +77,9 @@ def default_corpus_files() -> list[Path]:
         for name in filenames:
             if name.endswith(".py") and not name.startswith("_sysconfigdata"):
                 path = Path(dirpath, name)
-                found.append((path.relative_to(root).as_posix(), path))
+                relative = path.relative_to(root).as_posix()
+                if relative not in _STDLIB_EXCLUDED_FILES:
+                    found.append((relative, path))
     # Sorted by relative path, not absolute, so the order is the same wherever
     # Python is installed.
     return [path for _, path in sorted(found)]

@@ -79,9 +79,9 @@ class GPTModel(nn.Module):
         )
 
     @overload
-    def forward(self, idx: torch.Tensor, targets: None = None, *, start_pos: int = 0, kv_cache: KVCache | None = None) -> torch.Tensor: ...
+    def forward(self, idx: torch.Tensor, targets: None = None, *, start_pos: int = 0, kv_cache: KVCache | None = None, last_only: bool = False) -> torch.Tensor: ...
     @overload
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor, *, start_pos: int = 0, kv_cache: KVCache | None = None) -> tuple[torch.Tensor, torch.Tensor]: ...
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor, *, start_pos: int = 0, kv_cache: KVCache | None = None, last_only: bool = False) -> tuple[torch.Tensor, torch.Tensor]: ...
 
     def forward(
         self,
@@ -90,12 +90,20 @@ class GPTModel(nn.Module):
         *,
         start_pos: int = 0,
         kv_cache: KVCache | None = None,
+        last_only: bool = False,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Logits of shape (batch, seq, vocab); with `targets`, also the mean cross-entropy.
 
         Targets equal to -100 are ignored in the loss (padding), as in PyTorch and Hugging Face.
+        `last_only` returns logits for the last position only, (batch, 1, vocab): all
+        that generation needs, and the output head is a third of GPT-2 124M's weights.
         """
+        if last_only and targets is not None:
+            raise ValueError("last_only drops the positions the loss needs; pass targets or last_only, not both")
         seq_len = idx.shape[1]
+        if kv_cache is not None and start_pos != kv_cache.length:
+            # Positions and the cache's causal alignment would disagree: wrong logits, no error.
+            raise ValueError(f"start_pos {start_pos} does not match the KV cache, which holds {kv_cache.length} positions")
         if start_pos + seq_len > self.cfg.context_length:
             raise ValueError(
                 f"{start_pos + seq_len} positions exceed the context length {self.cfg.context_length}"
@@ -107,6 +115,8 @@ class GPTModel(nn.Module):
         x = self.drop_emb(x)
         for i, block in enumerate(self.blocks):
             x = block(x, self.pos_emb, start_pos, kv_cache.layers[i] if kv_cache is not None else None)
+        if last_only:
+            x = x[:, -1:]
         logits = self.out_head(self.final_norm(x))
         if targets is None:
             return logits

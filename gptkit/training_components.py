@@ -4,25 +4,26 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from pydantic import Field
-
 from gptkit import schedulers
 from gptkit.callbacks.checkpoint import CheckpointCallback, CheckpointParams
 from gptkit.hookspecs import hookimpl
-from gptkit.registry import ComponentParams
-from gptkit.sampling import Greedy, Temperature, TopK
+from gptkit.sampling import (
+    Greedy,
+    MinP,
+    MinPParams,
+    RepetitionPenalty,
+    RepetitionPenaltyParams,
+    Temperature,
+    TemperatureParams,
+    TopK,
+    TopKParams,
+    TopP,
+    TopPParams,
+)
 from gptkit.tokenizer import Tokenizer
 
 if TYPE_CHECKING:
     from gptkit.registry import Registry
-
-
-class TemperatureParams(ComponentParams):
-    value: float = Field(1.0, gt=0, description="Divide logits by this; 0 is spelt 'greedy'.")
-
-
-class TopKParams(ComponentParams):
-    k: int = Field(50, ge=1, description="Keep this many most likely tokens.")
 
 
 @hookimpl
@@ -36,6 +37,12 @@ def gptkit_register_components(registry: Registry) -> None:
     registry.register("sampler", "greedy", Greedy, description="Always the most likely token")
     registry.register("sampler", "temperature", Temperature, params=TemperatureParams, description="Scale logits by 1/temperature")
     registry.register("sampler", "top_k", TopK, params=TopKParams, description="Keep the k most likely tokens")
+    registry.register("sampler", "top_p", TopP, params=TopPParams, description="Nucleus: keep the most likely tokens up to probability mass p")
+    registry.register("sampler", "min_p", MinP, params=MinPParams, description="Keep tokens at least p times as likely as the top one")
+    registry.register(
+        "sampler", "repetition_penalty", RepetitionPenalty, params=RepetitionPenaltyParams,
+        description="CTRL penalty on tokens already seen: positive logits / penalty, negative * penalty",
+    )
     # Callback factories are called as factory(context, **params).
     registry.register("callback", "checkpoint", CheckpointCallback, params=CheckpointParams, description="Save every N steps, at the end and on Ctrl-C; keep the last K")
     registry.register("tokenizer", "gpt2", Tokenizer, description="GPT-2 BPE (tiktoken, shipped ranks, offline)")

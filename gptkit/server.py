@@ -1,0 +1,640 @@
+"""A web demo and an OpenAI-compatible completions API for a gptkit model.
+
+    python main.py serve --run runs/NAME        # or --hf-dir path/to/gpt2
+
+serves, on 127.0.0.1:8000 by default:
+
+    GET  /                   the demo page (gptkit/web/index.html, no CDN, works offline)
+    POST /v1/completions     OpenAI's completion API, streaming (server-sent events) or not
+    GET  /v1/models          the one model served
+    POST /api/generate       the page's stream: settings, text deltas, then a summary
+    GET  /api/info           model name and request limits, for the page
+
+Only the standard library's `ThreadingHTTPServer` is used: one thread per
+connection, no new dependency. Choices where OpenAI's API leaves room:
+
+* Unknown request keys are ignored, as OpenAI's own server does with fields it
+  no longer uses; the known ones are validated strictly (a string is not a number).
+  `n` must be 1, `model` is not checked (one model is served, and named in replies).
+* Forward passes are serialised by one lock per model, taken around each step of
+  the token iterator: up to `max_concurrent` generations interleave token by token,
+  so a long one does not hold a short one up until it ends, and no two threads
+  ever run the model (or touch its mode) at once.
+* Generations past `max_concurrent` wait up to `queue_timeout` seconds in a queue
+  of `max_queue`; beyond that they are answered 429.
+* A client that goes away stops its generation at the next token and frees its slot.
+* There is no authentication: it listens on loopback unless told otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ipaddress
+import json
+import secrets
+import select
+import socket
+import sys
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Generator, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, cast
+from urllib.parse import urlsplit
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from rich.console import Console
+
+from gptkit.errors import GptkitError
+from gptkit.generation import TextStream, encode_prompt, generate_tokens
+from gptkit.model import GPTModel
+from gptkit.sampling import build_samplers, sampler_specs
+
+if TYPE_CHECKING:
+    from gptkit.tokenizer import Tokenizer  # or any registered tokenizer: encode, decode_bytes, eot_id
+
+MAX_BODY_BYTES = 64 * 1024
+DRAIN_BYTES = 1024 * 1024  # oversized bodies up to this are read and dropped, so the 413 arrives intact
+MAX_STOP_STRINGS = 4  # OpenAI's limit
+MIN_TEMPERATURE = 1e-3  # lower temperatures are served as greedy decoding
+DISCONNECTED = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError, TimeoutError)
+
+
+# --- requests -----------------------------------------------------------------
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+    include_usage: bool = False
+
+
+class CompletionRequest(BaseModel):
+    """The body of POST /v1/completions (and /api/generate).
+
+    `top_k` (0 = off), `min_p` (0 = off) and `repetition_penalty` (1 = off) are
+    extensions, as in vLLM; the OpenAI client sends them through `extra_body`.
+    """
+
+    model_config = ConfigDict(extra="ignore", strict=True, allow_inf_nan=False)
+
+    model: str | None = None
+    prompt: str | list[str]
+    max_tokens: int = Field(16, ge=1)
+    temperature: float = Field(1.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_k: int = Field(0, ge=0)
+    min_p: float = Field(0.0, ge=0.0, le=1.0)
+    repetition_penalty: float = Field(1.0, ge=0.01, le=100.0)
+    stop: str | list[str] | None = None
+    seed: int | None = Field(None, ge=0, lt=2**63)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    n: int = Field(1, ge=1, le=1, description="Only one choice per request.")
+
+    @field_validator("prompt")
+    @classmethod
+    def _one_prompt(cls, prompt: str | list[str]) -> str | list[str]:
+        if isinstance(prompt, list) and len(prompt) != 1:
+            raise ValueError(f"one prompt per request, got a list of {len(prompt)}")
+        return prompt
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_strings(cls, stop: str | list[str] | None) -> str | list[str] | None:
+        stops = [stop] if isinstance(stop, str) else stop or []
+        if len(stops) > MAX_STOP_STRINGS:
+            raise ValueError(f"at most {MAX_STOP_STRINGS} stop strings, got {len(stops)}")
+        if any(not s for s in stops):
+            raise ValueError("stop strings must not be empty")
+        return stop
+
+    @property
+    def prompt_text(self) -> str:
+        return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+
+    @property
+    def stop_strings(self) -> tuple[str, ...]:
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+
+
+class ApiError(Exception):
+    """An error answered as OpenAI does: `{"error": {"message", "type", "param", "code"}}`."""
+
+    def __init__(self, status: int, message: str, *, kind: str = "invalid_request_error", param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.kind, self.param, self.code = status, message, kind, param, code
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
+
+
+def parse_request(body: bytes) -> CompletionRequest:
+    try:
+        data = json.loads(body)
+    except ValueError as err:  # UnicodeDecodeError included
+        raise ApiError(400, f"the request body is not valid JSON: {err}") from None
+    try:
+        return CompletionRequest.model_validate(data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in err.errors())
+        raise ApiError(400, problems, param=where or None) from None
+
+
+# --- sampling -----------------------------------------------------------------
+
+
+def sampler_chain(request: CompletionRequest) -> tuple[list[Any], list[str]]:
+    """The request's samplers, built through the registry, and how they read in a reply."""
+    # Below MIN_TEMPERATURE the draw is greedy in all but name, and logits / temperature would overflow.
+    specs = sampler_specs(
+        temperature=0.0 if request.temperature < MIN_TEMPERATURE else request.temperature,
+        top_k=request.top_k or None,
+        top_p=request.top_p if request.top_p < 1 else None,
+        min_p=request.min_p or None,
+        repetition_penalty=request.repetition_penalty if request.repetition_penalty != 1 else None,
+    ) or []
+    # Temperature 1 with no filter is a plain draw from the model's distribution: no sampler needed.
+    specs = [s for s in specs if s != {"name": "temperature", "value": 1.0}]
+    try:
+        samplers = build_samplers(specs)
+    except GptkitError as err:  # bounds the request model does not know (a plugin's, say)
+        raise ApiError(400, str(err)) from None
+    names = [s["name"] + "".join(f"({v:g})" for k, v in s.items() if k != "name") for s in specs]
+    return samplers, names or ["multinomial"]
+
+
+# --- generation ---------------------------------------------------------------
+
+
+@dataclass
+class Job:
+    """A validated request, tokenised, with its settings resolved."""
+
+    request: CompletionRequest
+    prompt_ids: list[int]
+    seed: int
+    samplers: list[Any]
+    sampler_names: list[str]
+    id: str = field(default_factory=lambda: f"cmpl-{uuid.uuid4().hex[:24]}")
+    created: int = field(default_factory=lambda: int(time.time()))
+    completion_tokens: int = 0
+    finish_reason: Literal["stop", "length"] = "length"
+
+    def settings(self) -> dict[str, Any]:
+        r = self.request
+        return {
+            "temperature": r.temperature, "top_k": r.top_k, "top_p": r.top_p, "min_p": r.min_p,
+            "repetition_penalty": r.repetition_penalty, "max_tokens": r.max_tokens,
+            "stop": list(r.stop_strings), "seed": self.seed, "samplers": self.sampler_names,
+        }
+
+    def usage(self) -> dict[str, int]:
+        n_prompt = len(self.prompt_ids)
+        return {"prompt_tokens": n_prompt, "completion_tokens": self.completion_tokens, "total_tokens": n_prompt + self.completion_tokens}
+
+
+class Slots:
+    """At most `limit` generations at once; at most `max_waiting` more wait, each up to `timeout` seconds."""
+
+    def __init__(self, limit: int, max_waiting: int, timeout: float) -> None:
+        self.limit, self.max_waiting, self.timeout = limit, max_waiting, timeout
+        self.active = 0
+        self.waiting = 0
+        self._cond = threading.Condition()
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[None]:
+        with self._cond:
+            if self.active >= self.limit:
+                if self.waiting >= self.max_waiting:
+                    raise ApiError(429, f"the server is busy ({self.limit} generations running, {self.waiting} waiting); retry shortly", kind="rate_limit_error", code="server_busy")
+                self.waiting += 1
+                try:
+                    free = self._cond.wait_for(lambda: self.active < self.limit, timeout=self.timeout)
+                finally:
+                    self.waiting -= 1
+                if not free:
+                    raise ApiError(429, f"no generation slot came free within {self.timeout:g} s; retry shortly", kind="rate_limit_error", code="server_busy")
+            self.active += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.active -= 1
+                self._cond.notify()
+
+
+class ModelService:
+    """The model, its tokenizer, the limits, and the lock that serialises forward passes."""
+
+    def __init__(
+        self, model: GPTModel, tokenizer: Tokenizer, *, model_name: str, max_concurrent: int, max_queue: int,
+        queue_timeout: float, max_new_tokens_cap: int, max_prompt_tokens: int | None,
+    ) -> None:
+        if max_concurrent < 1 or max_queue < 0 or max_new_tokens_cap < 1:
+            raise GptkitError("max_concurrent and max_new_tokens_cap must be >= 1 and max_queue >= 0")
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.model_name = model_name
+        self.context_length = model.cfg.context_length
+        self.max_new_tokens_cap = max_new_tokens_cap
+        self.max_prompt_tokens = max_prompt_tokens or self.context_length
+        self.device = next(model.parameters()).device
+        self.slots = Slots(max_concurrent, max_queue, queue_timeout)
+        self.model_lock = threading.Lock()
+        self.created = int(time.time())
+
+    def prepare(self, request: CompletionRequest) -> Job:
+        if request.max_tokens > self.max_new_tokens_cap:
+            raise ApiError(400, f"max_tokens is {request.max_tokens}; this server allows at most {self.max_new_tokens_cap}", param="max_tokens")
+        # "<|endoftext|>" in a prompt is one token, GPT-2's document separator; an empty prompt starts from it.
+        ids = encode_prompt(self.tokenizer, request.prompt_text)
+        if len(ids) > self.max_prompt_tokens:
+            raise ApiError(400, f"the prompt is {len(ids)} tokens; this server allows at most {self.max_prompt_tokens}", param="prompt")
+        # Always seeded, and the seed echoed: any reply can be reproduced.
+        seed = request.seed if request.seed is not None else secrets.randbelow(2**31)
+        samplers, names = sampler_chain(request)
+        return Job(request, ids, seed, samplers, names)
+
+    def run(self, job: Job) -> Generator[str, None, None]:
+        """Text deltas of `job`, one per generated token ("" when a token completes no text).
+
+        Closing the iterator stops the generation; it sets `job.finish_reason` once it ends.
+        """
+        prompt = torch.tensor([job.prompt_ids], dtype=torch.long, device=self.device)
+        generator = torch.Generator(device=self.device).manual_seed(job.seed)
+        tokens = cast(Generator[torch.Tensor, None, None], generate_tokens(
+            self.model, prompt, max_new_tokens=job.request.max_tokens, samplers=job.samplers, generator=generator,
+            eos_id=self.tokenizer.eot_id,
+        ))
+        text = TextStream(self.tokenizer, job.request.stop_strings)
+        try:
+            while not text.done:
+                with self.model_lock:
+                    step = next(tokens, None)
+                if step is None:
+                    break
+                job.completion_tokens += 1
+                yield text.push(int(step[0, 0]))
+            # Done early means end-of-text or a stop string; otherwise max_tokens ran out.
+            job.finish_reason = "stop" if text.done else "length"
+            yield text.close()
+        finally:
+            with self.model_lock:  # runs generate_tokens' own clean-up, which touches the model
+                tokens.close()
+
+
+# --- HTTP ---------------------------------------------------------------------
+
+
+class ClientGone(Exception):
+    """The client closed the connection; nothing more can be sent."""
+
+
+class CompletionServer(ThreadingHTTPServer):
+    daemon_threads = True  # a stuck client must not keep the process alive at exit
+
+    def __init__(self, address: tuple[str, int], service: ModelService, page: bytes, *, log_requests: bool, family: int) -> None:
+        self.address_family = family
+        self.service = service
+        self.page = page
+        self.log_requests = log_requests
+        super().__init__(address, Handler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that hangs up between requests is routine, not worth a traceback.
+        if not isinstance(sys.exc_info()[1], DISCONNECTED):
+            super().handle_error(request, client_address)
+
+    @property
+    def url(self) -> str:
+        host, port = str(self.server_address[0]), self.server_address[1]
+        return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+
+
+class Handler(BaseHTTPRequestHandler):
+    server: CompletionServer
+    protocol_version = "HTTP/1.1"
+    server_version = "gptkit"
+    timeout = 60  # an idle or stalled connection gives its thread back
+
+    # -- plumbing --
+
+    def log_message(self, format: str, *args: Any) -> None:
+        if self.server.log_requests:
+            super().log_message(format, *args)
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        # The base class answers malformed requests in HTML; API clients expect JSON.
+        self.close_connection = True
+        self._send_json(code, ApiError(code, message or self.responses.get(code, ("error",))[0]).body())
+
+    def _send_json(self, status: int, obj: Any, headers: dict[str, str] | None = None) -> None:
+        body = json.dumps(obj).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _send_api_error(self, err: ApiError) -> None:
+        headers = {"Retry-After": "1"} if err.status == 429 else None
+        self._send_json(err.status, err.body(), headers)
+
+    def handle_expect_100(self) -> bool:
+        # Refuse an oversized body before the client sends it (curl asks first for large ones).
+        if self._declared_length() > MAX_BODY_BYTES:
+            self.close_connection = True
+            self._send_api_error(self._too_large())
+            return False
+        return super().handle_expect_100()
+
+    def _declared_length(self) -> int:
+        try:
+            return int(self.headers.get("Content-Length", "0"))
+        except ValueError:
+            return -1
+
+    def _too_large(self) -> ApiError:
+        return ApiError(413, f"the request body is {self._declared_length()} bytes; at most {MAX_BODY_BYTES} are accepted")
+
+    def _read_body(self) -> bytes:
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            self.close_connection = True
+            raise ApiError(411, "send the body with a Content-Length, not chunked")
+        length = self._declared_length()
+        if length < 0:
+            self.close_connection = True
+            raise ApiError(400, "bad Content-Length header")
+        if length > MAX_BODY_BYTES:
+            if length <= DRAIN_BYTES:
+                # Read and drop it: closing with unread data sends a reset that can destroy our reply.
+                while length > 0 and (chunk := self.rfile.read(min(MAX_BODY_BYTES, length))):
+                    length -= len(chunk)
+            else:
+                self.close_connection = True
+            raise self._too_large()
+        return self.rfile.read(length)
+
+    def _client_gone(self) -> bool:
+        """True once the client has closed its end (seen without waiting for a failed write)."""
+        try:
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
+        except (OSError, ValueError):
+            return True
+
+    def _start_events(self) -> None:
+        self.events_started = True
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream; charset=utf-8")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+
+    def _send_event(self, data: Any) -> None:
+        payload = b"data: " + (data if isinstance(data, bytes) else json.dumps(data).encode()) + b"\n\n"
+        self._write_chunk(payload)
+
+    def _end_events(self) -> None:
+        self._write_chunk(b"")
+
+    def _write_chunk(self, payload: bytes) -> None:
+        try:
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(payload), payload))
+            self.wfile.flush()
+        except DISCONNECTED:
+            self.close_connection = True
+            raise ClientGone from None
+
+    def _deltas(self, job: Job) -> Generator[str, None, None]:
+        """`service.run(job)`, ended early (slot and lock freed) when the client leaves."""
+        with contextlib.closing(self.server.service.run(job)) as deltas:
+            for delta in deltas:
+                if self._client_gone():
+                    self.close_connection = True
+                    raise ClientGone
+                yield delta
+
+    # -- routes --
+
+    def do_GET(self) -> None:
+        path = urlsplit(self.path).path
+        service = self.server.service
+        if path in ("/", "/index.html"):
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(self.server.page)))
+            # Everything the page needs is inline or same-origin; nothing else may load.
+            self.send_header("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; connect-src 'self'; img-src data:")
+            self.end_headers()
+            self.wfile.write(self.server.page)
+        elif path == "/v1/models":
+            self._send_json(200, {"object": "list", "data": [self._model_card()]})
+        elif path == f"/v1/models/{service.model_name}":
+            self._send_json(200, self._model_card())
+        elif path == "/api/info":
+            self._send_json(200, {
+                "model": service.model_name, "context_length": service.context_length,
+                "max_tokens_cap": service.max_new_tokens_cap, "max_prompt_tokens": service.max_prompt_tokens,
+            })
+        else:
+            self._send_api_error(ApiError(404, f"no such endpoint: GET {path}", code="not_found"))
+
+    def do_POST(self) -> None:
+        path = urlsplit(self.path).path
+        self.events_started = False
+        routes = {"/v1/completions": self._completions, "/api/generate": self._generate}
+        try:
+            body = self._read_body()
+            if path not in routes:
+                raise ApiError(404, f"no such endpoint: POST {path}", code="not_found")
+            request = parse_request(body)
+            job = self.server.service.prepare(request)
+            with self.server.service.slots.hold():
+                routes[path](job)
+        except ApiError as err:
+            self._send_api_error(err)
+        except ClientGone:
+            pass
+        except Exception:
+            traceback.print_exc()
+            self.close_connection = True
+            failure = ApiError(500, "the server failed to generate; see its log", kind="server_error")
+            with contextlib.suppress(ClientGone, *DISCONNECTED):
+                if self.events_started:  # the status line is gone; OpenAI's clients raise on an error event
+                    self._send_event(failure.body())
+                    self._end_events()
+                else:
+                    self._send_api_error(failure)
+
+    def _method_not_allowed(self) -> None:
+        self.close_connection = True
+        self._send_api_error(ApiError(405, f"{self.command} is not supported here", code="method_not_allowed"))
+
+    do_PUT = do_DELETE = do_PATCH = _method_not_allowed
+
+    def _model_card(self) -> dict[str, Any]:
+        service = self.server.service
+        return {"id": service.model_name, "object": "model", "created": service.created, "owned_by": "gptkit"}
+
+    def _completion_object(self, job: Job, text: str, finish_reason: str | None) -> dict[str, Any]:
+        return {
+            "id": job.id, "object": "text_completion", "created": job.created, "model": self.server.service.model_name,
+            "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish_reason}],
+        }
+
+    def _completions(self, job: Job) -> None:
+        if not job.request.stream:
+            with contextlib.closing(self._deltas(job)) as deltas:
+                text = "".join(deltas)
+            self._send_json(200, {**self._completion_object(job, text, job.finish_reason), "usage": job.usage()})
+            return
+        self._start_events()
+        with contextlib.closing(self._deltas(job)) as deltas:
+            for delta in deltas:
+                if delta:
+                    self._send_event(self._completion_object(job, delta, None))
+        self._send_event(self._completion_object(job, "", job.finish_reason))
+        options = job.request.stream_options
+        if options is not None and options.include_usage:
+            self._send_event({**self._completion_object(job, "", None), "choices": [], "usage": job.usage()})
+        self._send_event(b"[DONE]")
+        self._end_events()
+
+    def _generate(self, job: Job) -> None:
+        """The page's stream: one settings event, text events, one done event."""
+        self._start_events()
+        self._send_event({"type": "settings", "model": self.server.service.model_name, "settings": job.settings()})
+        started = time.perf_counter()
+        with contextlib.closing(self._deltas(job)) as deltas:
+            for delta in deltas:
+                if delta:
+                    self._send_event({"type": "text", "text": delta})
+        elapsed = time.perf_counter() - started
+        self._send_event({"type": "done", "finish_reason": job.finish_reason, "usage": job.usage(), "seconds": round(elapsed, 3)})
+        self._end_events()
+
+
+# --- entry points -------------------------------------------------------------
+
+
+def _page() -> bytes:
+    return resources.files("gptkit").joinpath("web", "index.html").read_bytes()
+
+
+def make_server(
+    model: GPTModel,
+    tokenizer: Tokenizer,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    model_name: str = "gptkit",
+    max_concurrent: int = 2,
+    max_queue: int = 8,
+    max_new_tokens_cap: int = 512,
+    max_prompt_tokens: int | None = None,
+    queue_timeout: float = 10.0,
+    log_requests: bool = False,
+) -> CompletionServer:
+    """A server bound to `host:port` (0 picks a free port; see `server.url`), not yet serving.
+
+    Run `server.serve_forever()` (in a thread, for tests) and stop it with `server.shutdown()`.
+    `max_prompt_tokens` defaults to the model's context length.
+    """
+    service = ModelService(
+        model, tokenizer, model_name=model_name, max_concurrent=max_concurrent, max_queue=max_queue,
+        queue_timeout=queue_timeout, max_new_tokens_cap=max_new_tokens_cap, max_prompt_tokens=max_prompt_tokens,
+    )
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        return CompletionServer((host, port), service, _page(), log_requests=log_requests, family=family)
+    except OSError as err:
+        raise GptkitError(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def serve_forever(model: GPTModel, tokenizer: Tokenizer, *, console: Console | None = None, **options: Any) -> None:
+    """Serve until Ctrl-C, printing where. `options` are `make_server`'s."""
+    console = console or Console()
+    server = make_server(model, tokenizer, **{"log_requests": True, **options})
+    url = server.url
+    console.print(f"serving [bold]{server.service.model_name}[/bold]: demo {url}  API {url}v1  (Ctrl-C stops)", soft_wrap=True)
+    if not _is_loopback(str(server.server_address[0])):
+        console.print("[yellow]warning:[/yellow] listening beyond this machine, with no authentication", soft_wrap=True)
+    sys.stdout.flush()  # the URL must reach a pipe (a test, a supervisor) before the first request
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        console.print("stopped")
+    finally:
+        server.server_close()
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--run", metavar="RUN_DIR", help="serve the latest checkpoint of a gptkit run directory")
+    source.add_argument("--hf-dir", metavar="DIR", help="serve a local Hugging Face GPT-2 checkpoint folder")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    parser.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    parser.add_argument("--model-name", metavar="NAME", help="the model's name in API replies (default: the folder's name)")
+    parser.add_argument("--device", default="cpu", help="torch device to run the model on (default cpu)")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="weights' precision (default float32)")
+    parser.add_argument("--max-concurrent", type=int, default=2, metavar="N", help="generations running at once (default 2)")
+    parser.add_argument("--max-queue", type=int, default=8, metavar="N", help="requests waiting for a slot before 429 (default 8)")
+    parser.add_argument("--queue-timeout", type=float, default=10.0, metavar="SECONDS", help="longest wait for a slot before 429 (default 10)")
+    parser.add_argument("--max-tokens-cap", type=int, default=512, metavar="N", help="largest max_tokens a request may ask for (default 512)")
+    parser.add_argument("--max-prompt-tokens", type=int, metavar="N", help="longest prompt in tokens (default: the context length)")
+    parser.add_argument("--quiet", action="store_true", help="do not log each request")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """`main.py serve`: load the model as `generate` and `chat` do, then serve it until Ctrl-C."""
+    from gptkit.inference import DTYPES, load_model
+
+    loaded = load_model(args.run, args.hf_dir, DTYPES[args.dtype])
+    try:
+        model = loaded.model.to(args.device)
+    except (RuntimeError, AssertionError) as err:  # a device torch does not know, or not built for
+        raise GptkitError(f"cannot use device {args.device!r}: {str(err).splitlines()[0]}") from None
+    name = args.model_name or Path(args.run or args.hf_dir).resolve().name
+    serve_forever(
+        model, loaded.tokenizer, host=args.host, port=args.port, model_name=name,
+        max_concurrent=args.max_concurrent, max_queue=args.max_queue, queue_timeout=args.queue_timeout,
+        max_new_tokens_cap=args.max_tokens_cap, max_prompt_tokens=args.max_prompt_tokens, log_requests=not args.quiet,
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m gptkit.server`: the same as `python main.py serve`."""
+    parser = argparse.ArgumentParser(prog="python -m gptkit.server", description="Serve a web demo and an OpenAI-compatible API.")
+    add_serve_arguments(parser)
+    try:
+        return cmd_serve(parser.parse_args(argv))
+    except GptkitError as err:
+        Console(stderr=True).print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
