@@ -96,7 +96,14 @@ class TrainConfig(Section):
 
 class SamplingConfig(Section):
     samplers: list[ComponentSpec] = Field(
-        default_factory=lambda: [ComponentSpec(name="temperature", value=0.8), ComponentSpec(name="top_k", k=50)],
+        # The repetition penalty is there for small, briefly trained models: on Python
+        # source they learn the commonest token (a space of indentation) first and,
+        # unpenalised, repeat it for ever; with it their samples show the code they learnt.
+        default_factory=lambda: [
+            ComponentSpec(name="repetition_penalty", penalty=1.3),
+            ComponentSpec(name="temperature", value=0.8),
+            ComponentSpec(name="top_k", k=50),
+        ],
         description="Applied in order to the logits before drawing a token.",
     )
     max_new_tokens: int = Field(200, gt=0)

@@ -14,6 +14,25 @@ from gptkit.layers.kv_cache import KVCache
 from gptkit.registry import Registry
 
 
+def next_token_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over targets that are not -100, always returned in float32.
+
+    Low-precision logits keep their dtype through the log-softmax (whose kernel
+    accumulates in float32) instead of being upcast as autocast would do: with a
+    50257-token vocabulary that upcast copy, and a float32 softmax over it, cost
+    more than the rest of a small model's step. Only the picked log-probabilities
+    are summed in float32, so the rounding of each is averaged out, not the mean's.
+    """
+    logits, targets = logits.flatten(0, 1), targets.flatten()
+    if logits.dtype == torch.float32:
+        return F.cross_entropy(logits, targets, ignore_index=-100)
+    with torch.autocast(logits.device.type, enabled=False):
+        log_probs = torch.log_softmax(logits, dim=-1)
+    keep = targets != -100
+    picked = log_probs.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1).float()
+    return -(picked * keep).sum() / keep.sum().clamp(min=1)
+
+
 class GPTModel(nn.Module):
     """A decoder-only transformer assembled from a `ModelConfig` through the registry."""
 
@@ -120,5 +139,4 @@ class GPTModel(nn.Module):
         logits = self.out_head(self.final_norm(x))
         if targets is None:
             return logits
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
-        return logits, loss
+        return logits, next_token_loss(logits, targets)

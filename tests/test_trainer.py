@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import config as run_config
-from gptkit import hookimpl
+from gptkit import build_registry, hookimpl
 from gptkit.checkpoint import latest_checkpoint, list_checkpoints
 from gptkit.data import prepare_dataset
 from gptkit.plugins import default_registry
@@ -177,3 +177,64 @@ def test_gpt2_124m_recipe_runs_two_steps(corpus: Path, tmp_path: Path) -> None:
     summary = trainer.fit()
     assert summary.steps == 2 and all(math.isfinite(v) for v in recorder.losses.values())
     assert recorder.losses[1] == pytest.approx(math.log(50257), abs=0.5)  # ~uniform at init
+
+
+def test_callback_from_a_plugin_is_selected_by_name(corpus: Path, tmp_path: Path) -> None:
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "count_steps.py").write_text(
+        "from gptkit import ComponentParams, hookimpl\n"
+        "class P(ComponentParams):\n"
+        "    label: str = 'x'\n"
+        "class CountSteps:\n"
+        "    def __init__(self, context, label):\n"
+        "        self.path = context.run_dir / f'{label}.txt'\n"
+        "    @hookimpl\n"
+        "    def gptkit_step_end(self, trainer, metrics):\n"
+        "        with open(self.path, 'a') as f:\n"
+        "            f.write(f'{metrics.step}\\n')\n"
+        "@hookimpl\n"
+        "def gptkit_register_components(registry):\n"
+        "    registry.register('callback', 'count_steps', CountSteps, params=P)\n"
+    )
+    registry = build_registry(plugin_dirs=[plugins], entry_points=False)
+    raw = run_config.build_raw_config(overrides=[
+        *TINY, f"data.path={corpus}", f"data.cache_dir={corpus.parent / 'cache'}", "train.max_steps=3",
+        'train.callbacks=[{"name": "count_steps", "label": "steps"}]',
+    ])
+    cfg = run_config.RunConfig.model_validate(raw, context={"registry": registry})
+    tokenizer = Tokenizer()
+    data = prepare_dataset(cfg.data.path, tokenizer, Path(cfg.data.cache_dir), cfg.data.val_fraction)
+    Trainer(cfg, tmp_path, data, tokenizer, registry).fit()
+    assert (tmp_path / "steps.txt").read_text().split() == ["1", "2", "3"]
+
+
+def test_mfu_uses_the_configured_peak(corpus: Path, tmp_path: Path) -> None:
+    trainer, _ = make_trainer(corpus, tmp_path, ["train.max_steps=1", "train.callbacks=[]", "run.peak_flops=1e12"])
+    seen = []
+
+    class Grab:
+        @hookimpl
+        def gptkit_step_end(self, trainer, metrics) -> None:
+            seen.append(metrics)
+
+    trainer.hooks.register(Grab())
+    trainer.fit()
+    (m,) = seen
+    linear = sum(mod.weight.numel() for mod in trainer.model.modules() if isinstance(mod, torch.nn.Linear))
+    by_hand = m.tokens_per_sec * (6 * linear + 12 * 2 * 32 * 32) / 1e12
+    assert m.mfu == pytest.approx(by_hand)
+
+
+def test_compiled_model_checkpoints_carry_no_prefix(corpus: Path, tmp_path: Path) -> None:
+    from gptkit.checkpoint import clean_state_dict, load_model_weights, save_checkpoint
+
+    trainer, _ = make_trainer(corpus, tmp_path, ["train.max_steps=1", "train.callbacks=[]"])
+    compiled = torch.compile(trainer.model)  # wrapping is enough: its state_dict has the prefix
+    assert all(k.startswith("_orig_mod.") for k in compiled.state_dict())
+    assert not any("_orig_mod" in k for k in clean_state_dict(compiled))
+    path = save_checkpoint(tmp_path, compiled, trainer.optimizer, trainer.state)
+    fresh, _ = make_trainer(corpus, tmp_path / "fresh", ["train.max_steps=1", "train.callbacks=[]", "run.seed=7"])
+    load_model_weights(fresh.model, path / "model.safetensors")
+    for (name, a), b in zip(trainer.model.state_dict().items(), fresh.model.state_dict().values()):
+        assert torch.equal(a, b), name
