@@ -25,3 +25,30 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     env.update({"COLUMNS": "400", "NO_COLOR": "1", "TERM": "dumb", "OMP_NUM_THREADS": "1"})
     env.update(extra)
     return env
+
+
+# What a checkout must offer, and where each comes from, written out independently of the registry.
+CHECKOUT_COMPONENTS = {
+    ("norm", "layernorm"): "built-in",
+    ("norm", "rmsnorm"): "plugins/rmsnorm.py",
+    ("activation", "gelu"): "built-in",
+    ("activation", "relu"): "plugins/activations.py",
+    ("activation", "silu"): "plugins/activations.py",
+    ("attention", "mha"): "built-in",
+    ("ffn", "mlp"): "built-in",
+    ("ffn", "swiglu"): "plugins/swiglu.py",
+    ("position", "learned"): "built-in",
+    ("position", "none"): "built-in",
+    ("position", "rope"): "plugins/rope.py",
+    ("block", "pre_ln"): "built-in",
+}
+
+
+def randomize_weights(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Weights wide enough (N(0, 0.5); norm scales N(1, 0.1)) that greedy text varies from token to token."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            is_norm_scale = p.ndim == 1 and name.endswith("weight")
+            p.normal_(1.0 if is_norm_scale else 0.0, 0.1 if is_norm_scale else 0.5, generator=generator)
+    return model.eval()

@@ -9,23 +9,9 @@ import pytest
 
 from gptkit import default_registry
 
-from conftest import REPO_ROOT, subprocess_env
+from conftest import CHECKOUT_COMPONENTS, REPO_ROOT, subprocess_env
 
-# What a checkout must offer, and where each comes from, written out independently of the registry.
-EXPECTED = {
-    ("norm", "layernorm"): "built-in",
-    ("norm", "rmsnorm"): "plugins/rmsnorm.py",
-    ("activation", "gelu"): "built-in",
-    ("activation", "relu"): "plugins/activations.py",
-    ("activation", "silu"): "plugins/activations.py",
-    ("attention", "mha"): "built-in",
-    ("ffn", "mlp"): "built-in",
-    ("ffn", "swiglu"): "plugins/swiglu.py",
-    ("position", "learned"): "built-in",
-    ("position", "none"): "built-in",
-    ("position", "rope"): "plugins/rope.py",
-    ("block", "pre_ln"): "built-in",
-}
+EXPECTED = CHECKOUT_COMPONENTS
 
 
 def main(*args: str) -> subprocess.CompletedProcess[str]:

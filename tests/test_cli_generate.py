@@ -16,6 +16,7 @@ from rich.console import Console
 
 import config as run_config
 import main
+from conftest import randomize_weights
 from gptkit import GPTModel, ModelConfig
 from gptkit.checkpoint import save_checkpoint
 from gptkit.hf import export_hf
@@ -30,12 +31,7 @@ MAX_NEW = 12  # the run's own sampling.max_new_tokens
 def random_model(seed: int) -> GPTModel:
     """Weights wide enough (N(0, 0.5)) that greedy text varies from token to token."""
     model = GPTModel(ModelConfig(**MODEL))
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            is_norm_scale = p.ndim == 1 and name.endswith("weight")
-            p.normal_(1.0 if is_norm_scale else 0.0, 0.1 if is_norm_scale else 0.5, generator=generator)
-    return model.eval()
+    return randomize_weights(model, seed)  # type: ignore[return-value]
 
 
 def write_run(run_dir: Path, model: GPTModel, model_section: dict[str, object]) -> Path:

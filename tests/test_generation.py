@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import pytest
 import torch
 
+from conftest import randomize_weights
 from gptkit import GPTModel, ModelConfig
 from gptkit.checkpoint import clean_state_dict
 from gptkit.generation import (
@@ -37,12 +38,7 @@ def build(seed: int = 0, *, vocab_size: int = 97, **components: object) -> GPTMo
         **components,  # type: ignore[arg-type]
     )
     model = GPTModel(cfg)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            is_norm_scale = p.ndim == 1 and name.endswith("weight")
-            p.normal_(1.0 if is_norm_scale else 0.0, 0.1 if is_norm_scale else 0.5, generator=generator)
-    return model.eval()
+    return randomize_weights(model, seed)  # type: ignore[return-value]
 
 
 def recompute_greedy(model: GPTModel, prompt: Sequence[int], n: int, eos: int | None = None) -> list[int]:

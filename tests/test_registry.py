@@ -7,6 +7,7 @@ import re
 import pytest
 from pydantic import Field
 
+from conftest import CHECKOUT_COMPONENTS
 from gptkit import ComponentParams, ComponentSpec, NoParams, Registry, RegistryError, default_registry
 from gptkit.registry import CORE_KINDS
 
@@ -179,20 +180,7 @@ def test_params_are_frozen_and_validated_by_component() -> None:
 def test_default_registry_holds_builtins_and_checkout_plugins() -> None:
     reg = default_registry()
     assert reg is default_registry()  # built once
-    expected = {
-        ("norm", "layernorm"): "built-in",
-        ("norm", "rmsnorm"): "plugins/rmsnorm.py",
-        ("activation", "gelu"): "built-in",
-        ("activation", "relu"): "plugins/activations.py",
-        ("activation", "silu"): "plugins/activations.py",
-        ("attention", "mha"): "built-in",
-        ("ffn", "mlp"): "built-in",
-        ("ffn", "swiglu"): "plugins/swiglu.py",
-        ("position", "learned"): "built-in",
-        ("position", "none"): "built-in",
-        ("position", "rope"): "plugins/rope.py",
-        ("block", "pre_ln"): "built-in",
-    }
+    expected = CHECKOUT_COMPONENTS
     for (kind, name), source in expected.items():
         assert reg.get(kind, name).source == source, (kind, name)
 
