@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import json
 import tomllib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -202,7 +203,7 @@ def expand_model_preset(data: dict[str, Any]) -> dict[str, Any]:
 def build_raw_config(
     config_file: str | Path | None = None,
     preset: str | None = None,
-    overrides: list[str] = (),  # type: ignore[assignment]
+    overrides: Sequence[str] = (),
     base: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Layer the sources into one plain dict, before validation."""
@@ -225,9 +226,9 @@ def validate_run_config(data: dict[str, Any]) -> RunConfig:
 
 
 def load_run_config(
-    config_file: str | Path | None = None, preset: str | None = None, overrides: list[str] = ()  # type: ignore[assignment]
+    config_file: str | Path | None = None, preset: str | None = None, overrides: Sequence[str] = ()
 ) -> RunConfig:
-    return validate_run_config(build_raw_config(config_file, preset, list(overrides)))
+    return validate_run_config(build_raw_config(config_file, preset, overrides))
 
 
 # Settings a resumed run may change: budgets, reporting, where it runs. Anything else

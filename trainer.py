@@ -8,7 +8,7 @@ import contextlib
 import math
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -105,7 +105,7 @@ class Trainer:
         tokenizer: Any,
         registry: Registry,
         resume_from: Path | None = None,
-        extra_callbacks: list[object] = (),  # type: ignore[assignment]
+        extra_callbacks: Sequence[object] = (),
     ) -> None:
         self.cfg = cfg
         self.run_dir = run_dir

@@ -185,8 +185,10 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
 def load_model_weights(model: nn.Module, path: Path) -> None:
     """Load a model.safetensors into `model`, naming any missing, unexpected or misshapen keys."""
     tensors = {k.replace(COMPILE_PREFIX, ""): v for k, v in read_tensors(path).items()}
-    expected = {k: v for k, v in model.state_dict().items()}
-    tied = {k for k in expected if k not in tensors and any(expected[k].data_ptr() == expected[o].data_ptr() for o in tensors if o in expected)}
+    expected = model.state_dict()
+    # A tied output head shares the embedding's storage, so it was stored once, under the embedding.
+    stored = {expected[k].data_ptr() for k in tensors if k in expected}
+    tied = {k for k in expected if k not in tensors and expected[k].data_ptr() in stored}
     missing = sorted(set(expected) - set(tensors) - tied)
     unexpected = sorted(set(tensors) - set(expected))
     misshapen = sorted(
