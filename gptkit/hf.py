@@ -536,7 +536,14 @@ def _load_pickle(path: Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # unpickling fails with many exception types
-        raise CheckpointError(f"{path} cannot be loaded as PyTorch weights ({type(exc).__name__}: {exc})") from None
+        # torch's own message suggests weights_only=False, i.e. running the file's code; keep only the cause.
+        text = str(exc)
+        detail = text.split("WeightsUnpickler error:", 1)[-1].strip().split("\n", 1)[0].split(". ", 1)[0].strip()
+        detail = detail or text or "empty or truncated file"
+        raise CheckpointError(
+            f"{path} cannot be loaded safely as plain PyTorch weights: only tensors are accepted "
+            f"({type(exc).__name__}: {detail[:200]})"
+        ) from None
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path} does not hold a state dict of tensors")
     return dict(state)
