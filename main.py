@@ -30,7 +30,8 @@ from rich.table import Table
 
 import config as run_config
 from gptkit import PRESETS, CheckpointError, GptkitError, default_registry, describe_validation_error
-from gptkit.checkpoint import latest_checkpoint, write_text_atomic
+from gptkit.atomic import write_text_atomic
+from gptkit.checkpoint import latest_checkpoint
 from gptkit.corpus import default_cache_dir
 from gptkit.data import PreparedData, prepare_dataset
 from gptkit.server import add_serve_arguments, cmd_serve

@@ -20,52 +20,24 @@ import shutil
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from gptkit.atomic import fsync_dir, fsync_file, write_text_atomic
 from gptkit.errors import CheckpointError
-from typing import TYPE_CHECKING
+from gptkit.train_state import TrainState
 
 if TYPE_CHECKING:
     from gptkit.model import GPTModel
-from gptkit.train_state import TrainState
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
 FORMAT_VERSION = 1
 COMPILE_PREFIX = "_orig_mod."  # what torch.compile puts before every parameter name
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_file(path: Path) -> None:
-    with open(path, "rb+") as handle:
-        os.fsync(handle.fileno())
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Replace `path` with `text` so that readers see the old or the new file, never half."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
 
 
 def clean_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -36,6 +36,7 @@ from gptkit.corpus import (
     split_files,
     stdlib_root,
 )
+from gptkit.atomic import fsync_dir
 from gptkit.errors import DataError
 
 # Bump whenever the bytes written for the same inputs would change (EOT
@@ -166,20 +167,6 @@ class _AtomicFile:
         # After a commit the temporary name is gone, so this only cleans up
         # files left unfinished by an error or an uncommitted exit.
         self.discard()
-
-
-def _fsync_dir(directory: Path) -> None:
-    # Makes the renames themselves durable; not possible on every OS.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _write_tokens(
@@ -348,7 +335,7 @@ def _write_manifest(path: Path, manifest: dict[str, Any]) -> None:
     with _AtomicFile(path) as writer:
         writer.file.write(json.dumps(manifest, indent=1).encode())
         writer.commit()
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def prepare_dataset(

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pydantic import Field
 
-from gptkit.callbacks._files import replace_atomically
+from gptkit.atomic import replace_atomically
 from gptkit.callbacks.metrics import METRICS_FILE
 from gptkit.hookspecs import hookimpl
 from gptkit.registry import ComponentParams

@@ -23,7 +23,7 @@ from typing import Any, TextIO
 
 from pydantic import Field
 
-from gptkit.callbacks._files import replace_atomically
+from gptkit.atomic import replace_atomically
 from gptkit.hookspecs import hookimpl
 from gptkit.registry import ComponentParams
 from gptkit.train_state import CallbackContext, EvalMetrics, StepMetrics, TrainerView, TrainSummary
