@@ -19,13 +19,13 @@ import os
 import re
 import shutil
 import sysconfig
-import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from gptkit.atomic import replace_atomically
 from gptkit.errors import DataError
 
 # Suffixes that are plain text by convention. Directories are scanned only for
@@ -135,17 +135,16 @@ def fetch_url(url: str, cache_dir: Path) -> Path:
     if target.is_file():
         return target
     cache_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=".download-")
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
+
+    def download(tmp: Path) -> None:
+        with open(tmp, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
             shutil.copyfileobj(response, out, READ_BLOCK_BYTES)
-            out.flush()
-            os.fsync(out.fileno())
-        # Rename only a complete download, so an interrupted one is never
-        # mistaken for the cached file next time.
-        os.replace(tmp, target)
+
+    try:
+        # Renamed into place only when complete, so an interrupted download is
+        # never mistaken for the cached file next time.
+        replace_atomically(target, download)
     except (urllib.error.URLError, OSError, ValueError) as exc:
-        Path(tmp).unlink(missing_ok=True)
         reason = getattr(exc, "reason", None) or exc
         raise DataError(f"could not download {url}: {reason}; expected a reachable http(s) URL") from exc
     return target
