@@ -3,34 +3,16 @@
 from __future__ import annotations
 
 import math
-from typing import overload
+from typing import Literal, overload
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from gptkit.config import ModelConfig, model_preset
 from gptkit.layers.kv_cache import KVCache
+from gptkit.layers.linear import Linear
+from gptkit.loss import fused_next_token_loss, next_token_loss
 from gptkit.registry import Registry
-
-
-def next_token_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy over targets that are not -100, always returned in float32.
-
-    Low-precision logits keep their dtype through the log-softmax (whose kernel
-    accumulates in float32) instead of being upcast as autocast would do: with a
-    50257-token vocabulary that upcast copy, and a float32 softmax over it, cost
-    more than the rest of a small model's step. Only the picked log-probabilities
-    are summed in float32, so the rounding of each is averaged out, not the mean's.
-    """
-    logits, targets = logits.flatten(0, 1), targets.flatten()
-    if logits.dtype == torch.float32:
-        return F.cross_entropy(logits, targets, ignore_index=-100)
-    with torch.autocast(logits.device.type, enabled=False):
-        log_probs = torch.log_softmax(logits, dim=-1)
-    keep = targets != -100
-    picked = log_probs.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1).float()
-    return -(picked * keep).sum() / keep.sum().clamp(min=1)
 
 
 class GPTModel(nn.Module):
@@ -57,7 +39,7 @@ class GPTModel(nn.Module):
             for _ in range(cfg.n_layers)
         )
         self.final_norm = registry.create("norm", cfg.norm, cfg.emb_dim)
-        self.out_head = nn.Linear(cfg.emb_dim, cfg.vocab_size, bias=False)
+        self.out_head = Linear(cfg.emb_dim, cfg.vocab_size, bias=False)
         self.reset_parameters()
         if cfg.weight_tying:
             # GPT-2 reads and writes tokens with one matrix: a third fewer parameters
@@ -100,7 +82,9 @@ class GPTModel(nn.Module):
     @overload
     def forward(self, idx: torch.Tensor, targets: None = None, *, start_pos: int = 0, kv_cache: KVCache | None = None, last_only: bool = False) -> torch.Tensor: ...
     @overload
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor, *, start_pos: int = 0, kv_cache: KVCache | None = None, last_only: bool = False) -> tuple[torch.Tensor, torch.Tensor]: ...
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor, *, start_pos: int = 0, kv_cache: KVCache | None = None, last_only: bool = False, keep_logits: Literal[True] = True) -> tuple[torch.Tensor, torch.Tensor]: ...
+    @overload
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor, *, start_pos: int = 0, kv_cache: KVCache | None = None, last_only: bool = False, keep_logits: Literal[False]) -> tuple[None, torch.Tensor]: ...
 
     def forward(
         self,
@@ -110,12 +94,15 @@ class GPTModel(nn.Module):
         start_pos: int = 0,
         kv_cache: KVCache | None = None,
         last_only: bool = False,
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        keep_logits: bool = True,
+    ) -> torch.Tensor | tuple[torch.Tensor | None, torch.Tensor]:
         """Logits of shape (batch, seq, vocab); with `targets`, also the mean cross-entropy.
 
         Targets equal to -100 are ignored in the loss (padding), as in PyTorch and Hugging Face.
         `last_only` returns logits for the last position only, (batch, 1, vocab): all
         that generation needs, and the output head is a third of GPT-2 124M's weights.
+        `keep_logits=False` (with targets) returns `(None, loss)`, computed without
+        materialising the (batch, seq, vocab) logits: what training wants (see `gptkit.loss`).
         """
         if last_only and targets is not None:
             raise ValueError("last_only drops the positions the loss needs; pass targets or last_only, not both")
@@ -136,7 +123,10 @@ class GPTModel(nn.Module):
             x = block(x, self.pos_emb, start_pos, kv_cache.layers[i] if kv_cache is not None else None)
         if last_only:
             x = x[:, -1:]
-        logits = self.out_head(self.final_norm(x))
+        x = self.final_norm(x)
+        if targets is not None and not keep_logits and not torch.compiler.is_compiling():
+            return None, fused_next_token_loss(x, self.out_head.weight, targets)
+        logits = self.out_head(x)
         if targets is None:
             return logits
         return logits, next_token_loss(logits, targets)

@@ -7,6 +7,7 @@ from gptkit.layers.feed_forward import FeedForward
 from gptkit.layers.gelu import GELU
 from gptkit.layers.kv_cache import KVCache, LayerKVCache
 from gptkit.layers.layer_norm import LayerNorm
+from gptkit.layers.linear import Linear
 
 __all__ = [
     "GELU",
@@ -15,6 +16,7 @@ __all__ = [
     "LayerKVCache",
     "LayerNorm",
     "LearnedPositionEmbedding",
+    "Linear",
     "MultiHeadAttention",
     "PositionEncoding",
     "TransformerBlock",

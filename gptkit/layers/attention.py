@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gptkit.layers.linear import Linear
+
 if TYPE_CHECKING:
     from gptkit.layers.embeddings import PositionEncoding
     from gptkit.layers.kv_cache import LayerKVCache
@@ -58,8 +60,8 @@ class MultiHeadAttention(nn.Module):
         self.dropout = dropout
         self.use_sdpa = use_sdpa
         # One matmul for queries, keys and values together: three times wider, one launch.
-        self.qkv = nn.Linear(d_in, 3 * d_out, bias=qkv_bias)
-        self.out_proj = nn.Linear(d_out, d_out, bias=proj_bias)
+        self.qkv = Linear(d_in, 3 * d_out, bias=qkv_bias)
+        self.out_proj = Linear(d_out, d_out, bias=proj_bias)
         self.out_proj.is_residual_projection = True  # type: ignore[assignment]
         self.attn_dropout = nn.Dropout(dropout)
 

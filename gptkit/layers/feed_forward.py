@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from gptkit.layers.gelu import GELU
+from gptkit.layers.linear import Linear
 
 
 class FeedForward(nn.Module):
@@ -18,9 +19,9 @@ class FeedForward(nn.Module):
     def __init__(self, emb_dim: int, hidden_dim: int | None = None, activation: nn.Module | None = None, bias: bool = True) -> None:
         super().__init__()
         hidden_dim = hidden_dim or 4 * emb_dim
-        self.fc1 = nn.Linear(emb_dim, hidden_dim, bias=bias)
+        self.fc1 = Linear(emb_dim, hidden_dim, bias=bias)
         self.activation = activation if activation is not None else GELU()
-        self.fc2 = nn.Linear(hidden_dim, emb_dim, bias=bias)
+        self.fc2 = Linear(hidden_dim, emb_dim, bias=bias)
         self.fc2.is_residual_projection = True  # type: ignore[assignment]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,111 @@
+"""Next-token cross-entropy, from logits or straight from the final hidden states.
+
+A 50257-token vocabulary makes the logits the largest tensor of a GPT-2 step: for a
+batch of 8 x 256 tokens, 411 MB in float32, written by the output head, read by the
+log-softmax, and matched by a gradient of the same size in the backward pass — about
+2 GB of fresh memory a step, each page of it faulted in and zeroed by the kernel.
+`fused_next_token_loss` holds a few rows of logits at a time: each chunk's
+log-softmax becomes its loss and, when gradients are wanted, its rows of the
+logits' gradient, written in place into one buffer; the head's two gradient
+matmuls follow at once and the backward pass only scales them. Results match
+`next_token_loss` on full logits to float rounding.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from gptkit.layers.linear import linear
+
+IGNORE_INDEX = -100
+
+
+def next_token_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over targets that are not -100, always returned in float32.
+
+    Low-precision logits keep their dtype through the log-softmax (whose kernel
+    accumulates in float32) instead of being upcast as autocast would do: with a
+    50257-token vocabulary that upcast copy, and a float32 softmax over it, cost
+    more than the rest of a small model's step. Only the picked log-probabilities
+    are summed in float32, so the rounding of each is averaged out, not the mean's.
+    """
+    logits, targets = logits.flatten(0, 1), targets.flatten()
+    if logits.dtype == torch.float32:
+        return F.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX)
+    with torch.autocast(logits.device.type, enabled=False):
+        log_probs = torch.log_softmax(logits, dim=-1)
+    keep = targets != IGNORE_INDEX
+    picked = log_probs.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1).float()
+    return -(picked * keep).sum() / keep.sum().clamp(min=1)
+
+
+def _compute_dtype(hidden: torch.Tensor) -> torch.dtype:
+    device = hidden.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
+
+
+def chunk_rows_for(vocab_size: int, budget_bytes: int = 32 << 20) -> int:
+    """Rows of float32 logits that fit the budget: small enough for the allocator to
+    reuse the same memory chunk after chunk instead of mapping fresh pages."""
+    return max(8, budget_bytes // (4 * vocab_size))
+
+
+class _FusedLoss(torch.autograd.Function):
+    """Loss and both gradients in the forward pass; backward scales them by the incoming gradient."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, dtype: torch.dtype
+    ) -> torch.Tensor:
+        want_grads = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        h, w = hidden.to(dtype), weight.to(dtype)
+        keep = targets != IGNORE_INDEX
+        safe_targets = targets.clamp(min=0).unsqueeze(-1)
+        rows_per_chunk = chunk_rows_for(w.shape[0])
+        # Gradient of the summed loss w.r.t. the logits, filled chunk by chunk.
+        grad_logits = h.new_empty(h.shape[0], w.shape[0]) if want_grads else None
+        total = torch.zeros((), dtype=torch.float32, device=h.device)
+        with torch.autocast(h.device.type, enabled=False):
+            for start in range(0, h.shape[0], rows_per_chunk):
+                rows = slice(start, start + rows_per_chunk)
+                # Low-precision logits stay so: log_softmax accumulates in float32 anyway,
+                # and an upcast copy would double the bytes every later step reads.
+                log_probs = torch.log_softmax(linear(h[rows], w), dim=-1)
+                picked = log_probs.gather(-1, safe_targets[rows]).squeeze(-1).float()
+                total -= (picked * keep[rows]).sum()
+                if grad_logits is not None:
+                    # d(-log p_t)/d logits = softmax - onehot(t); zero for ignored targets.
+                    probs = torch.exp(log_probs, out=grad_logits[rows])
+                    probs.scatter_add_(-1, safe_targets[rows], probs.new_full((probs.shape[0], 1), -1.0))
+                    ignored = (~keep[rows]).nonzero().squeeze(-1)
+                    if ignored.numel():
+                        probs.index_fill_(0, ignored, 0.0)
+            if grad_logits is not None:
+                grad_hidden = linear(grad_logits, w.t()).to(hidden.dtype)
+                grad_weight = linear(grad_logits.t(), h.t()).to(weight.dtype)
+                ctx.save_for_backward(grad_hidden, grad_weight)
+        count = keep.sum().clamp(min=1)
+        ctx.count = count
+        return total / count
+
+    @staticmethod
+    def backward(ctx: Any, grad_loss: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        grad_hidden, grad_weight = ctx.saved_tensors
+        scale = grad_loss / ctx.count
+        return grad_hidden.mul_(scale), grad_weight.mul_(scale), None, None
+
+
+def fused_next_token_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """`next_token_loss(hidden @ weight.T, targets)` without keeping the logits.
+
+    `hidden` is (..., emb) and `targets` the matching (...) with -100 for ignored
+    positions. Under autocast the head's matmuls run in the autocast dtype, as
+    they would through `F.linear`; the log-softmax accumulates in float32
+    and the summed loss is float32. Memory: one
+    (tokens, vocab) gradient buffer instead of logits, log-probabilities and
+    their gradients. Backward may be called once (the gradients are scaled in place).
+    """
+    return _FusedLoss.apply(hidden.reshape(-1, hidden.shape[-1]), weight, targets.reshape(-1), _compute_dtype(hidden))

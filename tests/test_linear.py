@@ -1,0 +1,78 @@
+"""gptkit.Linear: nn.Linear's parameters and results, through oneDNN for float32 on CPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gptkit import GPTModel, Linear
+from gptkit.layers import linear as linear_module
+
+needs_onednn = pytest.mark.skipif(not linear_module._ONEDNN, reason="this PyTorch build has no oneDNN")
+
+
+def float64_reference(x: torch.Tensor, layer: nn.Linear, grad_out: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    x64 = x.detach().double().requires_grad_()
+    w64 = layer.weight.detach().double().requires_grad_()
+    b64 = layer.bias.detach().double().requires_grad_() if layer.bias is not None else None
+    out = F.linear(x64, w64, b64)
+    out.backward(grad_out.double())
+    return out, x64.grad, w64.grad, (b64.grad if b64 is not None else None)
+
+
+@needs_onednn
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("shape", [(3, 5, 48), (7, 48)])
+def test_float32_path_matches_float64_forward_and_backward(bias: bool, shape: tuple[int, ...]) -> None:
+    torch.manual_seed(0)
+    layer = Linear(48, 80, bias=bias)
+    x = torch.randn(*shape, requires_grad=True)
+    grad_out = torch.randn(*shape[:-1], 80)
+    assert linear_module.use_onednn(x, layer.weight)  # otherwise this test would not test the path
+    out = layer(x)
+    out.backward(grad_out)
+    ref_out, ref_dx, ref_dw, ref_db = float64_reference(x, layer, grad_out)
+    tol = dict(rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out.double(), ref_out, **tol)
+    torch.testing.assert_close(x.grad.double(), ref_dx, **tol)
+    torch.testing.assert_close(layer.weight.grad.double(), ref_dw, **tol)
+    if bias:
+        torch.testing.assert_close(layer.bias.grad.double(), ref_db, **tol)
+    assert out.shape == (*shape[:-1], 80)
+
+
+@needs_onednn
+def test_strided_weight_and_input() -> None:
+    """A column-major weight (what generation's decode layout makes) and a sliced input."""
+    torch.manual_seed(1)
+    layer = Linear(32, 16)
+    expected_weight = layer.weight.detach().clone()
+    layer.weight.data = layer.weight.data.t().contiguous().t()
+    x = torch.randn(4, 64)[:, ::2]
+    assert not x.is_contiguous() and not layer.weight.is_contiguous()
+    torch.testing.assert_close(layer(x), F.linear(x, expected_weight, layer.bias), rtol=1e-5, atol=1e-6)
+
+
+def test_autocast_and_other_dtypes_take_torch_path() -> None:
+    layer = Linear(8, 4)
+    x = torch.randn(2, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not linear_module.use_onednn(x, layer.weight)
+        assert layer(x).dtype == torch.bfloat16
+    assert not linear_module.use_onednn(x.double(), layer.weight.double())
+    assert layer.double()(x.double()).dtype == torch.float64
+
+
+def test_drop_in_for_nn_linear() -> None:
+    layer = Linear(8, 4, bias=False)
+    assert isinstance(layer, nn.Linear)
+    assert list(layer.state_dict()) == list(nn.Linear(8, 4, bias=False).state_dict()) == ["weight"]
+
+
+def test_model_uses_it_for_every_projection() -> None:
+    model = GPTModel.from_preset("cpu-small", n_layers=1)
+    plain = [name for name, m in model.named_modules() if type(m) is nn.Linear]
+    assert plain == []
+    assert sum(isinstance(m, Linear) for m in model.modules()) == 5  # qkv, out, fc1, fc2, head
