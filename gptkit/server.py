@@ -9,6 +9,7 @@ serves, on 127.0.0.1:8000 by default:
     GET  /v1/models          the one model served
     POST /api/generate       the page's stream: settings, text deltas, then a summary
     GET  /api/info           model name and request limits, for the page
+    GET  /health             generations running and waiting, and their limits (cheap: no model work)
 
 Only the standard library's `ThreadingHTTPServer` is used: one thread per
 connection, no new dependency. Choices where OpenAI's API leaves room:
@@ -446,6 +447,9 @@ class Handler(BaseHTTPRequestHandler):
             self._send_json(200, {"object": "list", "data": [self._model_card()]})
         elif path == f"/v1/models/{service.model_name}":
             self._send_json(200, self._model_card())
+        elif path == "/health":
+            slots = service.slots  # unlocked reads: a monitor needs a recent figure, not an exact one
+            self._send_json(200, {"status": "ok", "active": slots.active, "waiting": slots.waiting, "limit": slots.limit, "max_queue": slots.max_waiting})
         elif path == "/api/info":
             self._send_json(200, {
                 "model": service.model_name, "context_length": service.context_length,

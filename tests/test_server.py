@@ -307,6 +307,52 @@ def test_client_leaving_mid_stream_frees_its_slot(start: Callable[..., Completio
     assert reply.choices[0].finish_reason == "length"
 
 
+def leave_mid_stream(server: CompletionServer, max_tokens: int) -> None:
+    """Start a streamed completion over a raw socket, read its first event, and hang up."""
+    host, port = server.server_address[:2]
+    body = json.dumps({"prompt": PROMPT, "max_tokens": max_tokens, "temperature": 0, "stream": True}).encode()
+    with socket.create_connection((str(host), port), timeout=TIMEOUT) as sock:
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        received = b""
+        while b"data: {" not in received:
+            chunk = sock.recv(4096)
+            assert chunk, "the server closed the stream early"
+            received += chunk
+
+
+def test_request_right_after_a_client_leaves_gets_its_slot(start: Callable[..., CompletionServer], model: GPTModel) -> None:
+    # 5000 tokens at >= 10 ms each: a server generating on into the closed socket would hold the
+    # only slot for 50 s, and the next request, allowed to wait 5 s for it, would be answered 429.
+    slow_down(model, delay=0.01)
+    server = start(model, max_concurrent=1, max_queue=1, queue_timeout=5, max_new_tokens_cap=5000)
+    leave_mid_stream(server, max_tokens=5000)
+    status, reply = request(server, "POST", "/v1/completions", {"prompt": PROMPT, "max_tokens": 2})
+    assert status == 200, reply
+    assert reply["usage"]["completion_tokens"] == 2
+    assert request(server, "GET", "/health")[1] == {"status": "ok", "active": 0, "waiting": 0, "limit": 1, "max_queue": 1}
+
+
+def test_health_counts_running_and_waiting_generations(start: Callable[..., CompletionServer], model: GPTModel) -> None:
+    gate = threading.Event()
+    entered, _ = slow_down(model, gate=gate)
+    server = start(model, max_concurrent=1, max_queue=3)
+    body = {"prompt": PROMPT, "max_tokens": 2}
+    threads = [threading.Thread(target=request, args=(server, "POST", "/v1/completions", body)) for _ in range(3)]
+    threads[0].start()
+    try:
+        assert entered.wait(TIMEOUT)
+        for thread in threads[1:]:
+            thread.start()
+        wait_until(lambda: server.service.slots.waiting == 2, "two requests queue")
+        assert request(server, "GET", "/health") == (200, {"status": "ok", "active": 1, "waiting": 2, "limit": 1, "max_queue": 3})
+    finally:
+        gate.set()
+        for thread in threads:
+            thread.join(TIMEOUT)
+    assert request(server, "GET", "/health")[1]["active"] == 0
+
+
 # --- the command line -------------------------------------------------------------
 
 
@@ -344,3 +390,19 @@ def test_cli_missing_run_is_a_user_error(tmp_path: Path, capsys: pytest.CaptureF
     assert main(["--run", str(missing)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and str(missing) in err and "Traceback" not in err
+
+
+def test_listens_on_loopback_unless_told_otherwise(model: GPTModel, tokenizer: Tokenizer) -> None:
+    import main as cli
+
+    args = cli.build_parser().parse_args(["serve", "--hf-dir", "unused"])
+    server = make_server(model, tokenizer, host=args.host, port=0)
+    try:
+        assert server.server_address[0] == "127.0.0.1"
+    finally:
+        server.server_close()
+    server = make_server(model, tokenizer, port=0)  # make_server's own default
+    try:
+        assert server.server_address[0] == "127.0.0.1"
+    finally:
+        server.server_close()
