@@ -52,13 +52,18 @@ class _OneDNNLinear(torch.autograd.Function):
         return grad_x, grad_w, grad_b
 
 
+# Below this many rows (a decode step has one) the weight streams from memory either
+# way, and PyTorch's own matrix-vector path, tuned for that, is kept.
+MIN_ROWS = 32
+
+
 def use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
     return (
         _ONEDNN
         and x.device.type == "cpu"
         and x.dtype == torch.float32
         and weight.dtype == torch.float32
-        and x.numel() > 0
+        and x.numel() >= MIN_ROWS * x.shape[-1] > 0
         and not torch.is_autocast_enabled("cpu")
         and not torch.compiler.is_compiling()
     )
