@@ -124,6 +124,17 @@ class RunSection(Section):
     dtype: Literal["float32", "bfloat16", "float16"] = Field("bfloat16", description="Autocast precision (float16: CUDA only).")
     compile: bool = Field(False, description="torch.compile the model.")
     peak_flops: float | None = Field(None, gt=0, description="Device peak FLOP/s for MFU; None: known GPUs only.")
+    parallel: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="Under torchrun: ddp (a whole model per process) or fsdp (sharded, for models too big for one device)."
+    )
+
+    @model_validator(mode="after")
+    def _fsdp_precision(self) -> RunSection:
+        if self.parallel == "fsdp" and self.dtype == "float16":
+            # GradScaler checks only its own shard for inf, so processes could disagree on
+            # skipping a step; bf16 needs no scaler.
+            raise ValueError("run.parallel fsdp does not support run.dtype float16; use bfloat16")
+        return self
 
 
 class RunConfig(Section):
@@ -236,6 +247,7 @@ def load_run_config(
 RESUMABLE_PREFIXES = (
     "train.max_steps", "train.max_tokens", "train.max_time", "train.callbacks", "train.eval_every",
     "train.nan_policy", "sampling.", "run.device", "run.compile", "run.peak_flops", "run.out_dir", "run.name",
+    "run.parallel",
 )
 
 

@@ -16,6 +16,7 @@ User mistakes end with a short message and exit code 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 import time
@@ -29,7 +30,7 @@ from rich.syntax import Syntax
 from rich.table import Table
 
 import config as run_config
-from gptkit import PRESETS, CheckpointError, GptkitError, default_registry, describe_validation_error
+from gptkit import PRESETS, CheckpointError, GptkitError, Registry, default_registry, describe_validation_error
 from gptkit.atomic import write_text_atomic
 from gptkit.checkpoint import latest_checkpoint
 from gptkit.corpus import default_cache_dir
@@ -39,6 +40,8 @@ from gptkit.server import add_serve_arguments, cmd_serve
 console = Console()
 err_console = Console(stderr=True)
 COMMANDS = ("train", "config", "components", "generate", "chat", "serve")
+# The system refusing a read or write (full disk, no permission): the user's to fix, not a bug.
+REFUSED_IO = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EPERM, errno.EROFS}
 
 
 def resolve_config(args: argparse.Namespace) -> run_config.RunConfig:
@@ -94,28 +97,55 @@ def prepare_data(cfg: run_config.RunConfig, tokenizer: object) -> PreparedData:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from trainer import Trainer  # deferred: importing torch's optimizers is slow for `--help`
+    from gptkit import distributed  # deferred with the trainer: torch is slow to import for `--help`
+    from trainer import pick_device
 
+    if not distributed.env_is_main():
+        # Under torchrun only process 0 speaks: the others' errors are its own, which it prints.
+        console.quiet = err_console.quiet = True
     cfg = resolve_config(args)
     registry = default_registry()
+    distributed.init_distributed(pick_device(cfg.run.device).type)  # nothing to join without torchrun
+    try:
+        return train(args, cfg, registry)
+    finally:
+        distributed.shutdown_distributed()
+
+
+def train(args: argparse.Namespace, cfg: run_config.RunConfig, registry: Registry) -> int:
+    """Train in this process: alone, or as one of torchrun's processes (process 0 creates and writes)."""
+    from gptkit import distributed
+    from trainer import Trainer
+
+    checkpoint: Path | None = None
     if args.resume:
         run_dir = Path(args.resume)
-        checkpoint = latest_checkpoint(run_dir)
+        checkpoint = distributed.on_main(lambda: latest_checkpoint(run_dir))
         console.print(f"resuming {run_dir} from {checkpoint.name}")
     else:
-        run_dir, checkpoint = make_run_dir(cfg), None
-    write_text_atomic(run_dir / "config.json", json.dumps(cfg.model_dump(mode="json"), indent=2) + "\n")
+        run_dir = distributed.on_main(lambda: make_run_dir(cfg))  # one timestamped name for all processes
+    if distributed.current().is_main:
+        write_text_atomic(run_dir / "config.json", json.dumps(cfg.model_dump(mode="json"), indent=2) + "\n")
     tokenizer = registry.create("tokenizer", cfg.data.tokenizer)
-    data = prepare_data(cfg, tokenizer)
+    data = distributed.main_first(lambda: prepare_data(cfg, tokenizer))  # tokenized once, then read from the cache
     trainer = Trainer(cfg, run_dir, data, tokenizer, registry, resume_from=checkpoint)
+    if trainer.batch_note:
+        console.print(f"note: {trainer.batch_note}")
+    world = trainer.process.world_size
+    where = f"{trainer.device.type} x {world} processes ({cfg.run.parallel})" if world > 1 else str(trainer.device)
     console.print(
-        f"model: {trainer.model.num_parameters() / 1e6:.1f}M parameters on {trainer.device} ({cfg.run.dtype}); "
+        f"model: {trainer.model.num_parameters() / 1e6:.1f}M parameters on {where} ({cfg.run.dtype}); "
         f"run directory {run_dir}"
     )
+    if world > 1:
+        console.print(
+            f"batch: {trainer.global_batch} sequences per step = {trainer.micro_batch} per micro-batch x "
+            f"{trainer.accum} accumulation steps x {world} processes ({trainer.tokens_per_step:,} tokens)"
+        )
     try:
         trainer.fit()
     except KeyboardInterrupt:
-        err_console.print(f"interrupted; continue with: python main.py --resume {run_dir}")
+        err_console.print(f"interrupted; continue with: python main.py --resume {run_dir}", soft_wrap=True)
         return 130
     return 0
 
@@ -157,7 +187,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     try:
         for piece in stream_text(
             loaded.model, loaded.tokenizer, args.prompt, session.max_new_tokens, session.samplers,
-            stop=args.stop, generator=session.generator,
+            stop=args.stop, generator=session.generator, compile=session.compile,
         ):
             sys.stdout.write(piece)
             sys.stdout.flush()  # a pipe would otherwise hold the text back until the end
@@ -174,7 +204,10 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
     session = open_session(args)
     loaded = session.loaded
-    chat = Chat(loaded.model, loaded.tokenizer, session.samplers, session.max_new_tokens, args.stop, session.generator)
+    chat = Chat(
+        loaded.model, loaded.tokenizer, session.samplers, session.max_new_tokens, args.stop, session.generator,
+        compile=session.compile,
+    )
     interactive = sys.stdin.isatty()
     if interactive:
         err_console.print(f"chatting with {loaded.description}; /exit or Ctrl-D ends", highlight=False)
@@ -245,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--seed", type=int, help="seed the sampling for a reproducible result")
         sub.add_argument("--stop", action="append", default=[], metavar="TEXT", help="end at this text, not printed (repeatable)")
         sub.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="weights' precision")
+        sub.add_argument("--compile", action="store_true", help="run the model through torch.compile; compiling delays the first token by tens of seconds")
     serve = commands.add_parser("serve", help="serve a web demo and an OpenAI-compatible completions API")
     add_serve_arguments(serve)
     serve.set_defaults(handler=cmd_serve)
@@ -260,9 +294,14 @@ def run(argv: Sequence[str] | None = None) -> int:
     try:
         return handler(args)
     except ValidationError as err:
-        err_console.print(f"[red]error:[/red] invalid config\n{describe_validation_error(err)}", highlight=False)
+        err_console.print(f"[red]error:[/red] invalid config\n{describe_validation_error(err)}", highlight=False, soft_wrap=True)
     except GptkitError as err:
-        err_console.print(f"[red]error:[/red] {err}", highlight=False)
+        err_console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
+    except OSError as err:
+        if err.errno not in REFUSED_IO:
+            raise  # any other OSError may be a bug in gptkit: keep its traceback
+        where = err.filename or "a file"
+        err_console.print(f"[red]error:[/red] {where}: {err.strerror} (check the free space and permissions there)", highlight=False, soft_wrap=True)
     return 2
 
 

@@ -8,7 +8,7 @@ import contextlib
 import math
 import signal
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +17,9 @@ import torch
 from torch import nn
 
 from config import RunConfig
-from gptkit import GPTModel, GptkitError, Registry, hookspecs
-from gptkit.checkpoint import load_checkpoint, save_checkpoint
+from gptkit import CheckpointError, GPTModel, GptkitError, Registry, distributed, hookspecs
+from gptkit.checkpoint import load_checkpoint, optimizer_state_from, read_tensors, save_checkpoint
+from gptkit.cpu_allocator import retain_freed_memory
 from gptkit.data import BatchSampler, PreparedData, fixed_batches
 from gptkit.plugins import check_hook_names
 from gptkit.train_state import CallbackContext, EvalMetrics, StepMetrics, TrainState, TrainSummary
@@ -33,13 +34,14 @@ class TrainingStopped(GptkitError):
     """The loss became NaN or infinite under the "stop" policy."""
 
 
-def pick_device(name: str) -> torch.device:
+def pick_device(name: str, local_rank: int | None = None) -> torch.device:
+    """The device `run.device` names; under torchrun, CUDA means this process's own GPU (LOCAL_RANK)."""
     if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        return torch.device("cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise GptkitError(f"run.device is '{name}' but no CUDA device is available; use run.device=cpu")
+    if name == "cuda" and local_rank is not None:
+        return torch.device("cuda", local_rank)
     return torch.device(name)
 
 
@@ -69,7 +71,9 @@ def make_optimizer(model: nn.Module, cfg: RunConfig, device: torch.device) -> to
         {"params": decay, "weight_decay": cfg.train.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    fused = device.type == "cuda"
+    # The fused kernel does the whole update in one pass over each tensor: on CPU about
+    # 3.5x faster than the multi-tensor (foreach) path, which makes a pass per operation.
+    fused = device.type in ("cuda", "cpu")
     return torch.optim.AdamW(
         groups, lr=cfg.train.lr, betas=(cfg.train.beta1, cfg.train.beta2),
         fused=fused, foreach=None if fused else True,
@@ -77,25 +81,44 @@ def make_optimizer(model: nn.Module, cfg: RunConfig, device: torch.device) -> to
 
 
 @contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM (a scheduler's or `kill`'s stop) takes the Ctrl-C path: save, then exit."""
+def interrupts_between_steps() -> Iterator[Callable[[], None]]:
+    """SIGINT and SIGTERM (Ctrl-C, a scheduler's or `kill`'s stop) take the Ctrl-C path: save, then exit.
+
+    They take it when the yielded check runs, between steps: an interrupt in the
+    middle of one could save weights an optimizer step ahead of the step count, and
+    the resumed run would differ from an uninterrupted one. A second signal interrupts at once.
+    """
+    received: list[int] = []
 
     def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
+        received.append(signum)
+        if len(received) > 1:
+            raise KeyboardInterrupt(f"signal {signum}")
+
+    def check() -> None:
+        if received:
+            raise KeyboardInterrupt(f"signal {received[0]}")
 
     try:
-        previous = signal.signal(signal.SIGTERM, handler)
+        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     except ValueError:  # not the main thread: leave signals alone
-        yield
+        yield lambda: None
         return
     try:
-        yield
+        yield check
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, earlier in previous.items():
+            signal.signal(sig, earlier)
 
 
 class Trainer:
-    """Trains `GPTModel` on prepared token files under a `RunConfig`."""
+    """Trains `GPTModel` on prepared token files under a `RunConfig`.
+
+    Under torchrun (a process group initialized, see `gptkit.distributed`) each
+    process trains its share of every global batch; the losses, validation
+    figures and stop decisions they report are the same on every process, and
+    only process 0 runs callbacks that write or print (`context.is_main_process`).
+    """
 
     def __init__(
         self,
@@ -109,11 +132,13 @@ class Trainer:
     ) -> None:
         self.cfg = cfg
         self.run_dir = run_dir
-        self.device = pick_device(cfg.run.device)
-        torch.manual_seed(cfg.run.seed)
+        self.process = distributed.current()
+        distributed.check_device(cfg.run.device, self.process)
+        self.device = pick_device(cfg.run.device, self.process.local_rank if self.process.active else None)
+        torch.manual_seed(cfg.run.seed)  # the same initial weights in every process
         self.model = GPTModel(cfg.model, registry).to(self.device)
-        self.forward_model: nn.Module = torch.compile(self.model) if cfg.run.compile else self.model
-        self.optimizer = make_optimizer(self.model, cfg, self.device)
+        self.flops_per_token = flops_per_token(self.model)  # counted before sharding splits the weights
+        self.sharded = self.process.active and cfg.run.parallel == "fsdp"
         total = cfg.train.max_steps
         if total is None and cfg.train.scheduler.name != "constant":
             raise GptkitError(
@@ -124,25 +149,42 @@ class Trainer:
             "scheduler", cfg.train.scheduler, max_lr=cfg.train.lr, min_lr=cfg.train.min_lr, total_steps=total
         )
         self.state = TrainState()
+        meta: dict[str, Any] = {}
+        if self.sharded:
+            # Full weights load into the whole model before it is split; the full
+            # optimizer state afterwards, each process keeping its shard.
+            if resume_from is not None:
+                self.state, meta = load_checkpoint(resume_from, self.model)
+            distributed.shard_model(self.model, self.device)
+            self.optimizer = make_optimizer(self.model, cfg, self.device)
+            if resume_from is not None:
+                tensors = read_tensors(resume_from / "optimizer.safetensors")
+                opt = {k: v for k, v in tensors.items() if k.startswith("state.")}
+                distributed.load_full_optimizer_state(self.model, self.optimizer, optimizer_state_from(opt, meta["param_groups"]))
+        else:
+            self.optimizer = make_optimizer(self.model, cfg, self.device)
+            if resume_from is not None:
+                self.state, meta = load_checkpoint(resume_from, self.model, self.optimizer)
+        if self.process.rank > 0:
+            # Dropout masks of their own (a checkpoint holds process 0's random state).
+            torch.manual_seed(cfg.run.seed + self.process.rank + self.process.world_size * self.state.step)
+        self.train_model: nn.Module = self.model
+        if self.process.active and not self.sharded:
+            self.train_model = distributed.wrap_ddp(self.model, self.device)
+        self.forward_model: nn.Module = torch.compile(self.train_model) if cfg.run.compile else self.train_model
         self.last_checkpoint: Path | None = None
         self.last_checkpoint_step: int | None = None
-        self._stop_reason: str | None = None
         if resume_from is not None:
-            self.state, _ = load_checkpoint(resume_from, self.model, self.optimizer)
             self.last_checkpoint, self.last_checkpoint_step = resume_from, self.state.step
-        t = cfg.train
-        self.tokens_per_step = t.batch_size * t.grad_accum_steps * cfg.model.context_length
-        self.train_batches = BatchSampler(data.train, t.batch_size, cfg.model.context_length, cfg.run.seed)
-        # Fixed windows: every evaluation sees the same text, so val losses are comparable.
-        self.val_batches = fixed_batches(data.val, t.batch_size, cfg.model.context_length, t.eval_batches, cfg.run.seed + 1)
+        self._stop_reason: str | None = None
+        self._split_batches(data, meta, resume_from)
         self.amp_dtype = DTYPES[cfg.run.dtype]
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
-        self.flops_per_token = flops_per_token(self.model)
         self.peak_flops = peak_flops_for(self.device, cfg.run.peak_flops)
         self.context = CallbackContext(
             run_dir=run_dir,
             total_steps=total,
-            is_main_process=True,
+            is_main_process=self.process.is_main,
             tokenizer=tokenizer,
             samplers=[registry.create("sampler", s) for s in cfg.sampling.samplers],
             config=cfg.model_dump(mode="json"),
@@ -154,13 +196,70 @@ class Trainer:
             self.hooks.register(callback, name=label)
             check_hook_names(self.hooks, callback, label)  # a misspelt hook would never be called
 
+    def _split_batches(self, data: PreparedData, meta: dict[str, Any], resume_from: Path | None) -> None:
+        """Batch sizes per process, and the samplers that hand out each process's windows.
+
+        A run's global batch (sequences per optimizer step) is fixed when it
+        starts: train.batch_size x train.grad_accum_steps x processes. A resume
+        under another process count keeps it, changing the accumulation steps
+        (or, failing that, the micro-batch) per process; see `batch_note`.
+        """
+        t, ctx, world = self.cfg.train, self.cfg.model.context_length, self.process.world_size
+        if resume_from is None:
+            self.global_batch = t.batch_size * t.grad_accum_steps * world
+            self.eval_batch = t.batch_size * world
+        else:  # checkpoints from before multi-process training were single-process ones
+            self.global_batch = int(meta.get("global_batch_size", t.batch_size * t.grad_accum_steps))
+            self.eval_batch = int(meta.get("eval_batch_size", t.batch_size))
+        try:
+            self.micro_batch, self.accum = distributed.split_global_batch(self.global_batch, t.batch_size, world)
+        except GptkitError as err:
+            raise CheckpointError(f"cannot resume {resume_from}: {err}") from None
+        self.batch_note: str | None = None
+        if (self.micro_batch, self.accum) != (t.batch_size, t.grad_accum_steps):
+            before = meta.get("world_size", 1)
+            self.batch_note = (
+                f"resumed on {world} process{'es' if world > 1 else ''} (saved with {before}): each now takes "
+                f"{self.accum} micro-batch{'es' if self.accum > 1 else ''} of {self.micro_batch} per step, "
+                f"keeping the run's global batch of {self.global_batch} sequences"
+            )
+        self.tokens_per_step = self.global_batch * ctx
+        self.train_batches = BatchSampler(data.train, self.micro_batch, ctx, self.cfg.run.seed, world_size=world)
+        # Fixed windows: every evaluation sees the same text, so val losses are comparable.
+        self.val_batches = fixed_batches(
+            data.val, self.micro_batch, ctx, t.eval_batches, self.cfg.run.seed + 1,
+            rank=self.process.rank, world_size=world, global_batch=self.eval_batch,
+        )
+        self.val_windows = t.eval_batches * self.eval_batch
+        # A sharded model gathers weights in every forward, so every process must run as
+        # many; shares differ by a window when the processes do not divide eval_batch.
+        self.val_padding = 0
+        if self.sharded:
+            self.val_padding = int(distributed.maximum(len(self.val_batches))[0]) - len(self.val_batches)
+
     # --- what callbacks may call -------------------------------------------------
     def request_stop(self, reason: str) -> None:
         self._stop_reason = self._stop_reason or reason
 
     def save_checkpoint(self) -> Path:
-        self.last_checkpoint = save_checkpoint(
-            self.run_dir, self.model, self.optimizer, self.state, extra={"config": self.context.config}
+        """Save the whole model, optimizer and progress; every process must call this.
+
+        Process 0 writes; a sharded model is first gathered from all processes,
+        so the checkpoint holds full tensors and loads under any process count.
+        Every process gets the path, or process 0's error.
+        """
+        model: nn.Module | dict[str, torch.Tensor] = self.model
+        optimizer: torch.optim.Optimizer | dict[str, Any] = self.optimizer
+        if self.sharded:
+            model, optimizer = distributed.gather_full_state(self.model, self.optimizer)
+        extra = {
+            "config": self.context.config,
+            "world_size": self.process.world_size,
+            "global_batch_size": self.global_batch,
+            "eval_batch_size": self.eval_batch,
+        }
+        self.last_checkpoint = distributed.on_main(
+            lambda: save_checkpoint(self.run_dir, model, optimizer, self.state, extra=extra)
         )
         self.last_checkpoint_step = self.state.step
         self.hooks.hook.gptkit_checkpoint(trainer=self, path=self.last_checkpoint)
@@ -172,42 +271,50 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> float:
+        """Mean loss over the validation windows of all processes (each gets the same figure)."""
         self.model.eval()
         try:
-            losses = []
+            total = 0.0
             for x, y in self.val_batches:
                 with self.autocast():
-                    _, loss = self.forward_model(x.to(self.device), y.to(self.device))
-                losses.append(loss.item())
-            return sum(losses) / len(losses)
+                    _, loss = self.forward_model(x.to(self.device), y.to(self.device), keep_logits=False)
+                total += loss.item() * len(x)  # windows are equally long: this sums per-window means
+            for _ in range(self.val_padding):
+                with self.autocast():
+                    self.forward_model(torch.zeros((1, self.cfg.model.context_length), dtype=torch.long, device=self.device))
+            return distributed.total(total) / self.val_windows
         finally:
             self.model.train()
 
     def train_step(self, step: int) -> tuple[float, float, float]:
-        """One optimizer step; returns (mean loss, grad norm before clipping, lr)."""
+        """One optimizer step; returns (mean loss over the global batch, grad norm before clipping, lr)."""
         lr = self.schedule(step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        accum = self.cfg.train.grad_accum_steps
+        accum = self.accum
         total_loss = torch.zeros((), device=self.device)
         for micro in range(accum):
-            x, y = self.train_batches.batch(step, micro)
-            with self.autocast():
-                _, loss = self.forward_model(x.to(self.device), y.to(self.device))
-            # Mean over micro-batches, so accumulation changes the batch, not the lr scale.
-            self.scaler.scale(loss / accum).backward()
+            x, y = self.train_batches.batch(step, micro, self.process.rank)
+            # Processes average their gradients on the last micro-step only.
+            with distributed.gradient_sync(self.train_model, enabled=micro == accum - 1):
+                with self.autocast():
+                    # The loss straight from the last hidden states: no (batch, seq, vocab) logits kept.
+                    _, loss = self.forward_model(x.to(self.device), y.to(self.device), keep_logits=False)
+                # Mean over micro-batches, so accumulation changes the batch, not the lr scale.
+                self.scaler.scale(loss / accum).backward()
             total_loss += loss.detach()
         self.scaler.unscale_(self.optimizer)
         clip = self.cfg.train.grad_clip if self.cfg.train.grad_clip is not None else math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
-        mean_loss = (total_loss / accum).item()
+        grad_norm = float(distributed.local_value(torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)))
+        # Equal micro-batches everywhere, so the mean of the processes' means is the global batch's mean.
+        mean_loss = distributed.mean((total_loss / accum).item())
         if not math.isfinite(mean_loss) and self.cfg.train.nan_policy == "skip":
             self.optimizer.zero_grad(set_to_none=True)
-            return mean_loss, float(grad_norm), lr
+            return mean_loss, grad_norm, lr
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        return mean_loss, float(grad_norm), lr
+        return mean_loss, grad_norm, lr
 
     def budget_reason(self) -> str | None:
         t, s = self.cfg.train, self.state
@@ -218,6 +325,34 @@ class Trainer:
         if t.max_time is not None and s.elapsed >= t.max_time:
             return f"reached train.max_time={t.max_time:g}s"
         return None
+
+    def stop_reason(self, check_interrupt: Callable[[], None] = lambda: None) -> str | None:
+        """Why training stops before the next step, or None; raises KeyboardInterrupt on a pending signal.
+
+        Under several processes the answer is agreed: callbacks request stops on
+        process 0 only, a signal may reach one process a step before another, and
+        clocks differ. So one process's request or signal stops all, and the
+        slowest clock is the run's time.
+        """
+        if self.process.world_size == 1:
+            reason = self._stop_reason or self.budget_reason()
+            if reason is None:
+                check_interrupt()
+            return reason
+        try:
+            check_interrupt()
+            interrupted = False
+        except KeyboardInterrupt:
+            interrupted = True
+        requested, interrupted_anywhere, self.state.elapsed = distributed.maximum(
+            float(self._stop_reason is not None), float(interrupted), self.state.elapsed
+        )
+        if requested and self._stop_reason is None:
+            self._stop_reason = "another process requested a stop"
+        reason = self._stop_reason or self.budget_reason()
+        if reason is None and interrupted_anywhere:
+            raise KeyboardInterrupt("interrupted in at least one process")
+        return reason
 
     def run_evaluation(self) -> None:
         val_loss = self.evaluate()
@@ -234,10 +369,11 @@ class Trainer:
         self.model.train()
         last_loss: float | None = None
         hook = self.hooks.hook
-        with sigterm_as_interrupt():
+        # On CPU, steps reuse the pages freed by the step before (see gptkit.cpu_allocator).
+        with interrupts_between_steps() as check_interrupt, retain_freed_memory(self.device.type == "cpu"):
             try:
                 hook.gptkit_train_start(trainer=self)
-                while (reason := self._stop_reason or self.budget_reason()) is None:
+                while (reason := self.stop_reason(check_interrupt)) is None:
                     started = time.perf_counter()
                     loss, grad_norm, lr = self.train_step(self.state.step)
                     if not math.isfinite(loss) and self.cfg.train.nan_policy == "stop":
@@ -253,7 +389,7 @@ class Trainer:
                     self.state.elapsed += seconds
                     last_loss = loss
                     tokens_per_sec = self.tokens_per_step / seconds
-                    mfu = tokens_per_sec * self.flops_per_token / self.peak_flops if self.peak_flops else None
+                    mfu = tokens_per_sec * self.flops_per_token / (self.peak_flops * self.process.world_size) if self.peak_flops else None
                     hook.gptkit_step_end(
                         trainer=self,
                         metrics=StepMetrics(self.state.step, loss, lr, grad_norm, tokens_per_sec, mfu, self.state.tokens_seen, self.state.elapsed),

@@ -5,6 +5,7 @@ whole model from a config (`GPTModel(model_preset("gpt2"))`).
 """
 
 from gptkit.config import ComponentSpec, ModelConfig, PRESETS, config_json_schema, describe_validation_error, model_preset
+from gptkit.distributed import ProcessInfo, init_distributed, shutdown_distributed
 from gptkit.errors import CheckpointError, ConfigError, DataError, GptkitError, PluginError, RegistryError
 from gptkit.hookspecs import hookimpl, hookspec
 from gptkit.layers import (
@@ -48,6 +49,7 @@ __all__ = [
     "NoParams",
     "PluginError",
     "PositionEncoding",
+    "ProcessInfo",
     "Registry",
     "RegistryError",
     "TransformerBlock",
@@ -58,6 +60,8 @@ __all__ = [
     "describe_validation_error",
     "hookimpl",
     "hookspec",
+    "init_distributed",
     "model_preset",
     "reset_default_registry",
+    "shutdown_distributed",
 ]

@@ -199,6 +199,18 @@ class FileInfo:
     sha256: str
 
 
+def _binary_error(path: Path, at: int) -> DataError:
+    return DataError(f"file {path} looks binary: NUL byte at byte offset {at}; expected UTF-8 text")
+
+
+def _encoding_error(path: Path, at: int, bad: bytes) -> DataError:
+    return DataError(f"file {path} is not valid UTF-8: byte 0x{bad.hex()} at byte offset {at}; expected UTF-8 text")
+
+
+def _read_error(path: Path, exc: OSError) -> DataError:
+    return DataError(f"cannot read {path}: {exc.strerror}; expected a readable text file")
+
+
 def _decoded_blocks(path: Path) -> Iterator[tuple[bytes, str]]:
     """Yield (raw bytes, text) blocks of a file, rejecting NUL bytes and invalid UTF-8."""
     decoder = codecs.getincrementaldecoder("utf-8")("strict")
@@ -209,21 +221,14 @@ def _decoded_blocks(path: Path) -> Iterator[tuple[bytes, str]]:
                 raw = f.read(READ_BLOCK_BYTES)
                 nul = raw.find(b"\x00")
                 if nul >= 0:
-                    raise DataError(
-                        f"file {path} looks binary: NUL byte at byte offset {offset + nul}; expected UTF-8 text"
-                    )
+                    raise _binary_error(path, offset + nul)
                 pending = len(decoder.getstate()[0])
                 try:
                     text = decoder.decode(raw, final=not raw)
                 except UnicodeDecodeError as exc:
                     # The decoder re-reads bytes held back from the last block,
                     # so the error offset counts from where those began.
-                    at = offset - pending + exc.start
-                    bad = exc.object[exc.start : exc.start + 1].hex()
-                    raise DataError(
-                        f"file {path} is not valid UTF-8: byte 0x{bad} at byte offset {at}; "
-                        "expected UTF-8 text"
-                    ) from None
+                    raise _encoding_error(path, offset - pending + exc.start, exc.object[exc.start : exc.start + 1]) from None
                 if offset == 0 and text.startswith("\ufeff"):
                     text = text[1:]  # a byte-order mark is not part of the text
                 if not raw:
@@ -231,7 +236,7 @@ def _decoded_blocks(path: Path) -> Iterator[tuple[bytes, str]]:
                 offset += len(raw)
                 yield raw, text
     except OSError as exc:
-        raise DataError(f"cannot read {path}: {exc.strerror}; expected a readable text file") from exc
+        raise _read_error(path, exc) from exc
 
 
 def scan_file(path: Path) -> FileInfo:
@@ -245,7 +250,7 @@ def scan_file(path: Path) -> FileInfo:
 
 
 def read_text(path: Path) -> str:
-    """The whole file as strict UTF-8 text (for small files; use `iter_pieces` for big ones)."""
+    """The whole file as strict UTF-8 text (for small files; use `iter_file_pieces` for big ones)."""
     return "".join(text for _, text in _decoded_blocks(path))
 
 
@@ -283,3 +288,98 @@ def iter_pieces(path: Path, max_chars: int) -> Iterator[str]:
             buf = buf[cut:]
     if buf:
         yield buf
+
+
+# --- pieces with byte offsets, for streaming huge files --------------------------------------
+
+# A newline between two printable ASCII characters. GPT-2's pre-tokenizer
+# regex ends a pre-token there on both sides: "\n" after a non-space is a
+# pre-token of its own (`\s+`) and no pattern starts with a newline and goes
+# on into a word. Cut right after that newline, each half pre-tokenizes as the
+# whole text did around it, and BPE never merges across pre-tokens, so the
+# tokens do not change. (cl100k/o200k agree: their `\s*[\r\n]+` and
+# punctuation-then-newlines patterns also stop before a non-space.) Newlines
+# next to other whitespace are no seam: "\n\n\n" and "\n    " are pre-tokens
+# whose split depends on what follows them.
+_NEWLINE_SEAM = re.compile(rb"[\x21-\x7e]\n(?=[\x21-\x7e])")
+# Fallback: just before a space that follows a printable ASCII character
+# (the rule of `_last_safe_cut`, restricted to ASCII so bytes can be tested).
+_SPACE_SEAM = re.compile(rb"[\x21-\x7e](?= )")
+_BOM = codecs.BOM_UTF8
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Part of a file's text; `end` is the byte offset just past it, `last` marks the file's final piece."""
+
+    text: str
+    end: int
+    last: bool
+
+
+def _last_match_end(pattern: re.Pattern[bytes], buf: bytes, lo: int, hi: int) -> int:
+    """End of the last match of `pattern` within buf[lo:hi + 1] that ends after lo and at most at hi, or -1."""
+    end = -1
+    for m in pattern.finditer(buf, lo, hi + 1):
+        if lo < m.end() <= hi:
+            end = m.end()
+    return end
+
+
+def _cut(buf: bytes, max_bytes: int) -> int:
+    """Where to end a piece of `buf` (longer than `max_bytes`): a seam in its second half if there is one."""
+    lo = max_bytes // 2
+    cut = _last_match_end(_NEWLINE_SEAM, buf, lo, max_bytes)
+    if cut < 0:
+        cut = _last_match_end(_SPACE_SEAM, buf, lo, max_bytes)
+    if cut < 0:
+        # No seam at all (one enormous line of CJK text or minified data):
+        # cut hard, but between characters, never inside one. The few tokens
+        # beside this cut may differ from tokenizing the file whole.
+        cut = max_bytes
+        while cut > 1 and buf[cut] & 0xC0 == 0x80:
+            cut -= 1
+    return cut
+
+
+def iter_file_pieces(path: Path, max_bytes: int, start: int = 0) -> Iterator[Piece]:
+    """Yield the strict UTF-8 text of `path` from byte `start` on, in pieces of at most `max_bytes` bytes.
+
+    Pieces end at a newline seam (see `_NEWLINE_SEAM`), else before a space,
+    so tokenizing them one by one gives the tokens of the whole file; only a
+    stretch of `max_bytes // 2` bytes without either is cut hard. At most
+    about `2 * max_bytes` bytes are held at once, however long the file or
+    its lines. The pieces from `start` depend only on the bytes from there
+    on, so resuming at any earlier piece's `end` yields exactly the pieces a
+    single pass would have. A byte-order mark at offset 0 is skipped.
+    """
+    if max_bytes < 2:
+        raise ValueError(f"max_bytes must be at least 2, got {max_bytes}")
+    try:
+        with open(path, "rb") as f:
+            f.seek(start)
+            offset = start  # file offset of buf[0]
+            buf = b""
+            eof = False
+            while True:
+                while not eof and len(buf) <= max_bytes:
+                    block = f.read(max(max_bytes + 1 - len(buf), 1 << 16))
+                    eof = not block
+                    buf += block
+                if offset == 0 and buf.startswith(_BOM):
+                    buf, offset = buf[len(_BOM) :], len(_BOM)
+                if not buf:
+                    return
+                cut = _cut(buf, max_bytes) if len(buf) > max_bytes else len(buf)
+                raw, buf = buf[:cut], buf[cut:]
+                nul = raw.find(b"\x00")
+                if nul >= 0:
+                    raise _binary_error(path, offset + nul)
+                try:
+                    text = raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise _encoding_error(path, offset + exc.start, raw[exc.start : exc.start + 1]) from None
+                offset += cut
+                yield Piece(text, offset, eof and not buf)
+    except OSError as exc:
+        raise _read_error(path, exc) from exc

@@ -1,55 +1,75 @@
 """Tokens on disk and the batches drawn from them.
 
-`prepare_dataset` turns a text source into two flat uint16 token files (train
-and val) plus a JSON manifest, in a cache directory keyed by everything that
-decides the tokens. Text is streamed through the tokenizer about a megabyte
-at a time and appended to the output, so memory stays flat however big the
-corpus is. `BatchSampler` then draws random windows from a memory-mapped token
-file, as a pure function of (seed, step, micro_step, rank), so a resumed or
-distributed run sees exactly the batches it should.
+`prepare_dataset` turns a text source into train and val token shards (flat
+uint16 files, see `gptkit.shards`) plus a JSON manifest, in a cache directory
+keyed by everything that decides the tokens. Text is streamed through the
+tokenizer about a megabyte at a time, with a bounded number of batches in
+flight, and appended to the current shard, so memory stays flat however big
+the corpus or its lines are. Every finished shard is journaled, so a
+preparation that is killed resumes after its last finished shard and ends
+with the same bytes an uninterrupted run writes. `BatchSampler` then draws
+random windows from the memory-mapped tokens, as a pure function of (seed,
+step, micro_step, rank), so a resumed or distributed run sees exactly the
+batches it should.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import re
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
+from gptkit.atomic import write_text_atomic
 from gptkit.corpus import (
     FileInfo,
     default_corpus_files,
-    iter_pieces,
+    iter_file_pieces,
     relative_name,
     resolve_source,
     scan_file,
     split_files,
     stdlib_root,
 )
-from gptkit.atomic import fsync_dir
 from gptkit.errors import DataError
+from gptkit.shards import (
+    TOKEN_DTYPE,
+    Journal,
+    Position,
+    Shard,
+    ShardWriter,
+    TokenFile,
+    TokenSequence,
+    open_tokens,
+    remove_stale_tmp,
+    split_off_tail,
+)
 
 # Bump whenever the bytes written for the same inputs would change (EOT
-# placement, dtype, split rule), so old caches are not silently reused.
-FORMAT_VERSION = 1
-TOKEN_DTYPE = np.uint16
+# placement, dtype, split rule, file layout), so old caches are not silently
+# reused. 2: sharded files and a manifest listing them.
+FORMAT_VERSION = 2
 # About 1 MB of text per tokenizer call: large enough that per-call overhead
 # vanishes, small enough that the token lists in flight (about 36 bytes per
 # token as Python ints) stay in the tens of megabytes.
 DEFAULT_CHUNK_BYTES = 1 << 20
+# 100M tokens (200 MB) per shard: a 5 GB corpus is a dozen files, and what a
+# killed run loses is at most one shard's worth of tokenizing.
+DEFAULT_SHARD_TOKENS = 100_000_000
 ENCODE_THREADS = 2
 # Batches handed to the tokenizer before the oldest is written out; their
-# token lists are what memory use scales with (see _write_tokens).
+# token lists are what memory use scales with (see _tokenize_stream).
 MAX_BATCHES_IN_FLIGHT = 2
 
 Progress = Callable[[int, int], None]
@@ -70,38 +90,14 @@ class TokenizerLike(Protocol):
     def encode_batch(self, texts: list[str], num_threads: int = ...) -> Sequence[Sequence[int]]: ...
 
 
-@dataclass
-class TokenFile:
-    """A flat file of uint16 token ids, memory-mapped read-only on first use."""
-
-    path: Path
-    n_tokens: int
-    _array: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)
-
-    @property
-    def tokens(self) -> np.ndarray:
-        if self._array is None:
-            if self.n_tokens == 0:
-                self._array = np.zeros(0, dtype=TOKEN_DTYPE)  # mmap cannot map an empty file
-            else:
-                self._array = np.memmap(self.path, dtype=TOKEN_DTYPE, mode="r", shape=(self.n_tokens,))
-        return self._array
-
-    def __len__(self) -> int:
-        return self.n_tokens
-
-    def __getstate__(self) -> dict[str, Any]:
-        # Pickling a memmap copies its whole contents; a worker process should
-        # map the file itself instead.
-        return {"path": self.path, "n_tokens": self.n_tokens, "_array": None}
-
-
 @dataclass(frozen=True)
 class PrepareStats:
     """What `prepare_dataset` did. MB are 10**6 bytes of source text.
 
     `seconds` covers reading, hashing and (unless `cached`) tokenizing, so on
     a cache hit `mb_per_s` is the speed of checking the cache.
+    `resumed_bytes` is the source text an interrupted earlier run had
+    already tokenized into finished shards, which this call did not redo.
     """
 
     text_bytes: int
@@ -110,6 +106,8 @@ class PrepareStats:
     n_files: int
     seconds: float
     cached: bool
+    n_shards: int
+    resumed_bytes: int = 0
 
     @property
     def tokens(self) -> int:
@@ -130,70 +128,79 @@ class PrepareStats:
 
 @dataclass(frozen=True)
 class PreparedData:
-    """The train and val token files of a prepared source, and how they were made."""
+    """The train and val tokens of a prepared source, and how they were made.
 
-    train: TokenFile
-    val: TokenFile
+    Each split is a `TokenFile` when it fits one shard (any corpus under
+    `shard_tokens`, the default one included) and a `ShardedTokens` otherwise.
+    """
+
+    train: TokenSequence
+    val: TokenSequence
     stats: PrepareStats
     manifest_path: Path
 
 
-class _AtomicFile:
-    """A file written under a temporary name and renamed into place only when complete.
+@dataclass(frozen=True)
+class _Batch:
+    """Texts for one tokenizer call; `ends[i]` marks a text that ends its document."""
 
-    A run killed mid-write leaves only a `.tmp` file, never a truncated file
-    under the final name that a later run would take for a finished one.
+    texts: list[str]
+    ends: list[bool]
+    n_bytes: int  # source bytes consumed, for progress
+    stop: Position  # where in the stream's files the batch ends
+
+
+def _batches(files: Sequence[Path], start: Position, chunk_bytes: int) -> Iterator[_Batch]:
+    """The stream's text from `start` on, in batches of at least `chunk_bytes` source bytes.
+
+    Batches end only where a piece ends, and the pieces from a piece's end
+    on are the same whether reading started there or earlier, so the
+    batches after any batch boundary are the same in a resumed run.
     """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        self.file: BinaryIO = open(self.tmp, "w+b")
-
-    def commit(self) -> None:
-        self.file.flush()
-        os.fsync(self.file.fileno())
-        self.file.close()
-        os.replace(self.tmp, self.path)
-
-    def discard(self) -> None:
-        self.file.close()
-        self.tmp.unlink(missing_ok=True)
-
-    def __enter__(self) -> _AtomicFile:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        # After a commit the temporary name is gone, so this only cleans up
-        # files left unfinished by an error or an uncommitted exit.
-        self.discard()
-
-
-def _write_tokens(
-    out: BinaryIO, files: Sequence[Path], tokenizer: TokenizerLike, chunk_bytes: int, on_bytes: Callable[[int], None]
-) -> int:
-    """Tokenize `files` into `out`, each document followed by EOT; returns the token count.
-
-    Text goes to the tokenizer in batches of about `chunk_bytes` characters,
-    each encoded on a worker thread. While one batch encodes, the previous
-    one is converted and written here, so Python-side work overlaps the
-    tokenizer's GIL-free encoding, and while one batch's last long text
-    finishes on one core the next batch keeps the other core busy.
-    """
-    eot = np.array([tokenizer.eot_id], dtype=TOKEN_DTYPE)
     # Several pieces per batch so every encoding thread has work even when
     # the batch is one big file.
-    piece_chars = max(1, chunk_bytes // (4 * ENCODE_THREADS))
+    piece_bytes = max(2, chunk_bytes // (4 * ENCODE_THREADS))
     texts: list[str] = []
     ends: list[bool] = []
-    in_flight: deque[tuple[Future[Sequence[Sequence[int]]], list[bool], int]] = deque()
-    written = 0
+    n_bytes = 0
+    for index in range(start[0], len(files)):
+        offset = start[1] if index == start[0] else 0
+        for piece in iter_file_pieces(files[index], piece_bytes, offset):
+            texts.append(piece.text)
+            ends.append(piece.last)
+            n_bytes += piece.end - offset
+            offset = piece.end
+            if n_bytes >= chunk_bytes:
+                yield _Batch(texts, ends, n_bytes, (index + 1, 0) if piece.last else (index, piece.end))
+                texts, ends, n_bytes = [], [], 0
+    if texts:
+        yield _Batch(texts, ends, n_bytes, (len(files), 0))
+
+
+def _tokenize_stream(
+    writer: ShardWriter,
+    files: Sequence[Path],
+    start: Position,
+    tokenizer: TokenizerLike,
+    chunk_bytes: int,
+    on_bytes: Callable[[int], None],
+) -> list[Shard]:
+    """Tokenize `files` from `start` into `writer`, each document followed by EOT; returns the new shards.
+
+    Each batch is encoded on a worker thread (tiktoken's Rust core releases
+    the GIL and splits the batch over ENCODE_THREADS threads of its own).
+    While one batch encodes, the next is read and the previous one converted
+    and written here, so Python-side work overlaps the encoding, and while
+    one batch's last long text finishes on one core the next batch keeps the
+    other core busy. At most MAX_BATCHES_IN_FLIGHT batches are in flight.
+    """
+    eot = np.array([tokenizer.eot_id], dtype=TOKEN_DTYPE)
+    in_flight: deque[tuple[Future[Sequence[Sequence[int]]], _Batch]] = deque()
 
     def write_oldest() -> None:
-        nonlocal written
-        future, batch_ends, n_bytes = in_flight.popleft()
+        future, batch = in_flight.popleft()
         parts: list[np.ndarray] = []
-        for ids, end in zip(future.result(), batch_ends, strict=True):
+        for ids, end in zip(future.result(), batch.ends, strict=True):
             # fromiter converts a list of ints about twice as fast as asarray.
             parts.append(
                 np.fromiter(ids, dtype=TOKEN_DTYPE, count=len(ids))
@@ -202,50 +209,21 @@ def _write_tokens(
             )
             if end:
                 parts.append(eot)
-        arr = np.concatenate(parts)
-        out.write(memoryview(arr))
-        written += arr.size
-        on_bytes(n_bytes)
+        writer.write(np.concatenate(parts), batch.stop)
+        on_bytes(batch.n_bytes)
 
-    def submit(pool: ThreadPoolExecutor) -> None:
-        n_bytes = sum(len(t.encode("utf-8")) for t in texts)
-        future = pool.submit(tokenizer.encode_batch, list(texts), num_threads=ENCODE_THREADS)
-        in_flight.append((future, list(ends), n_bytes))
-        texts.clear()
-        ends.clear()
-        if len(in_flight) >= MAX_BATCHES_IN_FLIGHT:
-            write_oldest()
-
-    with ThreadPoolExecutor(max_workers=MAX_BATCHES_IN_FLIGHT) as pool:
-        pending = 0
-        for path in files:
-            pieces = iter_pieces(path, piece_chars)
-            piece = next(pieces, None)
-            while piece is not None:
-                # One piece of look-ahead tells which piece ends the document.
-                following = next(pieces, None)
-                texts.append(piece)
-                ends.append(following is None)
-                pending += len(piece)
-                if pending >= chunk_bytes:
-                    submit(pool)
-                    pending = 0
-                piece = following
-        if texts:
-            submit(pool)
-        while in_flight:
-            write_oldest()
-    return written
-
-
-def _copy_range(src: BinaryIO, start: int, stop: int, dst: BinaryIO) -> None:
-    # Plain reads rather than a memmap: mapped pages would count towards RSS.
-    src.seek(start)
-    left = stop - start
-    while left > 0:
-        block = src.read(min(left, 1 << 20))
-        dst.write(block)
-        left -= len(block)
+    try:
+        with ThreadPoolExecutor(max_workers=MAX_BATCHES_IN_FLIGHT) as pool:
+            for batch in _batches(files, start, chunk_bytes):
+                in_flight.append((pool.submit(tokenizer.encode_batch, batch.texts, num_threads=ENCODE_THREADS), batch))
+                if len(in_flight) >= MAX_BATCHES_IN_FLIGHT:
+                    write_oldest()
+            while in_flight:
+                write_oldest()
+        return writer.finish((len(files), 0))
+    except BaseException:
+        writer.discard()
+        raise
 
 
 def _cache_key(
@@ -253,8 +231,9 @@ def _cache_key(
 ) -> str:
     # Content hashes, not mtimes: a checkout or copy changes every mtime
     # without changing the tokens, and an edit within the mtime resolution
-    # that keeps the size would be missed. Hashing runs at disk speed, around
-    # a hundred times faster than tokenizing, so it is cheap insurance.
+    # that keeps the size would be missed. Reading and hashing runs at disk
+    # speed, around a hundred times faster than tokenizing, so it is cheap
+    # insurance even for a corpus of many gigabytes.
     blob = json.dumps(
         {
             "format_version": FORMAT_VERSION,
@@ -270,21 +249,25 @@ def _cache_key(
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def _load_cached(manifest_path: Path, key: str) -> tuple[TokenFile, TokenFile] | None:
-    """The token files a complete earlier run left, or None if anything is off."""
+def _load_cached(manifest_path: Path, key: str) -> tuple[TokenSequence, TokenSequence, int] | None:
+    """The (train, val, shard count) a complete earlier run left, or None if anything is off."""
     try:
         manifest = json.loads(manifest_path.read_text())
         if manifest["format_version"] != FORMAT_VERSION or manifest["key"] != key:
             return None
-        files = []
+        splits = []
+        n_shards = 0
         for split in ("train", "val"):
             entry = manifest[split]
-            path = manifest_path.parent / entry["file"]
-            if path.stat().st_size != entry["tokens"] * np.dtype(TOKEN_DTYPE).itemsize:
+            shards = [Shard.from_json(s) for s in entry["shards"]]
+            if not shards or sum(s.tokens for s in shards) != entry["tokens"]:
                 return None
-            files.append(TokenFile(path, int(entry["tokens"])))
-        return files[0], files[1]
-    except (OSError, ValueError, KeyError, TypeError):
+            if not all(s.is_on_disk(manifest_path.parent) for s in shards):
+                return None
+            splits.append(open_tokens(manifest_path.parent, shards, manifest_path))
+            n_shards += len(shards)
+        return splits[0], splits[1], n_shards
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
         return None
 
 
@@ -300,42 +283,16 @@ def _no_text(source: str | None) -> DataError:
     return DataError(f"data source {source or 'stdlib'!r} contains no text; expected at least one non-empty file")
 
 
-def _tokenize_splits(
-    out_dir: Path,
-    train_files: list[Path],
-    val_files: list[Path],
-    by_position: float,
-    tokenizer: TokenizerLike,
-    chunk_bytes: int,
-    on_bytes: Callable[[int], None],
-) -> tuple[int, int]:
-    """Write train.bin and val.bin atomically; returns their token counts.
-
-    With `by_position` > 0 the last that fraction of train's tokens is moved
-    to val (`val_files` is then empty).
-    """
-    with _AtomicFile(out_dir / "train.bin") as train, _AtomicFile(out_dir / "val.bin") as val:
-        n_train = _write_tokens(train.file, train_files, tokenizer, chunk_bytes, on_bytes)
-        n_val = _write_tokens(val.file, val_files, tokenizer, chunk_bytes, on_bytes)
-        if by_position > 0 and n_train >= 2:
-            n_val = min(max(round(n_train * by_position), 1), n_train - 1)
-            n_train -= n_val
-            size = np.dtype(TOKEN_DTYPE).itemsize
-            train.file.flush()
-            _copy_range(train.file, n_train * size, (n_train + n_val) * size, val.file)
-            train.file.truncate(n_train * size)
-        if n_train + n_val > 0:  # else the caller reports an empty corpus
-            train.commit()
-            val.commit()
-    return n_train, n_val
+def _position_bytes(sizes: Sequence[int], position: Position) -> int:
+    """Source bytes before `position` in files of these sizes."""
+    return sum(sizes[: position[0]]) + position[1]
 
 
-def _write_manifest(path: Path, manifest: dict[str, Any]) -> None:
-    # Written last: its presence is what marks the token files as complete.
-    with _AtomicFile(path) as writer:
-        writer.file.write(json.dumps(manifest, indent=1).encode())
-        writer.commit()
-    fsync_dir(path.parent)
+def _val_tokens_by_position(n_tokens: int, val_fraction: float) -> int:
+    """How many of a single file's last tokens form val: the fraction, at least one, never all."""
+    if val_fraction <= 0 or n_tokens < 2:
+        return 0
+    return min(max(round(n_tokens * val_fraction), 1), n_tokens - 1)
 
 
 def prepare_dataset(
@@ -346,18 +303,25 @@ def prepare_dataset(
     progress: Progress | None = None,
     *,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    shard_tokens: int = DEFAULT_SHARD_TOKENS,
 ) -> PreparedData:
-    """Tokenize `source` (None: the standard library corpus) into cached train/val token files.
+    """Tokenize `source` (None: the standard library corpus) into cached train/val token shards.
 
     Several files are split by file (see `corpus.split_files`); a single file
     is split by position, the last `val_fraction` of its tokens going to val.
-    A second call with the same inputs reuses the cached files. Processes
-    preparing the same data at once each write their own temporary files and
-    rename them, so they only duplicate work. `progress(bytes_done,
-    bytes_total)` is called after each batch of text is written.
+    Each split is written as shards of at most about `shard_tokens` tokens.
+    A second call with the same inputs reuses the cached shards (whatever
+    `shard_tokens` made them); a call after an interrupted one keeps the
+    shards it finished, as long as `chunk_bytes` and `shard_tokens` are the
+    same. Processes preparing the same data at once each write their own
+    temporary files and rename them, so they only duplicate work.
+    `progress(bytes_done, bytes_total)` is called when tokenizing starts and
+    after each batch of text is written.
     """
     if not 0.0 <= val_fraction < 1.0:
         raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if chunk_bytes < 1 or shard_tokens < 1:
+        raise DataError(f"chunk_bytes and shard_tokens must be at least 1, got {chunk_bytes} and {shard_tokens}")
     if tokenizer.vocab_size > np.iinfo(TOKEN_DTYPE).max + 1:
         raise DataError(
             f"tokenizer {tokenizer.name!r} has {tokenizer.vocab_size} tokens; "
@@ -378,15 +342,31 @@ def prepare_dataset(
 
     cached = _load_cached(manifest_path, key)
     if cached is not None:
+        train, val, n_shards = cached
         seconds = time.perf_counter() - start
-        stats = PrepareStats(total_bytes, cached[0].n_tokens, cached[1].n_tokens, len(infos), seconds, True)
-        return PreparedData(cached[0], cached[1], stats, manifest_path)
+        stats = PrepareStats(total_bytes, train.n_tokens, val.n_tokens, len(infos), seconds, True, n_shards)
+        return PreparedData(train, val, stats, manifest_path)
 
     if split == "file":
         train_files, val_files = split_files([i.path for i in infos], val_fraction, root=root)
+        streams = {"train": train_files, "val": val_files}
     else:
         train_files, val_files = [infos[0].path], []
-    done = 0
+        streams = {"text": train_files}
+    sizes = {info.path: info.size for info in infos}
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_tmp(out_dir)
+    journal = Journal.load(
+        out_dir / "progress.json", {"key": key, "chunk_bytes": chunk_bytes, "shard_tokens": shard_tokens}
+    )
+    resumed = {name: list(journal.streams.get(name, [])) for name in streams}
+    resume_at = {name: shards[-1].stop if shards else (0, 0) for name, shards in resumed.items()}
+    done = resumed_bytes = sum(
+        _position_bytes([sizes[f] for f in streams[name]], resume_at[name]) for name in streams
+    )
+    if progress is not None:
+        progress(done, total_bytes)
 
     def on_bytes(n: int) -> None:
         nonlocal done
@@ -394,48 +374,78 @@ def prepare_dataset(
         if progress is not None:
             progress(done, total_bytes)
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    by_position = val_fraction if split == "position" else 0.0
-    n_train, n_val = _tokenize_splits(out_dir, train_files, val_files, by_position, tokenizer, chunk_bytes, on_bytes)
+    shards: dict[str, list[Shard]] = {}
+    for name, stream_files in streams.items():
+        if resume_at[name] == (len(stream_files), 0) and resumed[name]:
+            shards[name] = resumed[name]  # finished before the interruption
+            continue
+        writer = ShardWriter(
+            out_dir, name, shard_tokens, first_index=len(resumed[name]), on_shard=functools.partial(journal.add, name)
+        )
+        new = _tokenize_stream(writer, stream_files, resume_at[name], tokenizer, chunk_bytes, on_bytes)
+        shards[name] = resumed[name] + new
+
+    if split == "position":
+        n_val = _val_tokens_by_position(sum(s.tokens for s in shards["text"]), val_fraction)
+        shards["train"], shards["val"] = split_off_tail(out_dir, shards["text"], n_val, "val")
+    n_train, n_val = (sum(s.tokens for s in shards[name]) for name in ("train", "val"))
     if n_train + n_val == 0:  # files holding nothing but a byte-order mark
         raise _no_text(source)
-    _write_manifest(
-        manifest_path,
-        {
-            "format_version": FORMAT_VERSION,
-            "key": key,
-            "tokenizer": tokenizer.name,
-            "vocab_size": tokenizer.vocab_size,
-            "eot_id": tokenizer.eot_id,
-            "dtype": np.dtype(TOKEN_DTYPE).name,
-            "split": split,
-            "val_fraction": val_fraction,
-            "root": str(root),
-            "text_bytes": total_bytes,
-            "train": {"file": "train.bin", "tokens": n_train, "sources": [relative_name(p, root) for p in train_files]},
-            "val": {"file": "val.bin", "tokens": n_val, "sources": [relative_name(p, root) for p in val_files]},
-        },
-    )
+
+    def entry(name: str, sources: Sequence[Path]) -> dict[str, Any]:
+        return {
+            "tokens": sum(s.tokens for s in shards[name]),
+            "shards": [{"file": s.file, "tokens": s.tokens, "sha256": s.sha256} for s in shards[name]],
+            "sources": [relative_name(p, root) for p in sources],
+        }
+
+    # Written last: its presence is what marks the shards as complete.
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "key": key,
+        "tokenizer": tokenizer.name,
+        "vocab_size": tokenizer.vocab_size,
+        "eot_id": tokenizer.eot_id,
+        "dtype": np.dtype(TOKEN_DTYPE).name,
+        "split": split,
+        "val_fraction": val_fraction,
+        "shard_tokens": shard_tokens,
+        "root": str(root),
+        "text_bytes": total_bytes,
+        "train": entry("train", train_files),
+        "val": entry("val", val_files),
+    }
+    write_text_atomic(manifest_path, json.dumps(manifest, indent=1))
+    journal.path.unlink(missing_ok=True)
     if progress is not None:
         progress(total_bytes, total_bytes)
-    stats = PrepareStats(total_bytes, n_train, n_val, len(infos), time.perf_counter() - start, False)
-    return PreparedData(
-        TokenFile(out_dir / "train.bin", n_train), TokenFile(out_dir / "val.bin", n_val), stats, manifest_path
-    )
+    n_shards = len(shards["train"]) + len(shards["val"])
+    seconds = time.perf_counter() - start
+    stats = PrepareStats(total_bytes, n_train, n_val, len(infos), seconds, False, n_shards, resumed_bytes)
+    train = open_tokens(out_dir, shards["train"], manifest_path)
+    val = open_tokens(out_dir, shards["val"], manifest_path)
+    return PreparedData(train, val, stats, manifest_path)
 
 
 class BatchSampler:
-    """Random (x, y) windows from a token file, fixed by (seed, step, micro_step, rank).
+    """Random (x, y) windows from a token file, fixed by (seed, step) and each window's place.
 
-    No sampler state is carried from one batch to the next, so resuming at
-    step N needs nothing but N, and each rank of a distributed run draws its
-    own windows.
+    An optimizer step trains on one list of windows, its global batch. Window i
+    of step s depends on nothing else, so however the batch is split the step
+    sees the same text: micro-batch m of process r (of `world_size`) takes
+    windows [(m * world_size + r) * batch_size, ... + batch_size). Two processes
+    with batch 2, one with batch 4, and one with batch 2 and two accumulation
+    steps all train on the same four windows per step.
+
+    No sampler state is carried from one batch to the next, so resuming at step
+    N needs nothing but N.
     """
 
-    def __init__(self, tokens: TokenFile, batch_size: int, context_length: int, seed: int) -> None:
-        if batch_size < 1 or context_length < 1:
+    def __init__(self, tokens: TokenSequence, batch_size: int, context_length: int, seed: int, world_size: int = 1) -> None:
+        if batch_size < 1 or context_length < 1 or world_size < 1:
             raise DataError(
-                f"batch_size and context_length must be at least 1, got {batch_size} and {context_length}"
+                f"batch_size, context_length and world_size must be at least 1, "
+                f"got {batch_size}, {context_length} and {world_size}"
             )
         needed = context_length + 1
         if tokens.n_tokens < needed:
@@ -447,30 +457,69 @@ class BatchSampler:
         self.batch_size = batch_size
         self.context_length = context_length
         self.seed = seed
+        self.world_size = world_size
 
-    def offsets(self, step: int, micro_step: int = 0, rank: int = 0) -> np.ndarray:
-        """Start indices of the batch's windows, in [0, n_tokens - context_length - 1]."""
+    def window_offsets(self, step: int, start: int, stop: int) -> np.ndarray:
+        """Start indices of windows [start, stop) of `step`, in [0, n_tokens - context_length - 1]."""
         # SHAKE-256 is fixed by a standard, whereas NumPy and PyTorch do not
         # promise the same random stream across releases: a run resumed after
-        # an upgrade still sees the batches the original would have. The
-        # modulo bias of 64-bit draws is below 2**-32 for any real corpus.
-        tag = f"gptkit-batch:{self.seed}:{step}:{micro_step}:{rank}".encode()
-        draws = np.frombuffer(hashlib.shake_256(tag).digest(8 * self.batch_size), dtype="<u8")
+        # an upgrade still sees the batches the original would have. Its output
+        # is extendable (a longer digest starts with the shorter one), so window
+        # i is the same however many are drawn. The ":0:0" ending was micro-step 0
+        # of process 0 when each micro-step hashed its own tag; keeping it keeps
+        # the windows of runs without accumulation what they were. The modulo
+        # bias of 64-bit draws is below 2**-32 for any real corpus.
+        tag = f"gptkit-batch:{self.seed}:{step}:0:0".encode()
+        digest = hashlib.shake_256(tag).digest(8 * stop)[8 * start :]
+        draws = np.frombuffer(digest, dtype="<u8")
         return (draws % np.uint64(self.tokens.n_tokens - self.context_length)).astype(np.int64)
 
-    def batch(self, step: int, micro_step: int = 0, rank: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        """(x, y) int64 tensors of shape (batch_size, context_length); y is x shifted by one."""
+    def offsets(self, step: int, micro_step: int = 0, rank: int = 0) -> np.ndarray:
+        """Start indices of the windows of micro-batch `micro_step` on process `rank`."""
+        if not 0 <= rank < self.world_size:
+            raise DataError(f"rank {rank} is outside the {self.world_size} processes of this sampler (0 to {self.world_size - 1})")
+        first = (micro_step * self.world_size + rank) * self.batch_size
+        return self.window_offsets(step, first, first + self.batch_size)
+
+    def windows(self, offsets: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x, y) int64 tensors of shape (len(offsets), context_length); y is x shifted by one."""
         data = self.tokens.tokens
         span = self.context_length + 1
         # Contiguous slices read sequential pages of the memmap.
-        windows = np.stack([data[s : s + span] for s in self.offsets(step, micro_step, rank)]).astype(np.int64)
-        w = torch.from_numpy(windows)
+        stacked = np.stack([data[s : s + span] for s in offsets]).astype(np.int64)
+        w = torch.from_numpy(stacked)
         return w[:, :-1].contiguous(), w[:, 1:].contiguous()
+
+    def batch(self, step: int, micro_step: int = 0, rank: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x, y) of shape (batch_size, context_length): micro-batch `micro_step` of process `rank`."""
+        return self.windows(self.offsets(step, micro_step, rank))
 
 
 def fixed_batches(
-    tokens: TokenFile, batch_size: int, context_length: int, n_batches: int, seed: int
+    tokens: TokenSequence,
+    batch_size: int,
+    context_length: int,
+    n_batches: int,
+    seed: int,
+    rank: int = 0,
+    world_size: int = 1,
+    global_batch: int | None = None,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The same `n_batches` validation batches every time they are asked for."""
+    """The same validation windows every time they are asked for: this process's share.
+
+    The validation set is `n_batches` batches of `global_batch` windows
+    (default batch_size * world_size, one micro-batch per process). Process
+    `rank` takes the windows [rank * global_batch // world_size, (rank + 1) *
+    global_batch // world_size) of each, in pieces of at most `batch_size`, so
+    all processes together see the set once, however many there are.
+    """
+    if not 0 <= rank < world_size:
+        raise DataError(f"rank {rank} is outside the {world_size} processes (0 to {world_size - 1})")
     sampler = BatchSampler(tokens, batch_size, context_length, seed)
-    return [sampler.batch(step=i) for i in range(n_batches)]
+    per_batch = global_batch if global_batch is not None else batch_size * world_size
+    first, stop = rank * per_batch // world_size, (rank + 1) * per_batch // world_size
+    return [
+        sampler.windows(sampler.window_offsets(step, start, min(start + batch_size, stop)))
+        for step in range(n_batches)
+        for start in range(first, stop, batch_size)
+    ]

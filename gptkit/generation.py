@@ -16,6 +16,10 @@ to the dropped one and sits at a new position, so no cached key is still valid.
 Generation can thus go on indefinitely, at the cost of one full-window forward
 pass per token once the window is full.
 
+`compile=True` runs the model through `gptkit.compiled.CompiledForward`: compiled
+with dynamic shapes, so varying prompt lengths and the growing cache reuse a few
+graphs instead of compiling one per length.
+
 `TextStream` turns tokens back into text as they arrive, releasing only what is
 final: whole UTF-8 characters, and nothing that may be the start of a stop string.
 """
@@ -23,16 +27,18 @@ final: whole UTF-8 characters, and nothing that may be the start of a stop strin
 from __future__ import annotations
 
 import codecs
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
+from gptkit.compiled import CompiledForward
 from gptkit.model import GPTModel
 from gptkit.sampling import Sampler, draw
 
 Prompts = torch.Tensor | Sequence[Sequence[int]]
+Forward = Callable[..., torch.Tensor]
 
 
 def decode_layout(model: nn.Module) -> nn.Module:
@@ -56,15 +62,17 @@ def decode_layout(model: nn.Module) -> nn.Module:
 class _Group:
     """Rows whose prompts have one length: one batch, one cache, one history."""
 
-    def __init__(self, model: GPTModel, rows: list[int], prompt: torch.Tensor, max_new_tokens: int, use_cache: bool) -> None:
-        self.model = model
+    def __init__(self, model: GPTModel, forward: Forward, rows: list[int], prompt: torch.Tensor, max_new_tokens: int, use_cache: bool) -> None:
+        self.forward = forward  # the model itself, or its compiled forward
         self.window = model.cfg.context_length
         self.rows = torch.tensor(rows, device=prompt.device)
         n, self.length = prompt.shape
         # Every token so far, allocated once: samplers read it, and a rebuilt window comes from it.
         self.history = torch.empty(n, self.length + max_new_tokens, dtype=torch.long, device=prompt.device)
         self.history[:, : self.length] = prompt
-        self.cache = model.make_kv_cache(n, self.window) if use_cache else None
+        # One spare slot, never filled: the used part of the buffer is then never all of it,
+        # which torch.compile would treat as a case (and a graph) of its own.
+        self.cache = model.make_kv_cache(n, self.window + 1) if use_cache else None
         self.logits = self._forward_window()
 
     @property
@@ -75,7 +83,7 @@ class _Group:
         """Next-token logits from the last `window` tokens, computed afresh (refilling the cache)."""
         if self.cache is not None:
             self.cache.reset()
-        return self.model(self.tokens[:, -self.window :], kv_cache=self.cache, last_only=True)[:, -1]
+        return self.forward(self.tokens[:, -self.window :], kv_cache=self.cache, last_only=True)[:, -1]
 
     def append(self, nxt: torch.Tensor) -> None:
         """Add one token per row, shape (n, 1), and compute the logits after it."""
@@ -84,7 +92,7 @@ class _Group:
         if self.cache is None or self.cache.length == self.window:
             self.logits = self._forward_window()
         else:
-            self.logits = self.model(nxt, start_pos=self.cache.length, kv_cache=self.cache, last_only=True)[:, -1]
+            self.logits = self.forward(nxt, start_pos=self.cache.length, kv_cache=self.cache, last_only=True)[:, -1]
 
 
 def _group_by_length(prompt: Prompts, device: torch.device) -> list[tuple[list[int], torch.Tensor]]:
@@ -115,6 +123,7 @@ def generate_tokens(
     generator: torch.Generator | None = None,
     eos_id: int | None = None,
     use_cache: bool = True,
+    compile: bool | str = False,
 ) -> Iterator[torch.Tensor]:
     """Yield the next token ids, shape (batch, 1), one step at a time.
 
@@ -122,12 +131,16 @@ def generate_tokens(
     A row that has produced `eos_id` yields `eos_id` from then on; generation ends
     when every row has, or after `max_new_tokens` steps. `use_cache=False`
     recomputes the whole window at every step (for checking and benchmarking).
+    `compile=True` runs the model through torch.compile (see `gptkit.compiled`):
+    the first call of each kind compiles, later ones reuse the graphs. A string
+    names the torch.compile backend ("inductor" is what True means).
     """
     was_training = model.training
     model.eval()
+    forward: Forward = CompiledForward(model, "inductor" if compile is True else compile) if compile else model
     try:
         device = prompt.device if isinstance(prompt, torch.Tensor) else next(model.parameters()).device
-        groups = [_Group(model, rows, ids, max_new_tokens, use_cache) for rows, ids in _group_by_length(prompt, device)]
+        groups = [_Group(model, forward, rows, ids, max_new_tokens, use_cache) for rows, ids in _group_by_length(prompt, device)]
         batch = sum(len(g.rows) for g in groups)
         finished = torch.zeros(batch, dtype=torch.bool, device=device)
         for step in range(max_new_tokens):
@@ -156,11 +169,12 @@ def generate(
     generator: torch.Generator | None = None,
     eos_id: int | None = None,
     use_cache: bool = True,
+    compile: bool | str = False,
 ) -> torch.Tensor:
     """Prompt followed by up to `max_new_tokens` generated ids (rows that ended early padded with `eos_id`)."""
-    new = list(
-        generate_tokens(model, prompt, max_new_tokens, samplers, generator=generator, eos_id=eos_id, use_cache=use_cache)
-    )
+    new = list(generate_tokens(
+        model, prompt, max_new_tokens, samplers, generator=generator, eos_id=eos_id, use_cache=use_cache, compile=compile,
+    ))
     return torch.cat([prompt, *new], dim=1) if new else prompt
 
 
@@ -249,11 +263,12 @@ def stream_text(
     *,
     stop: Sequence[str] = (),
     generator: torch.Generator | None = None,
+    compile: bool | str = False,
 ) -> Iterator[str]:
     """The continuation of one prompt, as pieces of text as soon as they are final."""
     stream = TextStream(tokenizer, stop)
     ids = [encode_prompt(tokenizer, prompt)]
-    for step in generate_tokens(model, ids, max_new_tokens, samplers, generator=generator, eos_id=tokenizer.eot_id):
+    for step in generate_tokens(model, ids, max_new_tokens, samplers, generator=generator, eos_id=tokenizer.eot_id, compile=compile):
         piece = stream.push(int(step[0, 0]))
         if piece:
             yield piece
@@ -273,12 +288,13 @@ def generate_text(
     *,
     stop: Sequence[str] = (),
     generator: torch.Generator | None = None,
+    compile: bool | str = False,
 ) -> list[str]:
     """The continuation of each prompt (without the prompt, the stop string or <|endoftext|>)."""
     streams = [TextStream(tokenizer, stop) for _ in prompts]
     texts = [""] * len(prompts)
     ids = [encode_prompt(tokenizer, p) for p in prompts]
-    for step in generate_tokens(model, ids, max_new_tokens, samplers, generator=generator, eos_id=tokenizer.eot_id):
+    for step in generate_tokens(model, ids, max_new_tokens, samplers, generator=generator, eos_id=tokenizer.eot_id, compile=compile):
         for row, token in enumerate(step[:, 0].tolist()):
             texts[row] += streams[row].push(token)
         if all(s.done for s in streams):

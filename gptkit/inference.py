@@ -89,6 +89,7 @@ class Session:
     samplers: list[Sampler]
     max_new_tokens: int
     generator: torch.Generator | None
+    compile: bool = False  # generate through torch.compile (see gptkit.compiled)
 
 
 def open_session(options: Any) -> Session:
@@ -97,7 +98,7 @@ def open_session(options: Any) -> Session:
     Sampler options replace the source's own chain as a whole; without any, the
     run's `sampling.samplers` (or, for a Hugging Face folder, temperature 0.8 and
     top-k 50) apply. They are checked before the model is loaded, so a bad value
-    fails at once.
+    fails at once. `--compile` runs the model through torch.compile.
     """
     if options.max_new_tokens is not None and options.max_new_tokens < 1:
         raise GptkitError(f"--max-new-tokens must be at least 1, got {options.max_new_tokens}")
@@ -113,6 +114,7 @@ def open_session(options: Any) -> Session:
         samplers if samplers is not None else build_samplers(loaded.samplers),
         options.max_new_tokens or loaded.max_new_tokens,
         generator,
+        compile=bool(getattr(options, "compile", False)),
     )
 
 
@@ -132,6 +134,7 @@ class Chat:
     stop: Sequence[str] = ()
     generator: torch.Generator | None = None
     exchanges: list[list[int]] = field(default_factory=list)
+    compile: bool | str = False
 
     USER = "User:"
     ASSISTANT = "Assistant:"
@@ -156,7 +159,8 @@ class Chat:
         pieces: list[str] = []
         prompt = self.prompt_ids(line)
         for piece in stream_text(
-            self.model, self.tokenizer, prompt, self.max_new_tokens, self.samplers, stop=stop, generator=self.generator
+            self.model, self.tokenizer, prompt, self.max_new_tokens, self.samplers, stop=stop, generator=self.generator,
+            compile=self.compile,
         ):
             pieces.append(piece)
             yield piece

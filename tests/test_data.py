@@ -519,12 +519,12 @@ def test_batches_are_shifted_windows_of_the_token_file(tmp_path: Path) -> None:
 
 def test_batches_depend_only_on_seed_step_micro_step_rank(tmp_path: Path) -> None:
     tf = token_file(tmp_path, np.random.default_rng(0).integers(0, 50_000, 10_000))
-    a = BatchSampler(tf, 4, 16, seed=123)
-    b = BatchSampler(TokenFile(tf.path, tf.n_tokens), 4, 16, seed=123)
+    a = BatchSampler(tf, 4, 16, seed=123, world_size=4)
+    b = BatchSampler(TokenFile(tf.path, tf.n_tokens), 4, 16, seed=123, world_size=4)
     for step in range(5):  # a resumed sampler, asked for step 7 first, sees what the first saw
         a.batch(step)
     assert all(torch.equal(u, v) for u, v in zip(a.batch(7, 1, 2), b.batch(7, 1, 2)))
-    other_seed = BatchSampler(tf, 4, 16, seed=124)
+    other_seed = BatchSampler(tf, 4, 16, seed=124, world_size=4)
     variants = [a.batch(7), a.batch(8), a.batch(7, micro_step=1), a.batch(7, rank=1), other_seed.batch(7)]
     xs = [v[0] for v in variants]
     assert all(not torch.equal(xs[i], xs[j]) for i in range(len(xs)) for j in range(i + 1, len(xs)))
@@ -534,9 +534,10 @@ def test_window_offsets_are_pinned_across_library_versions(tmp_path: Path) -> No
     # A resumed run must draw what the original drew, even after a NumPy or
     # PyTorch upgrade, so the offsets are a fixed hash of the step, spelt out here.
     tf = token_file(tmp_path, np.zeros(1000))
-    digest = hashlib.shake_256(b"gptkit-batch:5:3:1:2").digest(32)
-    expected = [int.from_bytes(digest[i : i + 8], "little") % (1000 - 16) for i in range(0, 32, 8)]
-    assert BatchSampler(tf, 4, 16, seed=5).offsets(3, micro_step=1, rank=2).tolist() == expected
+    # One hash per step; micro-step 1 of process 2 (of 3) holds windows (1 * 3 + 2) * 4 = 20 to 23.
+    digest = hashlib.shake_256(b"gptkit-batch:5:3:0:0").digest(8 * 24)
+    expected = [int.from_bytes(digest[i : i + 8], "little") % (1000 - 16) for i in range(8 * 20, 8 * 24, 8)]
+    assert BatchSampler(tf, 4, 16, seed=5, world_size=3).offsets(3, micro_step=1, rank=2).tolist() == expected
 
 
 def test_windows_stay_in_bounds_and_reach_both_ends(tmp_path: Path) -> None:

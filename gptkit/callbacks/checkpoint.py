@@ -26,9 +26,12 @@ class CheckpointCallback:
         self.on_interrupt = on_interrupt
 
     def save(self, trainer: TrainerView) -> None:
-        if self.context.is_main_process and trainer.last_checkpoint_step != trainer.state.step:
+        # Every process asks: a sharded model is gathered from all of them, and the
+        # trainer has only the main process write.
+        if trainer.last_checkpoint_step != trainer.state.step:
             trainer.save_checkpoint()
-            prune_checkpoints(self.context.run_dir, self.keep_last)
+            if self.context.is_main_process:
+                prune_checkpoints(self.context.run_dir, self.keep_last)
 
     @hookimpl
     def gptkit_step_end(self, trainer: TrainerView, metrics: StepMetrics) -> None:

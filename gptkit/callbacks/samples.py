@@ -24,6 +24,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from gptkit.callbacks.console import shared_console
+from gptkit.distributed import is_sharded
 from gptkit.generation import generate
 from gptkit.hookspecs import hookimpl
 from gptkit.registry import ComponentParams
@@ -95,11 +96,17 @@ class SamplesCallback:
         return self.prompt + tokenizer.decode(new)
 
     def sample(self, trainer: TrainerView, step: int) -> str | None:
-        """Generate, append to samples.txt and print; None on other processes than the main one."""
-        if not self.context.is_main_process:
+        """Generate, append to samples.txt and print; None on other processes than the main one.
+
+        A sharded (FSDP) model gathers its weights from every process in each
+        forward, so there all processes generate and only the main one keeps the text.
+        """
+        if not self.context.is_main_process and not is_sharded(trainer.model):
             return None
         text = self.generate_text(trainer.model)
-        self.last_step = step
+        self.last_step = step  # on every process that generated: the end-of-run sample must match
+        if not self.context.is_main_process:
+            return None
         self.context.run_dir.mkdir(parents=True, exist_ok=True)
         with self.path.open("a", encoding="utf-8") as f:
             f.write(f"=== step {step} (seed {self.seed}) ===\n{text}\n\n")

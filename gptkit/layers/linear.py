@@ -60,12 +60,14 @@ MIN_ROWS = 32
 def use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
     return (
         _ONEDNN
+        # First: while torch.compile traces, a test on the (symbolic) size would become a guard,
+        # and every batch and length on the other side of MIN_ROWS a graph of its own.
+        and not torch.compiler.is_compiling()
         and x.device.type == "cpu"
         and x.dtype == torch.float32
         and weight.dtype == torch.float32
         and x.numel() >= MIN_ROWS * x.shape[-1] > 0
         and not torch.is_autocast_enabled("cpu")
-        and not torch.compiler.is_compiling()
     )
 
 

@@ -1,0 +1,283 @@
+"""Bad input the other test files leave out, each answered in one paragraph with exit code 2.
+
+Every case runs `main.run` in this process (what `python main.py` runs) and
+compares the whole error output with the message written out here; the API
+cases compare the exception's message. docs/errors.md lists them all.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from rich.console import Console
+
+import main
+from gptkit import ModelConfig, reset_default_registry
+from gptkit.checkpoint import load_checkpoint, save_checkpoint
+from gptkit.errors import CheckpointError
+from gptkit.model import GPTModel
+from gptkit.plugins import PLUGIN_DIRS_ENV
+from gptkit.server import ApiError, parse_request
+from gptkit.train_state import TrainState
+
+TINY = [
+    "--set", "model.emb_dim=32", "--set", "model.n_heads=2", "--set", "model.n_layers=1",
+    "--set", "model.context_length=16", "--set", "train.batch_size=2", "--set", "train.eval_batches=1",
+    "--set", "run.dtype=float32", "--set", 'train.callbacks=["checkpoint"]',
+]
+
+
+def run_main(monkeypatch: pytest.MonkeyPatch, *argv: str) -> tuple[int, str]:
+    """(exit code, error output), each message on one wide line."""
+    buffer = io.StringIO()
+    monkeypatch.setattr(main, "err_console", Console(file=buffer, width=1000, no_color=True))
+    return main.run(list(argv)), buffer.getvalue()
+
+
+def config_error(monkeypatch: pytest.MonkeyPatch, *overrides: str) -> str:
+    """The error `python main.py config --set ...` prints, after checking it exits 2."""
+    code, err = run_main(monkeypatch, "config", *(a for o in overrides for a in ("--set", o)))
+    assert code == 2, err
+    return err
+
+
+# --- config ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("override", "line"),
+    [
+        ("trian.lr=1", "trian: unknown key (no such setting)"),  # a section
+        ("train.lrr=0.1", "train.lrr: unknown key (no such setting)"),  # a key of a section
+        ('train.scheduler={"name": "cosine", "warmup": 5}', "train.scheduler.warmup: unknown key (no such setting)"),
+        ('train.callbacks=[{"name": "checkpoint", "evry": 2}]', "train.callbacks.evry: unknown key (no such setting)"),
+        ('sampling.samplers=[{"name": "top_k", "kk": 5}]', "sampling.samplers.kk: unknown key (no such setting)"),
+        ('data.tokenizer={"name": "gpt2", "vocab": 3}', "data.tokenizer.vocab: unknown key (no such setting)"),
+    ],
+)
+def test_config_typos_at_every_depth_name_the_dotted_key(monkeypatch: pytest.MonkeyPatch, override: str, line: str) -> None:
+    assert config_error(monkeypatch, override) == f"error: invalid config:\n{line}\n"
+
+
+@pytest.mark.parametrize(
+    ("override", "line"),
+    [
+        ("train.batch_size=two", "train.batch_size: Input should be a valid integer, unable to parse string as an integer"),
+        ('train.callbacks="checkpoint"', "train.callbacks: Input should be a valid list"),
+        ("run.compile=maybe", "run.compile: Input should be a valid boolean, unable to interpret input"),
+        ("train.nan_policy=ignore", "train.nan_policy: Input should be 'stop' or 'skip'"),
+        ("train.lr=0", "train.lr: Input should be greater than 0"),
+        ("data.val_fraction=0.7", "data.val_fraction: Input should be less than 0.5"),
+    ],
+)
+def test_wrong_types_and_out_of_range_values_in_run_sections(monkeypatch: pytest.MonkeyPatch, override: str, line: str) -> None:
+    assert config_error(monkeypatch, override) == f"error: invalid config:\n{line}\n"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "line"),
+    [
+        (["train.min_lr=0.1"], "train: train.min_lr (0.1) is above train.lr (0.002)"),
+        (["run.dtype=float16"], "(top level): run.dtype float16 needs a CUDA device (set run.device=cuda); on CPU use bfloat16 or float32"),
+        (["train.max_steps=null"], "train: set at least one budget: train.max_steps, train.max_tokens or train.max_time"),
+    ],
+)
+def test_contradictory_settings(monkeypatch: pytest.MonkeyPatch, overrides: list[str], line: str) -> None:
+    assert config_error(monkeypatch, *overrides) == f"error: invalid config:\n{line}\n"
+
+
+@pytest.mark.parametrize(
+    ("override", "line"),
+    [
+        ("train.scheduler=cosin", "train.scheduler: unknown scheduler 'cosin' (did you mean 'cosine'?); valid scheduler names: constant, cosine, linear, wsd"),
+        ('sampling.samplers=["top_q"]', "sampling.samplers: unknown sampler 'top_q' (did you mean 'top_p'?); valid sampler names: greedy, min_p, repetition_penalty, temperature, top_k, top_p"),
+        ('train.callbacks=["checkpont"]', "train.callbacks: unknown callback 'checkpont' (did you mean 'checkpoint'?); valid callback names: checkpoint, console, early_stopping, loss_plot, metrics, samples"),
+        ("data.tokenizer=gpt3", "data.tokenizer: unknown tokenizer 'gpt3' (did you mean 'gpt2'?); valid tokenizer names: gpt2"),
+    ],
+)
+def test_unknown_scheduler_sampler_callback_and_tokenizer_names(monkeypatch: pytest.MonkeyPatch, override: str, line: str) -> None:
+    assert config_error(monkeypatch, override) == f"error: invalid config:\n{line}\n"
+
+
+# --- training: data, output folder, schedule ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
+    path.write_text("".join(f"line {i}: the quick brown fox jumps over the lazy dog\n" for i in range(400)))
+    return path
+
+
+def train_args(corpus: Path, out: Path, *extra: str) -> list[str]:
+    return [*TINY, "--set", f"data.path={corpus}", "--set", f"data.cache_dir={corpus.parent / 'cache'}",
+            "--set", f"run.out_dir={out}", "--set", "run.name=r", *extra]
+
+
+def test_decaying_schedule_without_a_step_budget(monkeypatch: pytest.MonkeyPatch, corpus: Path, tmp_path: Path) -> None:
+    code, err = run_main(monkeypatch, *train_args(corpus, tmp_path, "--set", "train.max_steps=null", "--set", "train.max_tokens=1000"))
+    assert code == 2
+    assert err == (
+        "error: train.scheduler 'cosine' decays over train.max_steps, which is not set; "
+        "set train.max_steps or use train.scheduler=constant\n"
+    )
+
+
+def test_full_output_directory_at_start(monkeypatch: pytest.MonkeyPatch, corpus: Path, tmp_path: Path) -> None:
+    write_text = Path.write_text
+
+    def disk_full(path: Path, *args: object, **kw: object) -> int:
+        if path.name == ".write-test":  # the probe train writes before anything else
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return write_text(path, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Path, "write_text", disk_full)
+    code, err = run_main(monkeypatch, *train_args(corpus, tmp_path / "runs"))
+    run_dir = tmp_path / "runs" / "r"
+    assert code == 2
+    assert err == f"error: cannot write the run directory {run_dir}: No space left on device; set run.out_dir to a writable folder\n"
+
+
+# --- checkpoints --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("trained")
+    with pytest.MonkeyPatch.context() as mp:
+        code, err = run_main(mp, *train_args(corpus, out, "--set", "train.max_steps=2"))
+    assert code == 0, err
+    return out / "r"
+
+
+def damage(path: Path, how: str) -> None:
+    if how == "truncated":
+        os.truncate(path, path.stat().st_size // 2)
+    elif how == "garbage":
+        path.write_bytes(b"\x00" * 100)
+    elif how == "cut JSON":
+        path.write_text('{"format_version": 1, "state": {"step": ')
+    elif how == "future format":
+        meta = json.loads(path.read_text())
+        path.write_text(json.dumps({**meta, "format_version": 2}))
+    else:
+        path.unlink()
+
+
+@pytest.mark.parametrize(
+    ("file", "how", "message"),
+    [
+        ("model.safetensors", "truncated", "checkpoint file {path} is truncated or corrupted (Error while deserializing header: incomplete metadata, file not fully covered)"),
+        ("optimizer.safetensors", "garbage", "checkpoint file {path} is truncated or corrupted (Error while deserializing header: invalid JSON in header: EOF while parsing a value at line 1 column 0)"),
+        ("optimizer.safetensors", "missing", "checkpoint file {path} is missing"),
+        ("trainer.json", "cut JSON", "{path} is corrupted (JSONDecodeError: Expecting value: line 1 column 41 (char 40))"),
+        ("trainer.json", "future format", "{path} is checkpoint format 2; this gptkit reads format 1 (was it written by another version of gptkit?)"),
+    ],
+)
+def test_resume_from_a_damaged_checkpoint(
+    monkeypatch: pytest.MonkeyPatch, trained: Path, tmp_path: Path, file: str, how: str, message: str
+) -> None:
+    run_dir = tmp_path / "r"
+    shutil.copytree(trained, run_dir)
+    path = run_dir / "checkpoints" / "step_000002" / file
+    damage(path, how)
+    code, err = run_main(monkeypatch, "--resume", str(run_dir), "--set", "train.max_steps=3")
+    assert (code, err) == (2, f"error: {message.format(path=path)}\n")
+
+
+def test_resume_of_a_run_without_checkpoints(monkeypatch: pytest.MonkeyPatch, trained: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "r"
+    shutil.copytree(trained, run_dir)
+    shutil.rmtree(run_dir / "checkpoints")
+    code, err = run_main(monkeypatch, "--resume", str(run_dir))
+    assert (code, err) == (2, f"error: {run_dir} holds no checkpoint (expected {run_dir / 'checkpoints'}/step_*/)\n")
+
+
+def test_generate_from_a_truncated_checkpoint(monkeypatch: pytest.MonkeyPatch, trained: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "r"
+    shutil.copytree(trained, run_dir)
+    path = run_dir / "checkpoints" / "step_000002" / "model.safetensors"
+    damage(path, "truncated")
+    code, err = run_main(monkeypatch, "generate", "--run", str(run_dir), "--prompt", "x")
+    assert code == 2
+    assert err == (
+        f"error: checkpoint file {path} is truncated or corrupted "
+        "(Error while deserializing header: incomplete metadata, file not fully covered)\n"
+    )
+
+
+def test_optimizer_state_that_does_not_fit_is_a_checkpoint_error(tmp_path: Path) -> None:
+    model = GPTModel(ModelConfig(vocab_size=64, emb_dim=16, n_layers=1, n_heads=2, context_length=8))
+    one_group = torch.optim.AdamW(model.parameters())
+    path = save_checkpoint(tmp_path, model, one_group, TrainState(step=1))
+    params = list(model.parameters())
+    two_groups = torch.optim.AdamW([{"params": params[:2]}, {"params": params[2:]}])
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(path, model, two_groups)
+    assert str(err.value) == (
+        f"{path / 'optimizer.safetensors'} does not fit this model's optimizer "
+        "(ValueError: loaded state dict has a different number of parameter groups)"
+    )
+
+
+# --- plugins -------------------------------------------------------------------------------------
+
+PLUGINS = {
+    "import error": ("import gptkit_no_such_module_xyz\n", "plugin file {path} failed to import: ModuleNotFoundError: No module named 'gptkit_no_such_module_xyz'"),
+    "taken name": (
+        (
+            "import torch\nfrom gptkit import hookimpl\n\n@hookimpl\ndef gptkit_register_components(registry):\n"
+            "    registry.register('norm', 'layernorm', lambda dim: torch.nn.LayerNorm(dim))\n"
+        ),
+        "plugins/{name} registers norm 'layernorm', but that name is already taken by built-in; pass override=True to replace it on purpose",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(PLUGINS))
+def test_plugin_folder_with_a_broken_or_clashing_plugin_fails_the_command(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, case: str
+) -> None:
+    code, message = PLUGINS[case]
+    path = tmp_path / "plugins" / f"{case.replace(' ', '_')}.py"
+    path.parent.mkdir()
+    path.write_text(code)
+    monkeypatch.setenv(PLUGIN_DIRS_ENV, str(path.parent))
+    reset_default_registry()
+    try:
+        status, err = run_main(monkeypatch, "components")
+    finally:
+        monkeypatch.delenv(PLUGIN_DIRS_ENV)
+        reset_default_registry()
+    assert (status, err) == (2, f"error: {message.format(path=path, name=path.name)}\n")
+
+
+# --- generation parameters ------------------------------------------------------------------------
+
+
+def test_top_p_of_zero_on_the_command_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    code, err = run_main(monkeypatch, "generate", "--run", str(tmp_path), "--top-p", "0")
+    assert (code, err) == (2, "error: sampler 'top_p': p: Input should be greater than 0\n")
+
+
+@pytest.mark.parametrize(
+    ("body", "message", "param"),
+    [
+        (b'{"prompt": "x", "top_p": 0}', "top_p: Input should be greater than 0", "top_p"),
+        (b'{"prompt": "x", "temperature": -1}', "temperature: Input should be greater than or equal to 0", "temperature"),
+        (b'{"prompt": "x", "max_tokens": 0}', "max_tokens: Input should be greater than or equal to 1", "max_tokens"),
+        (b"\xff\xfe", "the request body is not valid JSON: Expecting value: line 1 column 1 (char 0)", None),
+    ],
+)
+def test_generation_parameters_out_of_range_in_a_server_request(body: bytes, message: str, param: str | None) -> None:
+    with pytest.raises(ApiError) as err:
+        parse_request(body)
+    assert err.value.status == 400
+    assert err.value.body() == {"error": {"message": message, "type": "invalid_request_error", "param": param, "code": None}}
