@@ -1,0 +1,578 @@
+"""Benchmark: one training step (forward + backward + AdamW) of gptkit against two baselines.
+
+    python bench/train.py [--preset all|gpt2|cpu-small] [--rounds 7] [--warmup 2]
+                          [--variants gptkit-fp32,gptkit-bf16,hf-fp32,reference-fp32]
+                          [--threads N] [--json PATH] [--no-memory] [--quick]
+    python bench/train.py --profile gptkit-bf16 --preset gpt2
+
+Variants, all from the same initial weights and the same batch of random tokens:
+gptkit in float32, gptkit under bf16 autocast (as trainer.py runs it), Hugging
+Face's GPT2LMHeadModel (sdpa attention, float32) and `bench/reference_gpt.py`, a
+nanoGPT-style model (float32). Each takes trainer.py's step: loss, backward,
+gradient clipping to 1.0, AdamW (trainer.make_optimizer's groups and
+hyperparameters), zero_grad.
+
+Timing: `--warmup` rounds, then `--rounds` rounds in which each variant takes one
+step (the order rotating from round to round) and a large float32 and bf16
+matmul is timed; the median per variant and phase is reported. The matmuls give
+the peak FLOP/s that MFU is measured against, taken in the same minutes as the
+steps. Peak RSS comes from a fresh subprocess per variant (a few steps, then
+its VmHWM, the peak resident set). Throughput drifts on a shared machine:
+compare figures from one run only, never across runs.
+
+Writes bench/results/train.json and the results block of bench/README.md's
+"Training step" section. `--profile VARIANT` instead runs torch.profiler over a
+few steps and writes the top ops to bench/results/profile_<preset>_<variant>.txt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
+
+from reference_gpt import GPT, GPTConfig, from_gptkit
+
+from config import RunConfig
+from gptkit import GPTModel, ModelConfig, model_preset
+from gptkit.cpu_allocator import retain_freed_memory
+from gptkit.hf import hf_config_dict, to_hf_state_dict
+from trainer import make_optimizer
+
+RESULTS_DIR = ROOT / "bench" / "results"
+README = ROOT / "bench" / "README.md"
+SECTION = "## Training step"
+BEGIN, END = "<!-- train-results:begin -->", "<!-- train-results:end -->"
+
+VARIANTS = ("gptkit-fp32", "gptkit-bf16", "hf-fp32", "reference-fp32")
+BASELINES = ("hf-fp32", "reference-fp32")
+PHASES = ("forward", "backward", "optimizer")
+GRAD_CLIP = 1.0  # trainer.py's default train.grad_clip
+MATMUL_SIZE = 2048
+ALLOCATORS = ("per-variant", "retain-all", "default-all")
+ALLOCATOR = "per-variant"  # set from --allocator
+
+
+@dataclass(frozen=True)
+class Workload:
+    preset: str
+    batch: int
+    seq_len: int
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    def model_config(self) -> ModelConfig:
+        return model_preset(self.preset, **self.overrides)
+
+
+WORKLOADS = {
+    "gpt2": Workload("gpt2", batch=4, seq_len=256),
+    # cpu-small's own context is 128; the benchmark trains it on 256-token windows.
+    "cpu-small": Workload("cpu-small", batch=8, seq_len=256, overrides={"context_length": 256}),
+}
+
+
+# --- the variants ----------------------------------------------------------------
+
+
+@dataclass
+class Variant:
+    name: str
+    model: nn.Module
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    amp_dtype: torch.dtype | None  # autocast dtype, None: plain float32
+    # gptkit's Trainer keeps freed memory for reuse on CPU (gptkit.cpu_allocator); the
+    # baselines run as their users run them, with glibc's defaults (see --allocator).
+    retain_memory: bool = False
+    optimizer: torch.optim.Optimizer = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.model.train()
+        # trainer.make_optimizer on any module: decay on 2-D weights, the run config's lr and betas.
+        self.optimizer = make_optimizer(self.model, RunConfig(), torch.device("cpu"))
+
+    @property
+    def dtype_name(self) -> str:
+        return "bfloat16" if self.amp_dtype == torch.bfloat16 else "float32"
+
+
+def gptkit_variant(name: str, model: GPTModel, amp_dtype: torch.dtype | None) -> Variant:
+    # As trainer.train_step calls it: the loss from the hidden states, no logits kept.
+    return Variant(name, model, lambda x, y: model(x, y, keep_logits=False)[1], amp_dtype, retain_memory=True)
+
+
+def reference_variant(model: GPT) -> Variant:
+    return Variant("reference-fp32", model, lambda x, y: model(x, y)[1], None)
+
+
+def hf_variant(model: Any) -> Variant:
+    def loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        # HF's own `labels=` shifts the targets by one; the batch here is already shifted,
+        # so the loss is taken on the logits, exactly as the other variants take it.
+        # use_cache=False: training has no use for the key/value cache HF would build.
+        logits = model(input_ids=x, use_cache=False).logits
+        return F.cross_entropy(logits.flatten(0, 1), y.flatten())
+
+    return Variant("hf-fp32", model, loss, None)
+
+
+def hf_config(cfg: ModelConfig) -> Any:
+    import transformers  # only the HF variant pays for importing transformers
+
+    # attn_implementation is taken by every transformers config, but not in GPT2Config's signature.
+    return transformers.GPT2Config(**hf_config_dict(cfg), attn_implementation="sdpa")  # type: ignore[call-arg]
+
+
+def hf_copy(source: GPTModel) -> Any:
+    """A GPT2LMHeadModel holding a copy of `source`'s weights."""
+    import transformers
+
+    with torch.device("meta"):
+        model = transformers.GPT2LMHeadModel(hf_config(source.cfg))
+    state = {k: v.clone() for k, v in to_hf_state_dict(source).items()}  # untransposed ones share memory
+    result = model.load_state_dict(state, strict=False, assign=True)
+    assert set(result.missing_keys) <= {"lm_head.weight"} and not result.unexpected_keys, result
+    model.lm_head.weight = model.transformer.wte.weight
+    return model
+
+
+def copied_variants(source: GPTModel, names: Sequence[str]) -> list[Variant]:
+    """The named variants, each with its own copy of `source`'s weights."""
+    build: dict[str, Callable[[], Variant]] = {
+        "gptkit-fp32": lambda: gptkit_variant("gptkit-fp32", copy.deepcopy(source), None),
+        "gptkit-bf16": lambda: gptkit_variant("gptkit-bf16", copy.deepcopy(source), torch.bfloat16),
+        "hf-fp32": lambda: hf_variant(hf_copy(source)),
+        "reference-fp32": lambda: reference_variant(from_gptkit(source)),
+    }
+    return [build[name]() for name in names]
+
+
+def native_variant(cfg: ModelConfig, name: str) -> Variant:
+    """The variant built on its own, with its own initialisation: for memory, where no
+    second model may be alive in the process, and where the weights' values do not matter."""
+    if name.startswith("gptkit"):
+        return gptkit_variant(name, GPTModel(cfg), torch.bfloat16 if name == "gptkit-bf16" else None)
+    if name == "reference-fp32":
+        return reference_variant(GPT(GPTConfig.from_model_config(cfg)))
+    import transformers
+
+    return hf_variant(transformers.GPT2LMHeadModel(hf_config(cfg)))
+
+
+def random_batch(cfg: ModelConfig, work: Workload, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    windows = torch.randint(0, cfg.vocab_size, (work.batch, work.seq_len + 1), generator=g)
+    return windows[:, :-1].contiguous(), windows[:, 1:].contiguous()
+
+
+def step(v: Variant, x: torch.Tensor, y: torch.Tensor) -> tuple[dict[str, float], float]:
+    """One training step as trainer.train_step takes it; seconds per phase and the loss."""
+    retain = {"per-variant": v.retain_memory, "retain-all": True, "default-all": False}[ALLOCATOR]
+    with retain_freed_memory(retain):
+        t0 = time.perf_counter()
+        with torch.autocast("cpu", dtype=v.amp_dtype or torch.float32, enabled=v.amp_dtype is not None):
+            loss = v.loss(x, y)
+        t1 = time.perf_counter()
+        loss.backward()
+        t2 = time.perf_counter()
+        nn.utils.clip_grad_norm_(v.model.parameters(), GRAD_CLIP)
+        v.optimizer.step()
+        v.optimizer.zero_grad(set_to_none=True)
+        t3 = time.perf_counter()
+    return {"forward": t1 - t0, "backward": t2 - t1, "optimizer": t3 - t2}, loss.item()
+
+
+def flops_per_token(model: GPTModel, seq_len: int) -> float:
+    """trainer.flops_per_token with the attention term for the sequences actually run
+    (the gpt2 preset's context is 1024, the benchmark's windows 256)."""
+    matmul_weights = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
+    cfg = model.cfg
+    return 6 * matmul_weights + 12 * cfg.n_layers * cfg.emb_dim * seq_len
+
+
+# --- peak FLOP/s -------------------------------------------------------------------
+
+
+class MatmulPeak:
+    """Best-of-`tries` seconds of an n x n x n matmul per dtype, collected once per round."""
+
+    def __init__(self, n: int = MATMUL_SIZE, tries: int = 3) -> None:
+        g = torch.Generator().manual_seed(0)
+        self.n, self.tries = n, tries
+        self.operands = {}
+        for name, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
+            a, b = (torch.randn(n, n, generator=g).to(dtype) for _ in range(2))
+            self.operands[name] = (a, b, torch.empty(n, n, dtype=dtype))
+        self.seconds: dict[str, list[float]] = {name: [] for name in self.operands}
+
+    def measure(self, record: bool = True) -> None:
+        for name, (a, b, out) in self.operands.items():
+            best = float("inf")
+            for _ in range(self.tries):
+                start = time.perf_counter()
+                torch.matmul(a, b, out=out)
+                best = min(best, time.perf_counter() - start)
+            if record:
+                self.seconds[name].append(best)
+
+    def flops(self) -> dict[str, float]:
+        return {name: 2 * self.n**3 / statistics.median(s) for name, s in self.seconds.items()}
+
+
+# --- timing ------------------------------------------------------------------------
+
+
+def time_variants(
+    work: Workload, names: Sequence[str], rounds: int, warmup: int, log: Callable[[str], None]
+) -> dict[str, Any]:
+    cfg = work.model_config()
+    torch.manual_seed(0)
+    source = GPTModel(cfg)
+    variants = copied_variants(source, names)
+    del source
+    x, y = random_batch(cfg, work)
+    peak = MatmulPeak()
+    times: dict[str, dict[str, list[float]]] = {v.name: {p: [] for p in (*PHASES, "step")} for v in variants}
+    first_loss: dict[str, float] = {}
+    for r in range(warmup + rounds):
+        # Rotate who goes first so that no variant always follows the same neighbour.
+        order = variants[r % len(variants):] + variants[: r % len(variants)]
+        for v in order:
+            phases, loss = step(v, x, y)
+            first_loss.setdefault(v.name, loss)
+            if r >= warmup:
+                for p, s in phases.items():
+                    times[v.name][p].append(s)
+                times[v.name]["step"].append(sum(phases.values()))
+        peak.measure(record=r >= warmup)
+        label = "warm-up" if r < warmup else "round"
+        log(f"{work.preset}: {label} {r + 1 - (warmup if r >= warmup else 0)}/{rounds if r >= warmup else warmup} done")
+    peak_flops = peak.flops()
+    model_flops = flops_per_token(_shape_model(cfg), work.seq_len)
+    tokens = work.batch * work.seq_len
+    results: dict[str, Any] = {}
+    for v in variants:
+        t = times[v.name]
+        step_s = statistics.median(t["step"])
+        tokens_per_s = tokens / step_s
+        results[v.name] = {
+            "dtype": v.dtype_name,
+            "step_s": step_s,
+            "tokens_per_s": tokens_per_s,
+            "phase_s": {p: statistics.median(t[p]) for p in PHASES},
+            "mfu": tokens_per_s * model_flops / peak_flops[v.dtype_name],
+            "first_loss": first_loss[v.name],
+            "runs_s": t,
+        }
+    fp32_losses = [first_loss[v.name] for v in variants if v.amp_dtype is None]
+    if fp32_losses and max(fp32_losses) - min(fp32_losses) > 1e-4 * abs(fp32_losses[0]):
+        log(f"WARNING: the float32 variants' first losses differ ({fp32_losses}): not the same weights or batch")
+    baseline = max((results[b]["tokens_per_s"] for b in BASELINES if b in results), default=None)
+    for r in results.values():
+        r["vs_faster_baseline"] = r["tokens_per_s"] / baseline if baseline else None
+    return {
+        "workload": {"preset": work.preset, "batch": work.batch, "seq_len": work.seq_len, "overrides": work.overrides},
+        "flops_per_token": model_flops,
+        "peak_flops": peak_flops,
+        "matmul_size": peak.n,
+        "variants": results,
+    }
+
+
+def _shape_model(cfg: ModelConfig) -> GPTModel:
+    """A GPTModel of this shape on the meta device: only its parameter counts are read."""
+    with torch.device("meta"):
+        return GPTModel(cfg)
+
+
+# --- memory --------------------------------------------------------------------------
+
+
+def proc_status_mib(key: str) -> float:
+    """A "VmRSS"/"VmHWM" line of /proc/self/status, in MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024  # given in kB
+    raise KeyError(key)
+
+
+def memory_child(work: Workload, name: str, steps: int) -> dict[str, float]:
+    """Run in a fresh process: build one variant, take `steps` steps, report RSS."""
+    before = proc_status_mib("VmRSS")
+    torch.manual_seed(0)
+    cfg = work.model_config()
+    v = native_variant(cfg, name)
+    x, y = random_batch(cfg, work)
+    for _ in range(steps):
+        step(v, x, y)
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss over fork and exec, so a child of the
+    # benchmark (holding four models) would report the parent's peak, not its own.
+    return {
+        "peak_rss_mib": proc_status_mib("VmHWM"),
+        "rss_before_model_mib": before,
+        "steps": steps,
+    }
+
+
+def measure_memory(work: Workload, names: Sequence[str], steps: int, threads: int) -> dict[str, dict[str, float]]:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    out = {}
+    for name in names:
+        cmd = [sys.executable, __file__, "--memory-child", name, "--preset", work.preset,
+               "--memory-steps", str(steps), "--threads", str(threads), "--allocator", ALLOCATOR]
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+        if done.returncode:
+            raise RuntimeError(f"memory run of {name} failed:\n{done.stderr[-2000:]}")
+        out[name] = json.loads(done.stdout.strip().splitlines()[-1])
+    return out
+
+
+# --- targets, reporting ----------------------------------------------------------------
+
+
+def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's targets that this run can judge (the loss-curve one is bench/loss_curve.py's)."""
+    v = result["variants"]
+    found = []
+    for name, want in (("gptkit-fp32", 1.1), ("gptkit-bf16", 2.0)):
+        ratio = v.get(name, {}).get("vs_faster_baseline")
+        if ratio is not None:
+            found.append({"target": f"{name} >= {want}x the faster fp32 baseline", "value": round(ratio, 3), "met": ratio >= want})
+    ref_rss = v.get("reference-fp32", {}).get("peak_rss_mib")
+    if result["workload"]["preset"] == "gpt2" and ref_rss is not None:
+        for name in ("gptkit-fp32", "gptkit-bf16"):
+            rss = v.get(name, {}).get("peak_rss_mib")
+            if rss is not None:
+                found.append({"target": f"{name} peak RSS <= reference-fp32's", "value": f"{rss:.0f} vs {ref_rss:.0f} MiB", "met": rss <= ref_rss})
+    return found
+
+
+def fmt(value: float | None, spec: str, suffix: str = "") -> str:
+    return "-" if value is None else f"{value:{spec}}{suffix}"
+
+
+def table_rows(result: dict[str, Any], shares: bool) -> list[list[str]]:
+    rows = []
+    for name, r in result["variants"].items():
+        ph = r["phase_s"]
+        total = sum(ph.values())
+        phases = [f"{1000 * ph[p]:.0f}" + (f" ({100 * ph[p] / total:.0f}%)" if shares else "") for p in PHASES]
+        rows.append([
+            name, f"{r['tokens_per_s']:.0f}", fmt(r["vs_faster_baseline"], ".2f", "x"), f"{1000 * r['step_s']:.0f}",
+            *phases, f"{100 * r['mfu']:.1f}%", fmt(r.get("peak_rss_mib"), ".0f"), f"{r['first_loss']:.4f}",
+        ])
+    return rows
+
+
+HEADERS = ["variant", "tokens/s", "vs faster baseline", "step ms", "forward ms", "backward ms", "optimizer ms",
+           "MFU", "peak RSS MiB", "first loss"]
+
+
+def markdown(report: dict[str, Any]) -> str:
+    m, s = report["machine"], report["settings"]
+    lines = [
+        f"Measured {m['date']} on {m['cpu']} ({m['cores']} cores, {s['threads']} threads), torch {m['torch']}, "
+        f"transformers {m['transformers']}; {s['warmup']} warm-up + {s['rounds']} interleaved rounds, medians"
+        + (" (--quick: a smoke run, not a measurement)" if s["quick"] else "")
+        + f"; load average {m['load_average_start']:.2f} at start, {m['load_average_end']:.2f} at end.",
+        "",
+    ]
+    for preset, result in report["presets"].items():
+        w, pk = result["workload"], result["peak_flops"]
+        lines += [
+            (f"**{preset}** (batch {w['batch']} x {w['seq_len']} tokens; {result['flops_per_token'] / 1e6:.0f} MFLOP/token; "
+             f"peak {pk['float32'] / 1e9:.0f} GFLOP/s fp32, {pk['bfloat16'] / 1e9:.0f} GFLOP/s bf16 "
+             f"from {result['matmul_size']}^3 matmuls)"),
+            "",
+            "| " + " | ".join(HEADERS) + " |",
+            "|---|" + "---:|" * (len(HEADERS) - 1),
+            *("| " + " | ".join(row) + " |" for row in table_rows(result, shares=True)),
+            "",
+        ]
+        for t in result["targets"]:
+            lines.append(f"- {t['target']}: {t['value']}{'x' if isinstance(t['value'], float) else ''} — {'met' if t['met'] else 'NOT met'}")
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def update_readme(path: Path, block: str) -> None:
+    """Replace the results block of the "Training step" section, leaving every other section alone."""
+    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
+    fenced = f"{BEGIN}\n{block}{END}"
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        text = head + fenced + rest.split(END, 1)[1]
+    elif SECTION in text:
+        head, rest = text.split(SECTION, 1)
+        cut = rest.find("\n## ")
+        body, tail = (rest, "") if cut < 0 else (rest[:cut], rest[cut:])
+        text = head + SECTION + body.rstrip("\n") + "\n\n" + fenced + "\n" + tail
+    else:
+        text = text.rstrip("\n") + f"\n\n{SECTION}\n\n{fenced}\n"
+    path.write_text(text, encoding="utf-8")
+
+
+def print_table(result: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    w = result["workload"]
+    table = Table(title=f"{w['preset']}: batch {w['batch']} x {w['seq_len']}")
+    for i, h in enumerate(HEADERS):
+        table.add_column(h, justify="left" if i == 0 else "right")
+    for row in table_rows(result, shares=False):
+        table.add_row(*row)
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=160)  # a log file: no terminal width to squeeze the table into
+    console.print(table)
+    for t in result["targets"]:
+        console.print(f"  {t['target']}: {t['value']} -> {'met' if t['met'] else '[bold]NOT met[/bold]'}")
+
+
+def machine_info(threads: int) -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import transformers
+
+    return {
+        "cpu": cpu, "cores": os.cpu_count(), "threads": threads, "torch": torch.__version__,
+        "transformers": transformers.__version__, "python": platform.python_version(),
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+# --- profiling ---------------------------------------------------------------------------
+
+
+def profile(work: Workload, name: str, warmup: int, steps: int = 3, rows: int = 30) -> Path:
+    from torch.profiler import ProfilerActivity, record_function
+    from torch.profiler import profile as torch_profile
+
+    cfg = work.model_config()
+    torch.manual_seed(0)
+    (v,) = copied_variants(GPTModel(cfg), [name])
+    x, y = random_batch(cfg, work)
+    for _ in range(max(warmup, 1)):
+        step(v, x, y)
+    with torch_profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        for _ in range(steps):
+            with record_function("step"):
+                step(v, x, y)
+    by_op = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
+    by_shape = prof.key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total", row_limit=rows)
+    text = (
+        f"torch.profiler, {name}, {work.preset} batch {work.batch} x {work.seq_len}, {steps} steps after "
+        f"{max(warmup, 1)} warm-up, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+        f"load average {os.getloadavg()[0]:.2f}\n\n"
+        f"Top ops by self CPU time:\n{by_op}\n\nBy input shape:\n{by_shape}\n"
+    )
+    print(text)
+    path = RESULTS_DIR / f"profile_{work.preset}_{name}.txt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+# --- main ----------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--preset", choices=["all", *WORKLOADS], default="all")
+    p.add_argument("--rounds", type=int, default=None, help="timed rounds (default 7; --quick 3)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed rounds first (default 2; --quick 1)")
+    p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of " + ", ".join(VARIANTS))
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    p.add_argument("--json", type=Path, default=RESULTS_DIR / "train.json", help="where the results go")
+    p.add_argument("--no-memory", action="store_true", help="skip the per-variant peak-RSS subprocesses")
+    p.add_argument("--memory-steps", type=int, default=None, help="steps per memory subprocess (default 3; --quick 2)")
+    p.add_argument("--no-readme", action="store_true", help="leave bench/README.md alone")
+    p.add_argument("--quick", action="store_true", help="fewer rounds: shows the harness works, measures nothing")
+    p.add_argument("--profile", metavar="VARIANT", choices=VARIANTS, help="profile this variant instead of benchmarking")
+    p.add_argument("--memory-child", choices=VARIANTS, help=argparse.SUPPRESS)
+    p.add_argument("--allocator", choices=ALLOCATORS, default="per-variant",
+                   help="glibc malloc policy: each variant as its program runs it (gptkit's Trainer retains freed "
+                        "memory, the baselines use glibc's defaults), or one policy for all")
+    args = p.parse_args(argv)
+    args.rounds = args.rounds or (3 if args.quick else 7)
+    args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
+    args.memory_steps = args.memory_steps or (2 if args.quick else 3)
+    args.variants = [n.strip() for n in args.variants.split(",") if n.strip()]
+    unknown = sorted(set(args.variants) - set(VARIANTS))
+    if unknown:
+        p.error(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    global ALLOCATOR
+    args = parse_args(argv)
+    ALLOCATOR = args.allocator
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    threads = torch.get_num_threads()
+    presets = list(WORKLOADS) if args.preset == "all" else [args.preset]
+    if args.memory_child:
+        print(json.dumps(memory_child(WORKLOADS[args.preset if args.preset != "all" else "gpt2"], args.memory_child, args.memory_steps)))
+        return
+    if args.profile:
+        for preset in presets:
+            print(f"written to {profile(WORKLOADS[preset], args.profile, args.warmup).relative_to(ROOT)}")
+        return
+
+    def log(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    load_start = os.getloadavg()[0]
+    report: dict[str, Any] = {
+        "settings": {"rounds": args.rounds, "warmup": args.warmup, "threads": threads, "quick": args.quick,
+                     "variants": args.variants, "memory_steps": None if args.no_memory else args.memory_steps,
+                     "grad_clip": GRAD_CLIP, "optimizer": "trainer.make_optimizer(RunConfig())",
+                     "allocator": args.allocator},
+        "presets": {},
+    }
+    for preset in presets:
+        work = WORKLOADS[preset]
+        result = time_variants(work, args.variants, args.rounds, args.warmup, log)
+        if not args.no_memory:
+            log(f"{preset}: peak RSS, one subprocess per variant")
+            for name, mem in measure_memory(work, args.variants, args.memory_steps, threads).items():
+                result["variants"][name].update(mem)
+        result["targets"] = targets(result)
+        report["presets"][preset] = result
+        print_table(result)
+    report["machine"] = {**machine_info(threads), "load_average_start": load_start, "load_average_end": os.getloadavg()[0]}
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"written to {args.json}")
+    if not args.no_readme:
+        update_readme(README, markdown(report))
+        print(f"results table updated in {README.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
