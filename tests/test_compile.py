@@ -18,12 +18,12 @@ from pathlib import Path
 import pytest
 import torch
 import torch._dynamo
+from conftest import randomize_weights
 from torch._dynamo.utils import counters
 
 import config as run_config
 import gptkit.generation
 import main
-from conftest import randomize_weights
 from gptkit import GPTModel, ModelConfig, hookimpl
 from gptkit.checkpoint import load_checkpoint, read_tensors, save_checkpoint
 from gptkit.compiled import CompiledForward
