@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -52,3 +54,14 @@ def randomize_weights(model: torch.nn.Module, seed: int) -> torch.nn.Module:
             is_norm_scale = p.ndim == 1 and name.endswith("weight")
             p.normal_(1.0 if is_norm_scale else 0.0, 0.1 if is_norm_scale else 0.5, generator=generator)
     return model.eval()
+
+
+@pytest.fixture(scope="module")
+def single_torch_thread() -> Iterator[None]:
+    """One intra-op thread for a module: tiny models gain nothing from more, runs compute
+    alike bit for bit with subprocesses started with OMP_NUM_THREADS=1, and spinning
+    threads cost a lot on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

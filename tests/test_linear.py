@@ -34,7 +34,7 @@ def test_float32_path_matches_float64_forward_and_backward(bias: bool, shape: tu
     out = layer(x)
     out.backward(grad_out)
     ref_out, ref_dx, ref_dw, ref_db = float64_reference(x, layer, grad_out)
-    tol = dict(rtol=1e-5, atol=1e-5)
+    tol = {"rtol": 1e-5, "atol": 1e-5}
     torch.testing.assert_close(out.double(), ref_out, **tol)
     torch.testing.assert_close(x.grad.double(), ref_dx, **tol)
     torch.testing.assert_close(layer.weight.grad.double(), ref_dw, **tol)

@@ -289,16 +289,7 @@ def test_queued_request_waits_for_a_slot(start: Callable[..., CompletionServer],
 def test_client_leaving_mid_stream_frees_its_slot(start: Callable[..., CompletionServer], model: GPTModel, tokenizer: Tokenizer) -> None:
     _, calls = slow_down(model, delay=0.01)
     server = start(model, max_concurrent=1, max_queue=0, max_new_tokens_cap=5000)
-    host, port = server.server_address[:2]
-    body = json.dumps({"prompt": PROMPT, "max_tokens": 5000, "temperature": 0, "stream": True}).encode()
-    with socket.create_connection((str(host), port), timeout=TIMEOUT) as sock:
-        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
-        received = b""
-        while b"data: {" not in received:
-            chunk = sock.recv(4096)
-            assert chunk, "the server closed the stream early"
-            received += chunk
+    leave_mid_stream(server, max_tokens=5000)
     wait_until(lambda: server.service.slots.active == 0, "the abandoned generation frees its slot", timeout=5)
     stopped_at = len(calls)
     time.sleep(0.2)
