@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -65,3 +66,30 @@ def single_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+EOT = 256
+
+
+class ByteTokenizer:
+    """Token ids are the UTF-8 bytes, EOT is 256; counts its calls and the bytes it encoded, and can
+    raise KeyboardInterrupt (what Ctrl-C raises) after `interrupt_after` calls."""
+
+    name = "bytes"
+    vocab_size = 257
+    eot_id = EOT
+
+    def __init__(self, interrupt_after: int | None = None) -> None:
+        self.calls = 0
+        self.encoded_bytes = 0
+        self.interrupt_after = interrupt_after
+        self._lock = threading.Lock()  # encode_batch runs on worker threads
+
+    def encode_batch(self, texts: list[str], num_threads: int = 2) -> list[list[int]]:
+        with self._lock:
+            self.calls += 1
+            if self.interrupt_after is not None and self.calls > self.interrupt_after:
+                raise KeyboardInterrupt  # what Ctrl-C raises
+            out = [list(t.encode("utf-8")) for t in texts]
+            self.encoded_bytes += sum(map(len, out))
+        return out

@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pytest
 import torch
+from conftest import EOT, REPO_ROOT, ByteTokenizer, subprocess_env
 
-from conftest import REPO_ROOT, subprocess_env
 from gptkit.corpus import (
     READ_BLOCK_BYTES,
     default_corpus_files,
@@ -42,26 +42,6 @@ from gptkit.errors import DataError
 
 if TYPE_CHECKING:
     from gptkit.tokenizer import Tokenizer
-
-EOT = 256
-
-
-class ByteTokenizer:
-    """Token ids are the UTF-8 bytes; counts how often it is asked to encode."""
-
-    name = "bytes"
-    vocab_size = 257
-    eot_id = EOT
-
-    def __init__(self) -> None:
-        self.calls = 0
-        self._lock = threading.Lock()  # encode_batch runs on worker threads
-
-    def encode_batch(self, texts: list[str], num_threads: int = 2) -> list[list[int]]:
-        with self._lock:
-            self.calls += 1
-        return [list(t.encode("utf-8")) for t in texts]
-
 
 def expected_tokens(*docs: bytes) -> np.ndarray:
     """What ByteTokenizer should write for these documents, in order."""

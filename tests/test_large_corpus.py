@@ -18,7 +18,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 import tracemalloc
 from pathlib import Path
@@ -26,7 +25,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
-from conftest import REPO_ROOT, subprocess_env
+from conftest import EOT, REPO_ROOT, ByteTokenizer, subprocess_env
 
 from gptkit.corpus import iter_file_pieces, split_files
 from gptkit.data import BatchSampler, TokenFile, prepare_dataset
@@ -34,32 +33,6 @@ from gptkit.shards import ShardedTokens
 
 if TYPE_CHECKING:
     from gptkit.tokenizer import Tokenizer
-
-EOT = 256
-
-
-class ByteTokenizer:
-    """Token ids are the UTF-8 bytes; remembers how many bytes of text it was asked to encode."""
-
-    name = "bytes"
-    vocab_size = 257
-    eot_id = EOT
-
-    def __init__(self, interrupt_after: int | None = None) -> None:
-        self.calls = 0
-        self.encoded_bytes = 0
-        self.interrupt_after = interrupt_after
-        self._lock = threading.Lock()  # encode_batch runs on worker threads
-
-    def encode_batch(self, texts: list[str], num_threads: int = 2) -> list[list[int]]:
-        with self._lock:
-            self.calls += 1
-            if self.interrupt_after is not None and self.calls > self.interrupt_after:
-                raise KeyboardInterrupt  # what Ctrl-C raises
-            out = [list(t.encode("utf-8")) for t in texts]
-            self.encoded_bytes += sum(map(len, out))
-        return out
-
 
 @pytest.fixture
 def real_tokenizer() -> Tokenizer:
