@@ -5,8 +5,8 @@ with fresh `mmap`s and returns them to the kernel on `free`. A training step fre
 re-allocates the same sizes every time, so every page is faulted in and zeroed by the
 kernel again: on a 2-core VM that was a third of a small model's step (about 540,000
 page faults a step for `cpu-small` at 8 x 256 tokens). Asking malloc to serve
-everything from its heap and never give the top of it back makes the second step onwards
-fault-free; the peak resident size stays what the peak use was.
+everything from its heap and never give the top of it back makes every step after the
+first one or two fault-free; the peak resident size stays what the peak use was.
 
 Only glibc has `mallopt`; elsewhere (macOS, musl) this does nothing.
 """
