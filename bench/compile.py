@@ -9,7 +9,7 @@ Three workloads per preset, each eager against compiled, float32, random weights
   sees the same weights), through `torch.compile(model)` as `trainer.py` does;
 - eval forward: the same model in eval mode under no_grad, as `Trainer.evaluate`;
 - greedy generation: `generate(..., compile=True)` against `compile=False`, batch 1,
-  a 16-token prompt, `--new-tokens` new ones, on a `decode_layout` copy as
+  a 16-token prompt, `--new-tokens` new ones, on an eval-mode copy as
   `main.py generate` loads it. Reported as tokens/s of the whole call.
 
 Compile time is the first call's wall time less the steady-state median (the
@@ -53,7 +53,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from gptkit import GPTModel, model_preset  # noqa: E402
-from gptkit.generation import decode_layout, generate  # noqa: E402
+from gptkit.generation import generate  # noqa: E402
 from gptkit.sampling import Greedy  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "compile.json"
@@ -94,7 +94,7 @@ def workloads(model: GPTModel, preset: str, new_tokens: int) -> dict[str, dict[s
             return forward(x, y)[1].item()
         return run
 
-    decoder = decode_layout(copy.deepcopy(model).eval())
+    decoder = copy.deepcopy(model).eval()
     prompt = torch.randint(0, model.cfg.vocab_size, (1, PROMPT_TOKENS), generator=data)
 
     def greedy(compile: bool) -> Callable[[], list[int]]:

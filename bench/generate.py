@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from gptkit import GPTModel, model_preset
-from gptkit.generation import decode_layout, generate
+from gptkit.generation import generate
 from gptkit.hf import hf_config_dict, to_hf_state_dict
 from gptkit.sampling import Greedy
 
@@ -140,7 +140,6 @@ def main() -> None:
     torch.manual_seed(0)
     model = GPTModel(model_preset("gpt2")).eval()
     hf = hf_twin(model)
-    decode_layout(model)  # after the copy: Hugging Face keeps the layout it has
     prompt = torch.randint(0, model.cfg.vocab_size, (1, PROMPT_TOKENS), generator=torch.Generator().manual_seed(1))
 
     rates = generation_rates(model, hf, prompt, args.new_tokens, args.repeats)

@@ -41,24 +41,6 @@ Prompts = torch.Tensor | Sequence[Sequence[int]]
 Forward = Callable[..., torch.Tensor]
 
 
-def decode_layout(model: nn.Module) -> nn.Module:
-    """Store every Linear weight column-major: same shape, values and checkpoint, faster decoding on CPU.
-
-    A decode step multiplies one row of activations by every weight matrix, so it
-    is bound by how fast the weights stream from memory. CPU BLAS streams a
-    weight laid out (in, out) at up to twice the rate of nn.Linear's (out, in)
-    (GPT-2 124M: a step takes about a fifth less time). `x @ W.T` then reads W.T
-    contiguously. Meant for models that only generate: training would keep the
-    optimizer's row-major state beside column-major weights. Returns `model`.
-    """
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.Linear):
-                # A tied output head is the embedding's Parameter: both see the new layout.
-                module.weight.data = module.weight.data.t().contiguous().t()
-    return model
-
-
 class _Group:
     """Rows whose prompts have one length: one batch, one cache, one history."""
 

@@ -18,7 +18,7 @@ import torch
 
 from gptkit.checkpoint import latest_checkpoint, load_run_model
 from gptkit.errors import CheckpointError, GptkitError
-from gptkit.generation import decode_layout, stream_text
+from gptkit.generation import stream_text
 from gptkit.model import GPTModel
 from gptkit.plugins import default_registry
 from gptkit.sampling import Sampler, build_samplers, sampler_specs
@@ -74,7 +74,7 @@ def load_model(run_dir: str | Path | None = None, hf_dir: str | Path | None = No
             f"{loaded.description}: the model has {loaded.model.cfg.vocab_size} token ids but its tokenizer "
             f"has {loaded.tokenizer.vocab_size}; they do not belong together"
         )
-    decode_layout(loaded.model.to(dtype).eval())
+    loaded.model.to(dtype).eval()
     return loaded
 
 

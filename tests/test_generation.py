@@ -9,10 +9,8 @@ import torch
 
 from conftest import randomize_weights
 from gptkit import GPTModel, ModelConfig
-from gptkit.checkpoint import clean_state_dict
 from gptkit.generation import (
     TextStream,
-    decode_layout,
     generate,
     generate_text,
     generate_tokens,
@@ -108,23 +106,6 @@ def test_last_only_logits_equal_the_last_position() -> None:
     torch.testing.assert_close(model(idx, last_only=True), model(idx)[:, -1:])
     with pytest.raises(ValueError, match="pass targets or last_only, not both"):
         model(idx, idx, last_only=True)
-
-
-def test_decode_layout_changes_memory_order_only() -> None:
-    model = build(4)
-    tied = GPTModel(ModelConfig(vocab_size=97, emb_dim=32, n_heads=4, n_layers=2, context_length=WINDOW)).eval()
-    idx = torch.tensor([[1, 2, 3, 4, 5]])
-    for m in (model, tied):
-        before_logits, before_state = m(idx), {k: v.clone() for k, v in clean_state_dict(m).items()}
-        before_tokens = generate(m, idx, 20, [Greedy()])
-        assert decode_layout(m) is m
-        assert m.out_head.weight.stride() == (1, m.cfg.vocab_size)  # its transpose, (in, out), is contiguous
-        torch.testing.assert_close(m(idx), before_logits, rtol=1e-6, atol=1e-6)
-        assert torch.equal(generate(m, idx, 20, [Greedy()]), before_tokens)
-        after_state = clean_state_dict(m)
-        assert after_state.keys() == before_state.keys()
-        assert all(torch.equal(after_state[k], v) and after_state[k].is_contiguous() for k, v in before_state.items())
-    assert tied.out_head.weight is tied.tok_emb.weight
 
 
 # --- ragged batches and stopping --------------------------------------------------------------

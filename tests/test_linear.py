@@ -45,7 +45,7 @@ def test_float32_path_matches_float64_forward_and_backward(bias: bool, shape: tu
 
 @needs_onednn
 def test_strided_weight_and_input() -> None:
-    """A column-major weight (what generation's decode layout makes) and a sliced input."""
+    """A column-major weight (a transposed copy, as some loaders make) and a sliced input."""
     torch.manual_seed(1)
     layer = Linear(32, 16)
     expected_weight = layer.weight.detach().clone()
@@ -58,12 +58,26 @@ def test_strided_weight_and_input() -> None:
 def test_autocast_and_other_dtypes_take_torch_path() -> None:
     layer = Linear(8, 4)
     x = torch.randn(40, 8)
-    assert not linear_module.use_onednn(x[:2], layer.weight)  # a decode step's single rows
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert not linear_module.use_onednn(x, layer.weight)
         assert layer(x).dtype == torch.bfloat16
     assert not linear_module.use_onednn(x.double(), layer.weight.double())
     assert layer.double()(x.double()).dtype == torch.float64
+
+
+@needs_onednn
+@pytest.mark.parametrize("grad_mode", [torch.no_grad, torch.inference_mode])
+def test_single_row_without_autograd_matches_float64(grad_mode: type) -> None:
+    """A decode step: one row, nothing to differentiate, so no autograd Function in between."""
+    torch.manual_seed(2)
+    layer = Linear(48, 80)
+    x = torch.randn(1, 1, 48)
+    assert linear_module.use_onednn(x, layer.weight)
+    with grad_mode():
+        out = layer(x)
+    assert out.grad_fn is None and out.shape == (1, 1, 80)
+    expected = F.linear(x.double(), layer.weight.detach().double(), layer.bias.detach().double())
+    torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_drop_in_for_nn_linear() -> None:
