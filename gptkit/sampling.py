@@ -167,6 +167,10 @@ def draw(
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """One token id per row, shape (batch, 1), from the softmax of the filtered logits."""
+    if samplers and isinstance(samplers[-1], Greedy):
+        # What Greedy leaves has one token per row, which the draw below would pick: skip the
+        # softmax and the cumulative sum (0.25 ms of a 30 ms GPT-2 decode step here).
+        return apply_samplers(logits, tokens, samplers[:-1]).argmax(dim=-1, keepdim=True)
     # float32 at least: bf16 softmax over 50k entries loses the tail's probabilities.
     probs = torch.softmax(apply_samplers(logits.float(), tokens, samplers), dim=-1)
     # Inverse transform sampling: one uniform number per row, looked up in the cumulative

@@ -169,6 +169,16 @@ def test_draws_follow_the_filtered_distribution_and_are_seeded() -> None:
     assert abs(counts[0] / 20000 - 0.625) < 0.015  # 0.5 / 0.8; the standard error is 0.0034
 
 
+def test_draw_after_greedy_takes_the_first_maximum_of_the_filtered_logits() -> None:
+    logits = torch.tensor([[1.0, 3.0, 3.0, 2.0], [5.0, 1.0, 0.0, 4.0]])
+    tokens = torch.tensor([[1], [0]])
+    assert draw(logits, tokens, [Greedy()]).tolist() == [[1], [0]]
+    # Penalty 2 first: row 0's token 1 falls to 1.5, row 1's token 0 to 2.5.
+    assert draw(logits, tokens, [RepetitionPenalty(2.0), Greedy()]).tolist() == [[2], [3]]
+    # Greedy inside a chain (not last) goes through the general draw, with the same result.
+    assert draw(logits, tokens, [Greedy(), Temperature(0.5)]).tolist() == [[1], [0]]
+
+
 def test_seeded_generation_is_reproducible() -> None:
     torch.manual_seed(0)
     model = GPTModel(ModelConfig(vocab_size=64, emb_dim=16, n_heads=2, n_layers=1, context_length=16))
