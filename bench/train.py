@@ -28,6 +28,7 @@ few steps and writes the top ops to bench/results/profile_<preset>_<variant>.txt
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import datetime
 import json
@@ -182,21 +183,42 @@ def random_batch(cfg: ModelConfig, work: Workload, seed: int = 1) -> tuple[torch
     return windows[:, :-1].contiguous(), windows[:, 1:].contiguous()
 
 
+def allocator_policy(v: Variant) -> contextlib.AbstractContextManager[bool]:
+    """The malloc policy `v` runs under (see --allocator); held for a whole turn, never one step."""
+    retain = {"per-variant": v.retain_memory, "retain-all": True, "default-all": False}[ALLOCATOR]
+    return retain_freed_memory(retain)
+
+
 def step(v: Variant, x: torch.Tensor, y: torch.Tensor) -> tuple[dict[str, float], float]:
     """One training step as trainer.train_step takes it; seconds per phase and the loss."""
-    retain = {"per-variant": v.retain_memory, "retain-all": True, "default-all": False}[ALLOCATOR]
-    with retain_freed_memory(retain):
-        t0 = time.perf_counter()
-        with torch.autocast("cpu", dtype=v.amp_dtype or torch.float32, enabled=v.amp_dtype is not None):
-            loss = v.loss(x, y)
-        t1 = time.perf_counter()
-        loss.backward()
-        t2 = time.perf_counter()
-        nn.utils.clip_grad_norm_(v.model.parameters(), GRAD_CLIP)
-        v.optimizer.step()
-        v.optimizer.zero_grad(set_to_none=True)
-        t3 = time.perf_counter()
+    t0 = time.perf_counter()
+    with torch.autocast("cpu", dtype=v.amp_dtype or torch.float32, enabled=v.amp_dtype is not None):
+        loss = v.loss(x, y)
+    t1 = time.perf_counter()
+    loss.backward()
+    t2 = time.perf_counter()
+    nn.utils.clip_grad_norm_(v.model.parameters(), GRAD_CLIP)
+    v.optimizer.step()
+    v.optimizer.zero_grad(set_to_none=True)
+    t3 = time.perf_counter()
     return {"forward": t1 - t0, "backward": t2 - t1, "optimizer": t3 - t2}, loss.item()
+
+
+# Steps a variant takes each time its turn comes; only the last is timed. The first two settle
+# the heap after the other variants' turns: a retained heap the others trimmed grows back,
+# as in a Trainer's first step. (Switching the policy around every step instead would trim
+# the retained heap between gptkit's own steps, which no training run does: about 100,000
+# page faults a gpt2 bf16 step.)
+STEPS_PER_TURN = 3
+
+
+def turn(v: Variant, x: torch.Tensor, y: torch.Tensor) -> tuple[dict[str, float], float]:
+    """`STEPS_PER_TURN` steps under `v`'s allocator policy: the last one's phases, the first one's loss."""
+    with allocator_policy(v):
+        _, first_loss = step(v, x, y)
+        for _ in range(STEPS_PER_TURN - 1):
+            phases, _ = step(v, x, y)
+    return phases, first_loss
 
 
 def flops_per_token(model: GPTModel, seq_len: int) -> float:
@@ -255,7 +277,7 @@ def time_variants(
         # Rotate who goes first so that no variant always follows the same neighbour.
         order = variants[r % len(variants):] + variants[: r % len(variants)]
         for v in order:
-            phases, loss = step(v, x, y)
+            phases, loss = turn(v, x, y)
             first_loss.setdefault(v.name, loss)
             if r >= warmup:
                 for p, s in phases.items():
@@ -320,8 +342,9 @@ def memory_child(work: Workload, name: str, steps: int) -> dict[str, float]:
     cfg = work.model_config()
     v = native_variant(cfg, name)
     x, y = random_batch(cfg, work)
-    for _ in range(steps):
-        step(v, x, y)
+    with allocator_policy(v):
+        for _ in range(steps):
+            step(v, x, y)
     # VmHWM, not ru_maxrss: Linux carries ru_maxrss over fork and exec, so a child of the
     # benchmark (holding four models) would report the parent's peak, not its own.
     return {
@@ -476,12 +499,13 @@ def profile(work: Workload, name: str, warmup: int, steps: int = 3, rows: int = 
     torch.manual_seed(0)
     (v,) = copied_variants(GPTModel(cfg), [name])
     x, y = random_batch(cfg, work)
-    for _ in range(max(warmup, 1)):
-        step(v, x, y)
-    with torch_profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
-        for _ in range(steps):
-            with record_function("step"):
-                step(v, x, y)
+    with allocator_policy(v):
+        for _ in range(max(warmup, 1)):
+            step(v, x, y)
+        with torch_profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+            for _ in range(steps):
+                with record_function("step"):
+                    step(v, x, y)
     by_op = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
     by_shape = prof.key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total", row_limit=rows)
     text = (
