@@ -20,7 +20,7 @@ import torch.distributed as tdist
 
 import config as run_config
 from conftest import REPO_ROOT, subprocess_env
-from gptkit import GptkitError, distributed
+from gptkit import ConfigError, GptkitError, distributed
 from gptkit.checkpoint import read_tensors
 from gptkit.data import BatchSampler, TokenFile, fixed_batches, prepare_dataset
 from gptkit.plugins import default_registry
@@ -79,6 +79,17 @@ def test_split_global_batch_keeps_the_global_batch() -> None:
     assert distributed.split_global_batch(12, 4, 2) == (3, 2)  # 6 per process: largest micro-batch <= 4
     with pytest.raises(GptkitError, match="12 sequences per step does not split evenly over 5 processes"):
         distributed.split_global_batch(12, 4, 5)
+
+
+def test_one_named_gpu_for_several_processes_is_refused() -> None:
+    two = distributed.ProcessInfo(rank=1, world_size=2, local_rank=1, active=True)
+    with pytest.raises(ConfigError) as err:
+        distributed.check_device("cuda:1", two)
+    assert str(err.value) == (
+        "run.device=cuda:1 names one GPU, but torchrun started 2 processes; use run.device=cuda (each process takes cuda:LOCAL_RANK)"
+    )
+    distributed.check_device("cuda", two)  # each process takes its own
+    distributed.check_device("cuda:1", distributed.ProcessInfo())  # one process may name any GPU
 
 
 # --- gradient sync on the last micro-step only (one process in a real process group) --
