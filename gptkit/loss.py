@@ -84,8 +84,11 @@ class _FusedLoss(torch.autograd.Function):
                     if ignored.numel():
                         probs.index_fill_(0, ignored, 0.0)
             if grad_logits is not None:
-                grad_hidden = linear(grad_logits, w.t()).to(hidden.dtype)
-                grad_weight = linear(grad_logits.t(), h.t()).to(weight.dtype)
+                # Plain mm, not oneDNN: BLAS reads the transposed operands in place, where
+                # oneDNN would first copy the (tokens, vocab) buffer (206 MB for 4 x 256
+                # GPT-2 tokens) into another layout; the two take the same time here.
+                grad_hidden = torch.mm(grad_logits, w).to(hidden.dtype)
+                grad_weight = torch.mm(grad_logits.t(), h).to(weight.dtype)
                 ctx.save_for_backward(grad_hidden, grad_weight)
         count = keep.sum().clamp(min=1)
         ctx.count = count
