@@ -161,7 +161,7 @@ def table(results: dict[str, Any]) -> str:
     lines.append(
         f"{m['cpu']}, {m['cores']} cores, torch {m['torch']}, {results['date']}; "
         f"load average {m['load_before'][0]:.1f} before, {m['load_after'][0]:.1f} after "
-        f"(other work shared the CPU). Inductor cache: {'warm' if results['warm_cache'] else 'cold'}."
+        f"(the run itself loads the CPU; a load above 0.5 before it means other work shared it). Inductor cache: {'warm' if results['warm_cache'] else 'cold'}."
     )
     return "\n".join(lines)
 
@@ -206,7 +206,7 @@ def main() -> None:
             "cpu": cpu_name(), "cores": os.cpu_count(), "threads": thread_counts,
             "torch": torch.__version__, "python": platform.python_version(), "load_before": os.getloadavg(),
         },
-        "note": "measured while other agents' jobs shared the CPU; compare figures within this run only",
+        "note": "this machine is shared: compare figures within this run only, and see load_before",
         "shapes": {p: {"batch": SHAPES[p][0], "seq_len": SHAPES[p][1]} for p in presets},
         "presets": {},
     }
