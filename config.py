@@ -242,12 +242,13 @@ def load_run_config(
     return validate_run_config(build_raw_config(config_file, preset, overrides))
 
 
-# Settings a resumed run may change: budgets, reporting, where it runs. Anything else
-# (model shape, data, optimiser, schedule shape) would make the resumed run a different one.
+# Settings a resumed run may change: budgets, reporting, where it runs, and the knobs that
+# rescue a diverged run (the NaN stop names them: a lower peak lr, tighter clipping, bf16).
+# Anything else (model shape, data, optimiser, schedule shape) would make it a different run.
 RESUMABLE_PREFIXES = (
     "train.max_steps", "train.max_tokens", "train.max_time", "train.callbacks", "train.eval_every",
-    "train.nan_policy", "sampling.", "run.device", "run.compile", "run.peak_flops", "run.out_dir", "run.name",
-    "run.parallel",
+    "train.nan_policy", "train.lr", "train.min_lr", "train.grad_clip", "sampling.", "run.device", "run.dtype",
+    "run.compile", "run.peak_flops", "run.out_dir", "run.name", "run.parallel",
 )
 
 

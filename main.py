@@ -61,7 +61,8 @@ def resolve_config(args: argparse.Namespace) -> run_config.RunConfig:
     if changed:
         raise CheckpointError(
             f"cannot resume {args.resume} with a different config: {', '.join(changed)} differ from the stored "
-            f"config.json. Only budgets, callbacks, sampling and device settings may change on resume"
+            f"config.json. Only budgets, callbacks, sampling, device settings and train.lr, train.min_lr, "
+            "train.grad_clip, run.dtype may change on resume"
         )
     return cfg
 

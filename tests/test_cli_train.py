@@ -107,8 +107,16 @@ def test_train_then_resume_and_incompatible_resume(tmp_path: Path, corpus: Path)
     steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines() if '"train"' in line]
     assert steps == [1, 2, 3, 4, 5]
 
-    bad = main("--resume", str(run_dir), "--set", "model.emb_dim=64", "--set", "train.lr=0.1")
-    assert_user_error(bad, "model.emb_dim", "train.lr")
+    bad = main("--resume", str(run_dir), "--set", "model.emb_dim=64", "--set", "train.weight_decay=0.5")
+    assert_user_error(bad, "model.emb_dim", "train.weight_decay")
+    # A lower peak lr is how a diverged run is rescued: accepted, and used from the next step on.
+    # Step 6 is still in the default 20-step warm-up: lr = peak * 6 / 20.
+    lower = main("--resume", str(run_dir), "--set", "train.max_steps=6", "--set", "train.lr=1e-3")
+    assert lower.returncode == 0, lower.stdout + lower.stderr
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if '"train"' in line]
+    assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]
+    assert records[4]["lr"] == pytest.approx(2e-3 * 5 / 20) and records[5]["lr"] == pytest.approx(1e-3 * 6 / 20)
+    assert json.loads((run_dir / "config.json").read_text())["train"]["lr"] == 1e-3
     assert_user_error(main("--resume", str(tmp_path / "nowhere")), "nowhere")
     assert_user_error(main(*args), "already exists")
 
