@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from gptkit import GPTModel
-from gptkit.loss import chunk_rows_for, fused_next_token_loss, next_token_loss
+from gptkit.loss import WEIGHT_GRAD_SLICE, chunk_rows_for, fused_next_token_loss, next_token_loss
 
 
 def reference(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -59,11 +59,12 @@ def test_no_grad_gives_the_same_value() -> None:
     assert value.item() == pytest.approx(next_token_loss(F.linear(hidden, weight), targets).item(), rel=1e-6)
 
 
-def test_bfloat16_autocast_matches_autocast_linear_within_bf16_rounding() -> None:
+@pytest.mark.parametrize("vocab", [500, 2 * WEIGHT_GRAD_SLICE + 300])  # one slice of the weight gradient; three, the last short
+def test_bfloat16_autocast_matches_autocast_linear_within_bf16_rounding(vocab: int) -> None:
     torch.manual_seed(2)
     hidden = torch.randn(2, 40, 32, requires_grad=True)
-    weight = (torch.randn(500, 32) * 0.2).requires_grad_()
-    targets = torch.randint(0, 500, (2, 40))
+    weight = (torch.randn(vocab, 32) * 0.2).requires_grad_()
+    targets = torch.randint(0, vocab, (2, 40))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         fused = fused_next_token_loss(hidden, weight, targets)
     fused.backward()
