@@ -41,7 +41,7 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
@@ -324,6 +324,7 @@ class CompletionServer(ThreadingHTTPServer):
 
 class Handler(BaseHTTPRequestHandler):
     server: CompletionServer
+    release_slot: Callable[[], None]  # set per POST: frees its generation slot (a second call does nothing)
     protocol_version = "HTTP/1.1"
     server_version = "gptkit"
     timeout = 60  # an idle or stalled connection gives its thread back
@@ -468,7 +469,11 @@ class Handler(BaseHTTPRequestHandler):
                 raise ApiError(404, f"no such endpoint: POST {path}", code="not_found")
             request = parse_request(body)
             job = self.server.service.prepare(request)
-            with self.server.service.slots.hold():
+            with contextlib.ExitStack() as slot:
+                slot.enter_context(self.server.service.slots.hold())
+                # Routes call this as soon as the last token is made: the slot is free before the
+                # reply's last bytes go out, so a client holding a whole reply never sees it taken.
+                self.release_slot = slot.close
                 routes[path](job)
         except ApiError as err:
             self._send_api_error(err)
@@ -505,6 +510,7 @@ class Handler(BaseHTTPRequestHandler):
         if not job.request.stream:
             with contextlib.closing(self._deltas(job)) as deltas:
                 text = "".join(deltas)
+            self.release_slot()
             self._send_json(200, {**self._completion_object(job, text, job.finish_reason), "usage": job.usage()})
             return
         self._start_events()
@@ -512,6 +518,7 @@ class Handler(BaseHTTPRequestHandler):
             for delta in deltas:
                 if delta:
                     self._send_event(self._completion_object(job, delta, None))
+        self.release_slot()
         self._send_event(self._completion_object(job, "", job.finish_reason))
         options = job.request.stream_options
         if options is not None and options.include_usage:
@@ -529,6 +536,7 @@ class Handler(BaseHTTPRequestHandler):
                 if delta:
                     self._send_event({"type": "text", "text": delta})
         elapsed = time.perf_counter() - started
+        self.release_slot()
         self._send_event({"type": "done", "finish_reason": job.finish_reason, "usage": job.usage(), "seconds": round(elapsed, 3)})
         self._end_events()
 
