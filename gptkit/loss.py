@@ -48,10 +48,15 @@ def _compute_dtype(hidden: torch.Tensor) -> torch.dtype:
     return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
 
 
-def chunk_rows_for(vocab_size: int, budget_bytes: int = 32 << 20) -> int:
-    """Rows of float32 logits that fit the budget: small enough for the allocator to
-    reuse the same memory chunk after chunk instead of mapping fresh pages."""
-    return max(8, budget_bytes // (4 * vocab_size))
+def chunk_rows_for(vocab_size: int, element_bytes: int = 4, budget_bytes: int = 96 << 20) -> int:
+    """Rows of logits that fit the budget (about 500 float32 rows of GPT-2's vocabulary).
+
+    Larger chunks make the head's matmul more efficient (on 2 CPU cores, 500 float32
+    rows of 256 or 768 features run the chunk loop 10% faster than 166); smaller ones
+    hold less memory at once, and with the gradient written in place a chunk's logits
+    are all there is. Either way, the allocator reuses one chunk's memory for the next.
+    """
+    return max(8, budget_bytes // (element_bytes * vocab_size))
 
 
 def _head_weight_grad(grad_logits: torch.Tensor, h: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -86,7 +91,7 @@ class _FusedLoss(torch.autograd.Function):
         h, w = hidden.to(dtype), weight.to(dtype)
         keep = targets != IGNORE_INDEX
         safe_targets = targets.clamp(min=0).unsqueeze(-1)
-        rows_per_chunk = chunk_rows_for(w.shape[0])
+        rows_per_chunk = chunk_rows_for(w.shape[0], w.element_size())
         # Where each row's target sits in a flattened chunk of logits.
         target_offsets = torch.arange(rows_per_chunk, device=h.device) * w.shape[0]
         # Gradient of the summed loss w.r.t. the logits, filled chunk by chunk.
@@ -97,12 +102,17 @@ class _FusedLoss(torch.autograd.Function):
                 rows = slice(start, start + rows_per_chunk)
                 # Low-precision logits stay so: log_softmax accumulates in float32 anyway,
                 # and an upcast copy would double the bytes every later step reads.
-                log_probs = torch.log_softmax(linear(h[rows], w), dim=-1)
+                logits = linear(h[rows], w)
+                # With gradients wanted, the log-probabilities go straight into their rows of
+                # the gradient buffer and become probabilities there: no chunk-sized temporary.
+                out = grad_logits[rows] if grad_logits is not None else None
+                log_probs = torch.log_softmax(logits, dim=-1, out=out) if out is not None else torch.log_softmax(logits, dim=-1)
+                del logits
                 picked = log_probs.gather(-1, safe_targets[rows]).squeeze(-1).float()
                 total -= (picked * keep[rows]).sum()
                 if grad_logits is not None:
                     # d(-log p_t)/d logits = softmax - onehot(t); zero for ignored targets.
-                    probs = torch.exp(log_probs, out=grad_logits[rows])
+                    probs = log_probs.exp_()
                     # index_add_ on the flat view, not scatter_add_: on CPU, bfloat16 scatter_add_
                     # copies the whole chunk (2 ms per 166 x 50257 chunk) to change 166 values.
                     n = probs.shape[0]
