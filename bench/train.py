@@ -367,6 +367,25 @@ def memory_child(work: Workload, name: str, steps: int) -> dict[str, float]:
     }
 
 
+def time_in_child(work: Workload, args: argparse.Namespace, threads: int) -> dict[str, Any]:
+    """`time_variants` for one preset in a fresh interpreter.
+
+    The baselines run with glibc's malloc as it comes, and how often that malloc
+    faults in fresh pages depends on the process's history: its mmap threshold and
+    heap adapt to the sizes freed before. In one process that ran `gpt2` first, the
+    baselines' `cpu-small` step took 1411 ms; as programs of their own, and when
+    `cpu-small` is the first preset of a process, 1950-2200 ms. So each preset is
+    timed in a process of its own, as a user runs one model.
+    """
+    cmd = [sys.executable, __file__, "--timing-child", "--preset", work.preset, "--rounds", str(args.rounds),
+           "--warmup", str(args.warmup), "--variants", ",".join(args.variants), "--threads", str(threads),
+           "--allocator", ALLOCATOR]
+    done = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": str(threads)}, stdout=subprocess.PIPE, text=True, check=False)
+    if done.returncode:
+        raise RuntimeError(f"timing run of {work.preset} failed (exit code {done.returncode}); its log is above")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def measure_memory(work: Workload, names: Sequence[str], steps: int, threads: int) -> dict[str, dict[str, float]]:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     out = {}
@@ -551,6 +570,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="fewer rounds: shows the harness works, measures nothing")
     p.add_argument("--profile", metavar="VARIANT", choices=VARIANTS, help="profile this variant instead of benchmarking")
     p.add_argument("--memory-child", choices=VARIANTS, help=argparse.SUPPRESS)
+    p.add_argument("--timing-child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--allocator", choices=ALLOCATORS, default="per-variant",
                    help="glibc malloc policy: each variant as its program runs it (gptkit's Trainer retains freed "
                         "memory, the baselines use glibc's defaults), or one policy for all")
@@ -576,6 +596,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.memory_child:
         print(json.dumps(memory_child(WORKLOADS[args.preset if args.preset != "all" else "gpt2"], args.memory_child, args.memory_steps)))
         return
+    if args.timing_child:
+        work = WORKLOADS[args.preset if args.preset != "all" else "gpt2"]
+        log_to_stderr = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
+        print(json.dumps(time_variants(work, args.variants, args.rounds, args.warmup, log_to_stderr)))
+        return
     if args.profile:
         for preset in presets:
             print(f"written to {profile(WORKLOADS[preset], args.profile, args.warmup).relative_to(ROOT)}")
@@ -594,7 +619,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     }
     for preset in presets:
         work = WORKLOADS[preset]
-        result = time_variants(work, args.variants, args.rounds, args.warmup, log)
+        result = time_in_child(work, args, threads)
         if not args.no_memory:
             log(f"{preset}: peak RSS, one subprocess per variant")
             for name, mem in measure_memory(work, args.variants, args.memory_steps, threads).items():
