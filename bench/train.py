@@ -367,6 +367,21 @@ def memory_child(work: Workload, name: str, steps: int) -> dict[str, float]:
     }
 
 
+def run_child(flags: Sequence[str], threads: int, what: str, keep_log: bool = False) -> Any:
+    """Run this script with `flags` in a fresh interpreter; the JSON its last stdout line holds.
+
+    `keep_log` lets the child's stderr through to the terminal (its progress);
+    otherwise it is captured and shown only if the child fails.
+    """
+    cmd = [sys.executable, __file__, *flags, "--threads", str(threads), "--allocator", ALLOCATOR]
+    done = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": str(threads)}, stdout=subprocess.PIPE,
+                          stderr=None if keep_log else subprocess.PIPE, text=True, check=False)
+    if done.returncode:
+        log = "its log is above" if keep_log else done.stderr[-2000:]
+        raise RuntimeError(f"{what} failed (exit code {done.returncode}): {log}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def time_in_child(work: Workload, args: argparse.Namespace, threads: int) -> dict[str, Any]:
     """`time_variants` for one preset in a fresh interpreter.
 
@@ -377,26 +392,16 @@ def time_in_child(work: Workload, args: argparse.Namespace, threads: int) -> dic
     `cpu-small` is the first preset of a process, 1950-2200 ms. So each preset is
     timed in a process of its own, as a user runs one model.
     """
-    cmd = [sys.executable, __file__, "--timing-child", "--preset", work.preset, "--rounds", str(args.rounds),
-           "--warmup", str(args.warmup), "--variants", ",".join(args.variants), "--threads", str(threads),
-           "--allocator", ALLOCATOR]
-    done = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": str(threads)}, stdout=subprocess.PIPE, text=True, check=False)
-    if done.returncode:
-        raise RuntimeError(f"timing run of {work.preset} failed (exit code {done.returncode}); its log is above")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    flags = ["--timing-child", "--preset", work.preset, "--rounds", str(args.rounds), "--warmup", str(args.warmup),
+             "--variants", ",".join(args.variants)]
+    return run_child(flags, threads, f"timing run of {work.preset}", keep_log=True)
 
 
 def measure_memory(work: Workload, names: Sequence[str], steps: int, threads: int) -> dict[str, dict[str, float]]:
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    out = {}
-    for name in names:
-        cmd = [sys.executable, __file__, "--memory-child", name, "--preset", work.preset,
-               "--memory-steps", str(steps), "--threads", str(threads), "--allocator", ALLOCATOR]
-        done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
-        if done.returncode:
-            raise RuntimeError(f"memory run of {name} failed:\n{done.stderr[-2000:]}")
-        out[name] = json.loads(done.stdout.strip().splitlines()[-1])
-    return out
+    return {
+        name: run_child(["--memory-child", name, "--preset", work.preset, "--memory-steps", str(steps)], threads, f"memory run of {name}")
+        for name in names
+    }
 
 
 # --- targets, reporting ----------------------------------------------------------------
@@ -593,21 +598,21 @@ def main(argv: Sequence[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
     presets = list(WORKLOADS) if args.preset == "all" else [args.preset]
+
+    def log(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    child_work = WORKLOADS[presets[0]]  # a child process is given one preset
     if args.memory_child:
-        print(json.dumps(memory_child(WORKLOADS[args.preset if args.preset != "all" else "gpt2"], args.memory_child, args.memory_steps)))
+        print(json.dumps(memory_child(child_work, args.memory_child, args.memory_steps)))
         return
     if args.timing_child:
-        work = WORKLOADS[args.preset if args.preset != "all" else "gpt2"]
-        log_to_stderr = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
-        print(json.dumps(time_variants(work, args.variants, args.rounds, args.warmup, log_to_stderr)))
+        print(json.dumps(time_variants(child_work, args.variants, args.rounds, args.warmup, log)))
         return
     if args.profile:
         for preset in presets:
             print(f"written to {profile(WORKLOADS[preset], args.profile, args.warmup).relative_to(ROOT)}")
         return
-
-    def log(message: str) -> None:
-        print(message, file=sys.stderr, flush=True)
 
     load_start = os.getloadavg()[0]
     report: dict[str, Any] = {

@@ -106,7 +106,7 @@ class _FusedLoss(torch.autograd.Function):
                 # With gradients wanted, the log-probabilities go straight into their rows of
                 # the gradient buffer and become probabilities there: no chunk-sized temporary.
                 out = grad_logits[rows] if grad_logits is not None else None
-                log_probs = torch.log_softmax(logits, dim=-1, out=out) if out is not None else torch.log_softmax(logits, dim=-1)
+                log_probs = torch.log_softmax(logits, dim=-1, out=out)
                 del logits
                 picked = log_probs.gather(-1, safe_targets[rows]).squeeze(-1).float()
                 total -= (picked * keep[rows]).sum()
