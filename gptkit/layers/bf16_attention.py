@@ -1,0 +1,75 @@
+"""Causal attention for bfloat16 on CPU: float32 scores, bfloat16 products.
+
+`F.scaled_dot_product_attention` on CPU runs bfloat16 through a flash-attention
+kernel built for long sequences; at GPT-2's training lengths (a few hundred
+tokens) plain batched matmuls do the same work in about half the time (12 vs
+24 ms per layer, forward and backward, for GPT-2 124M's 4 x 256 benchmark batch
+on 2 cores). The numerics follow FlashAttention's: the scores q·kᵀ are kept in
+float32 (a bfloat16 score of 20 is off by up to 0.06, which moves a softmax
+weight by 6%), the softmax is taken in float32, and everything after it — the
+probabilities, the weighted sum of values and the backward pass's products —
+is bfloat16 with float32 accumulation. Against a float64 reference the result is
+as close as the flash kernel's.
+
+The probabilities are saved for the backward pass in bfloat16: one
+(batch, heads, q_len, k_len) tensor per layer more than the flash kernel keeps.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+def _causal_bias(q_len: int, k_len: int, device: torch.device) -> torch.Tensor:
+    """0 where query i may see key j, -inf where not (the queries are the last q_len of k_len positions).
+
+    Added to the scores rather than `masked_fill`ed: a broadcast add runs three times faster.
+    """
+    hidden = torch.ones(q_len, k_len, dtype=torch.bool, device=device).triu(diagonal=k_len - q_len + 1)
+    return torch.zeros(q_len, k_len, device=device).masked_fill_(hidden, float("-inf"))
+
+
+class _BF16CausalAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float
+    ) -> torch.Tensor:
+        # Under autocast the float32 matmul would be cast back to bfloat16, losing the point.
+        with torch.autocast(q.device.type, enabled=False):
+            # The scale goes on the float32 copy of q: a (seq, head_dim) pass, not a (seq, seq) one.
+            scores = torch.matmul(q.float().mul_(scale), k.float().transpose(-2, -1))
+            scores.add_(_causal_bias(q.shape[-2], k.shape[-2], q.device))
+            probs = torch.softmax(scores, dim=-1).to(q.dtype)
+            del scores
+            out = torch.matmul(probs, v)
+        ctx.save_for_backward(q, k, v, probs)
+        ctx.scale = scale
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        q, k, v, probs = ctx.saved_tensors
+        grad_out = grad_out.to(q.dtype)
+        grad_v = torch.matmul(probs.transpose(-2, -1), grad_out)
+        grad_probs = torch.matmul(grad_out, v.transpose(-2, -1))
+        # softmax's backward, p * (dp - sum(p * dp)), accumulated in float32 by the kernel.
+        grad_scores = torch._softmax_backward_data(grad_probs, probs, -1, probs.dtype).mul_(ctx.scale)
+        del grad_probs
+        grad_q = torch.matmul(grad_scores, k)
+        grad_k = torch.matmul(grad_scores.transpose(-2, -1), q)
+        return grad_q, grad_k, grad_v, None
+
+
+def bf16_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Causal softmax(q·kᵀ / sqrt(head_dim))·v for bfloat16 (batch, heads, seq, head_dim) tensors.
+
+    With fewer queries than keys (a KV cache), the queries are the last positions.
+    No dropout: callers with attention dropout in training use SDPA.
+    """
+    if q.dtype != torch.bfloat16 or k.dtype != q.dtype or v.dtype != q.dtype:
+        raise TypeError(f"bf16_causal_attention takes bfloat16 tensors, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if q.shape[-2] > k.shape[-2]:
+        raise ValueError(f"more queries ({q.shape[-2]}) than keys ({k.shape[-2]})")
+    return _BF16CausalAttention.apply(q.contiguous(), k.contiguous(), v.contiguous(), q.shape[-1] ** -0.5)
