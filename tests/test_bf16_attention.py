@@ -70,6 +70,27 @@ def test_output_and_gradients_are_as_close_to_float64_as_sdpa() -> None:
     assert errors(rounded_scores, inputs)[0] > 8e-3
 
 
+def test_gradients_keep_the_small_differences_between_values() -> None:
+    # Values share a large common part, as a layer's usually do: the probabilities' gradient
+    # is that part's product plus small differences, and the gradient is the differences.
+    g = torch.Generator().manual_seed(2)
+    q, k = (torch.randn(2, 3, 64, 32, generator=g).to(BF16).requires_grad_() for _ in range(2))
+    common = 4 * torch.randn(2, 3, 1, 32, generator=g)
+    v = (common + 0.1 * torch.randn(2, 3, 64, 32, generator=g)).to(BF16).requires_grad_()
+    ours = errors(bf16_causal_attention, [q, k, v])
+    assert max(ours) < 8e-3, ours
+
+    # Control: float32 scores and softmax, but the probabilities' gradient left in bfloat16
+    # (autograd through probs.to(bf16) @ v) loses the differences.
+    def bf16_probability_grad(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        scores = (q.float() @ k.float().transpose(-2, -1)) * q.shape[-1] ** -0.5
+        hidden = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool).triu(1)
+        return torch.softmax(scores.masked_fill(hidden, float("-inf")), dim=-1).to(BF16) @ v
+
+    control = errors(bf16_probability_grad, [q, k, v])
+    assert min(control[1:3]) > 3e-2, control  # the q and k gradients
+
+
 def test_fewer_queries_than_keys_are_the_last_positions() -> None:
     q, k, v = bf16_inputs(q_len=5, k_len=12, spread=1.0)
     got = bf16_causal_attention(q, k, v)
@@ -118,7 +139,7 @@ def test_attention_module_uses_it_for_bf16_on_cpu_without_dropout(calls: list[in
     x = torch.randn(2, 9, 32)
     with torch.autocast("cpu", dtype=BF16):
         trained = mha(x)
-        trained.float().sum().backward()
+        trained.float().sum().backward()  # inside the autocast block, as some training loops call it
     assert calls == [9]
     assert mha.qkv.weight.grad is not None
     torch.testing.assert_close(trained.float(), mha(x), atol=3e-2, rtol=3e-2)
