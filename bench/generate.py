@@ -7,7 +7,10 @@ interleaved so that a slow moment hits them all alike: gptkit with its KV cache,
 gptkit recomputing the whole context for every token, and Hugging Face's
 `GPT2LMHeadModel.generate` (use_cache=True) holding the very same weights.
 Random weights (`model_preset("gpt2")`), batch 1, a 16-token prompt, 128 new
-tokens; one warm-up round, then the median of `--repeats` rounds. Then the
+tokens; one warm-up round, then the median of `--repeats` rounds. gptkit's
+weights are moved into huge pages as `main.py generate`/`serve` load them
+(`gptkit.huge_pages`); Hugging Face's copy stays in memory as transformers
+allocates it (the two hold equal values, not the same memory). Then the
 latency of one cached decode step at cache lengths 128, 512 and 1000.
 
 Prints a Markdown table and writes bench/results/generate.json. Not a test:
@@ -35,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 from gptkit import GPTModel, model_preset
 from gptkit.generation import generate
 from gptkit.hf import hf_config_dict, to_hf_state_dict
+from gptkit.huge_pages import move_to_huge_pages
 from gptkit.sampling import Greedy
 
 RESULTS = ROOT / "bench" / "results" / "generate.json"
@@ -139,7 +143,8 @@ def main() -> None:
 
     torch.manual_seed(0)
     model = GPTModel(model_preset("gpt2")).eval()
-    hf = hf_twin(model)
+    hf = hf_twin(model)  # shares the weights' current memory
+    model_in_huge_pages = move_to_huge_pages(model)  # gptkit's copy moves, as gptkit.inference.load_model does
     prompt = torch.randint(0, model.cfg.vocab_size, (1, PROMPT_TOKENS), generator=torch.Generator().manual_seed(1))
 
     rates = generation_rates(model, hf, prompt, args.new_tokens, args.repeats)
@@ -165,7 +170,7 @@ def main() -> None:
         "settings": {
             "model": "gpt2 (124M, random weights)", "dtype": "float32", "batch": 1, "prompt_tokens": PROMPT_TOKENS,
             "new_tokens": args.new_tokens, "repeats": args.repeats, "threads": torch.get_num_threads(),
-            "load_average_at_start": load_before,
+            "load_average_at_start": load_before, "gptkit_weights_in_huge_pages": model_in_huge_pages,
         },
         "machine": {
             "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),

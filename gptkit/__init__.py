@@ -8,6 +8,7 @@ from gptkit.config import ComponentSpec, ModelConfig, PRESETS, config_json_schem
 from gptkit.distributed import ProcessInfo, init_distributed, shutdown_distributed
 from gptkit.errors import CheckpointError, ConfigError, DataError, GptkitError, PluginError, RegistryError
 from gptkit.hookspecs import hookimpl, hookspec
+from gptkit.huge_pages import move_to_huge_pages
 from gptkit.layers import (
     GELU,
     FeedForward,
@@ -19,6 +20,7 @@ from gptkit.layers import (
     MultiHeadAttention,
     PositionEncoding,
     TransformerBlock,
+    bf16_causal_attention,
     causal_mask,
 )
 from gptkit.model import GPTModel
@@ -53,6 +55,7 @@ __all__ = [
     "Registry",
     "RegistryError",
     "TransformerBlock",
+    "bf16_causal_attention",
     "build_registry",
     "causal_mask",
     "config_json_schema",
@@ -62,6 +65,7 @@ __all__ = [
     "hookspec",
     "init_distributed",
     "model_preset",
+    "move_to_huge_pages",
     "reset_default_registry",
     "shutdown_distributed",
 ]

@@ -1,6 +1,7 @@
 """GPT-2's building blocks, one per file, each usable with plain constructor arguments."""
 
 from gptkit.layers.attention import MultiHeadAttention, causal_mask
+from gptkit.layers.bf16_attention import bf16_causal_attention
 from gptkit.layers.block import TransformerBlock
 from gptkit.layers.embeddings import LearnedPositionEmbedding, PositionEncoding
 from gptkit.layers.feed_forward import FeedForward
@@ -20,5 +21,6 @@ __all__ = [
     "MultiHeadAttention",
     "PositionEncoding",
     "TransformerBlock",
+    "bf16_causal_attention",
     "causal_mask",
 ]
