@@ -1,7 +1,8 @@
 """GPT-2's building blocks, one per file, each usable with plain constructor arguments."""
 
-from gptkit.layers.attention import MultiHeadAttention, causal_mask
+from gptkit.layers.attention import MultiHeadAttention
 from gptkit.layers.bf16_attention import bf16_causal_attention
+from gptkit.layers.causal_mask import causal_mask
 from gptkit.layers.block import TransformerBlock
 from gptkit.layers.embeddings import LearnedPositionEmbedding, PositionEncoding
 from gptkit.layers.feed_forward import FeedForward

@@ -15,20 +15,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from gptkit.layers.bf16_attention import bf16_causal_attention
+from gptkit.layers.causal_mask import causal_mask
 from gptkit.layers.linear import Linear
 
 if TYPE_CHECKING:
     from gptkit.layers.embeddings import PositionEncoding
     from gptkit.layers.kv_cache import LayerKVCache
-
-
-def causal_mask(q_len: int, k_len: int, device: torch.device | None = None) -> torch.Tensor:
-    """True where query i may attend to key j.
-
-    With a KV cache the queries are the *last* q_len of k_len positions, so the
-    diagonal is shifted by k_len - q_len rather than starting at the top left.
-    """
-    return torch.ones(q_len, k_len, dtype=torch.bool, device=device).tril(diagonal=k_len - q_len)
 
 
 class MultiHeadAttention(nn.Module):

@@ -25,14 +25,15 @@ from typing import Any
 
 import torch
 
+from gptkit.layers.causal_mask import causal_mask
+
 
 def _causal_bias(q_len: int, k_len: int, device: torch.device) -> torch.Tensor:
-    """0 where query i may see key j, -inf where not (the queries are the last q_len of k_len positions).
+    """0 where `causal_mask` allows, -inf where not.
 
     Added to the scores rather than `masked_fill`ed: a broadcast add runs three times faster.
     """
-    hidden = torch.ones(q_len, k_len, dtype=torch.bool, device=device).triu(diagonal=k_len - q_len + 1)
-    return torch.zeros(q_len, k_len, device=device).masked_fill_(hidden, float("-inf"))
+    return torch.zeros(q_len, k_len, device=device).masked_fill_(~causal_mask(q_len, k_len, device), float("-inf"))
 
 
 class _BF16CausalAttention(torch.autograd.Function):
