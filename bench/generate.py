@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from gptkit import GPTModel, model_preset
+from gptkit.decode_step import StockDecoder
 from gptkit.generation import generate
 from gptkit.hf import hf_config_dict, to_hf_state_dict
 from gptkit.huge_pages import move_to_huge_pages
@@ -109,10 +110,15 @@ def decode_step_ms(model: GPTModel, hf: Any, length: int, repeats: int) -> dict[
         cache = model.make_kv_cache(1)
         model(prefix, kv_cache=cache, last_only=True)
 
+        decoder = StockDecoder.for_model(model)  # what `generate` steps through for this model
+
         def ours() -> None:
             for layer in cache.layers:
                 layer.length = length  # forget the previous timing's token
-            model(last, start_pos=length, kv_cache=cache, last_only=True)
+            if decoder is not None:
+                decoder(last, length, cache)
+            else:
+                model(last, start_pos=length, kv_cache=cache, last_only=True)
 
         past = hf(prefix, use_cache=True).past_key_values
 

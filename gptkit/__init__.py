@@ -24,6 +24,7 @@ from gptkit.layers import (
     causal_mask,
 )
 from gptkit.model import GPTModel
+from gptkit.decode_step import StockDecoder
 from gptkit.plugins import build_registry, default_registry, reset_default_registry
 from gptkit.registry import Component, ComponentParams, NoParams, Registry
 
@@ -54,6 +55,7 @@ __all__ = [
     "ProcessInfo",
     "Registry",
     "RegistryError",
+    "StockDecoder",
     "TransformerBlock",
     "bf16_causal_attention",
     "build_registry",

@@ -16,6 +16,11 @@ to the dropped one and sits at a new position, so no cached key is still valid.
 Generation can thus go on indefinitely, at the cost of one full-window forward
 pass per token once the window is full.
 
+Each one-token step of a model built from the stock GPT-2 parts runs through
+`gptkit.decode_step.StockDecoder`: the same arithmetic without module calls, which
+on a CPU makes a GPT-2 124M step about a tenth faster; other models are called as
+they are.
+
 `compile=True` runs the model through `gptkit.compiled.CompiledForward`: compiled
 with dynamic shapes, so varying prompt lengths and the growing cache reuse a few
 graphs instead of compiling one per length.
@@ -34,6 +39,7 @@ import torch
 from torch import nn
 
 from gptkit.compiled import CompiledForward
+from gptkit.decode_step import StockDecoder
 from gptkit.model import GPTModel
 from gptkit.sampling import Sampler, draw
 
@@ -44,8 +50,11 @@ Forward = Callable[..., torch.Tensor]
 class _Group:
     """Rows whose prompts have one length: one batch, one cache, one history."""
 
-    def __init__(self, model: GPTModel, forward: Forward, rows: list[int], prompt: torch.Tensor, max_new_tokens: int, use_cache: bool) -> None:
+    def __init__(
+        self, model: GPTModel, forward: Forward, decoder: StockDecoder | None, rows: list[int], prompt: torch.Tensor, max_new_tokens: int, use_cache: bool
+    ) -> None:
         self.forward = forward  # the model itself, or its compiled forward
+        self.decoder = decoder  # the same one-token step without module calls, where the model allows
         self.window = model.cfg.context_length
         self.rows = torch.tensor(rows, device=prompt.device)
         n, self.length = prompt.shape
@@ -73,6 +82,8 @@ class _Group:
         self.length += 1
         if self.cache is None or self.cache.length == self.window:
             self.logits = self._forward_window()
+        elif self.decoder is not None:
+            self.logits = self.decoder(nxt, self.cache.length, self.cache)[:, -1]
         else:
             self.logits = self.forward(nxt, start_pos=self.cache.length, kv_cache=self.cache, last_only=True)[:, -1]
 
@@ -120,9 +131,10 @@ def generate_tokens(
     was_training = model.training
     model.eval()
     forward: Forward = CompiledForward(model, "inductor" if compile is True else compile) if compile else model
+    decoder = StockDecoder.for_model(model) if use_cache and not compile else None
     try:
         device = prompt.device if isinstance(prompt, torch.Tensor) else next(model.parameters()).device
-        groups = [_Group(model, forward, rows, ids, max_new_tokens, use_cache) for rows, ids in _group_by_length(prompt, device)]
+        groups = [_Group(model, forward, decoder, rows, ids, max_new_tokens, use_cache) for rows, ids in _group_by_length(prompt, device)]
         batch = sum(len(g.rows) for g in groups)
         finished = torch.zeros(batch, dtype=torch.bool, device=device)
         for step in range(max_new_tokens):

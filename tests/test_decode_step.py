@@ -1,0 +1,151 @@
+"""The flat one-token decode step: equal to the modules bit for bit, used only where that holds."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import randomize_weights
+from gptkit import GPTModel, ModelConfig
+from gptkit.decode_step import StockDecoder
+from gptkit.generation import generate
+from gptkit.layers import TransformerBlock
+from gptkit.sampling import Greedy
+
+PROMPT = torch.tensor([[5, 17, 3, 42, 8, 61], [9, 9, 30, 2, 77, 1], [1, 2, 3, 4, 5, 6]])
+
+
+def build(**options: object) -> GPTModel:
+    cfg = ModelConfig(vocab_size=97, emb_dim=32, n_heads=4, n_layers=2, context_length=16, **options)  # type: ignore[arg-type]
+    return randomize_weights(GPTModel(cfg), 3)  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"position": "none"}, {"qkv_bias": False, "weight_tying": False}, {"activation": {"name": "gelu", "approximate": "none"}}],
+    ids=["gpt2", "no-positions", "no-qkv-bias-untied", "exact-gelu"],
+)
+def test_decode_steps_equal_the_model_bit_for_bit(options: dict[str, object], dtype: torch.dtype) -> None:
+    model = build(**options).to(dtype)
+    decoder = StockDecoder.for_model(model)
+    assert decoder is not None
+    ours, theirs = model.make_kv_cache(3), model.make_kv_cache(3)
+    tokens = torch.randint(0, 97, (3, 10), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        model(PROMPT, kv_cache=ours)
+        model(PROMPT, kv_cache=theirs)
+        for step in range(10):  # fills the window of 16
+            pos = PROMPT.shape[1] + step
+            expected = model(tokens[:, step : step + 1], start_pos=pos, kv_cache=theirs, last_only=True)
+            got = decoder(tokens[:, step : step + 1], pos, ours)
+            assert got.dtype == dtype and torch.equal(got, expected), step
+    for a, b in zip(ours.layers, theirs.layers):
+        assert a.length == b.length == 16
+        assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)
+
+
+def test_a_step_off_the_end_of_the_cache_or_window_is_refused() -> None:
+    model = build()
+    decoder = StockDecoder.for_model(model)
+    assert decoder is not None
+    cache = model.make_kv_cache(1)
+    with torch.inference_mode():
+        model(PROMPT[:1], kv_cache=cache)
+        with pytest.raises(ValueError, match=r"one token per row at the end of a cache .* got shape \(1, 1\) at position 5 \(cache 6, window 16\)"):
+            decoder(PROMPT[:1, :1], 5, cache)
+        with pytest.raises(ValueError, match=r"got shape \(1, 2\) at position 6"):
+            decoder(PROMPT[:1, :2], 6, cache)
+
+
+class _OwnForward(GPTModel):
+    def forward(self, idx: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:  # type: ignore[override]
+        return super().forward(idx, *args, **kwargs)  # type: ignore[arg-type]
+
+
+def _with_block_hook(model: GPTModel) -> GPTModel:
+    model.blocks[1].ff.fc1.register_forward_hook(lambda module, args, out: None)
+    return model
+
+
+def _with_compiled_block(model: GPTModel) -> GPTModel:
+    model.blocks[0].compile()  # compiles on first call; the module call must go through it
+    return model
+
+
+def _subclass(model: GPTModel) -> GPTModel:
+    model.__class__ = _OwnForward
+    return model
+
+
+class _PostLNBlock(TransformerBlock):
+    """The original Transformer's order: normalise after each residual sum."""
+
+    def forward(self, x: torch.Tensor, position: object = None, start_pos: int = 0, kv_cache: object = None) -> torch.Tensor:  # type: ignore[override]
+        x = self.norm1(x + self.att(x, position, start_pos, kv_cache))
+        return self.norm2(x + self.ff(x))
+
+
+def _post_ln(model: GPTModel) -> GPTModel:
+    cfg = model.cfg
+    model.blocks[1] = _PostLNBlock(cfg.emb_dim, cfg.n_heads, cfg.context_length, qkv_bias=cfg.qkv_bias)
+    return model
+
+
+@pytest.mark.parametrize(
+    ("label", "make"),
+    [
+        ("rope", lambda: build(position="rope")),
+        ("rmsnorm", lambda: build(norm="rmsnorm")),
+        ("swiglu", lambda: build(ffn="swiglu")),
+        ("relu", lambda: build(activation="relu")),
+        ("explicit attention", lambda: build(attention={"name": "mha", "use_sdpa": False})),
+        ("training mode", lambda: build().train()),
+        ("a forward hook", lambda: _with_block_hook(build())),
+        ("a compiled block", lambda: _with_compiled_block(build())),
+        ("a subclass's forward", lambda: _subclass(build())),
+        ("a block of another kind", lambda: _post_ln(build())),
+        ("a swapped head", lambda: _swap(build(), "out_head", nn.Linear(32, 97, bias=False))),
+    ],
+    ids=lambda v: v if isinstance(v, str) else "",
+)
+def test_anything_but_the_stock_parts_gets_no_decoder(label: str, make: object) -> None:
+    assert StockDecoder.for_model(make()) is None, label  # type: ignore[operator]
+
+
+def _swap(model: GPTModel, name: str, module: nn.Module) -> GPTModel:
+    setattr(model, name, module)
+    return model
+
+
+def test_a_global_forward_hook_also_keeps_the_modules() -> None:
+    model = build()
+    handle = nn.modules.module.register_module_forward_hook(lambda module, args, out: None)
+    try:
+        assert StockDecoder.for_model(model) is None
+    finally:
+        handle.remove()
+    assert StockDecoder.for_model(model) is not None
+
+
+def test_generation_decodes_through_it_and_a_hooked_model_still_runs_its_hooks(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = build()
+    calls: list[int] = []
+    decode = StockDecoder.__call__
+
+    def counting(self: StockDecoder, idx: torch.Tensor, start_pos: int, kv_cache: object) -> torch.Tensor:
+        calls.append(start_pos)
+        return decode(self, idx, start_pos, kv_cache)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(StockDecoder, "__call__", counting)
+    flat = generate(model, PROMPT, 8, [Greedy()])
+    assert calls == list(range(6, 13))  # 8 tokens: a prefill, then 7 decode steps
+
+    seen: list[int] = []
+    model.blocks[0].register_forward_hook(lambda module, args, out: seen.append(args[0].shape[1]))
+    calls.clear()
+    hooked = generate(model, PROMPT, 8, [Greedy()])
+    assert calls == [] and seen == [6] + [1] * 7
+    assert torch.equal(hooked, flat)
+    assert torch.equal(flat, generate(model, PROMPT, 8, [Greedy()], use_cache=False))
