@@ -11,7 +11,8 @@ tokens; one warm-up round, then the median of `--repeats` rounds. gptkit's
 weights are moved into huge pages as `main.py generate`/`serve` load them
 (`gptkit.huge_pages`); Hugging Face's copy stays in memory as transformers
 allocates it (the two hold equal values, not the same memory). Then the
-latency of one cached decode step at cache lengths 128, 512 and 1000.
+latency of one cached decode step at cache lengths 128, 512 and 1000, through
+`StockDecoder` as `generate` steps this model.
 
 Prints a Markdown table and writes bench/results/generate.json. Not a test:
 figures depend on the machine and on whatever else runs on it (check `uptime`).
