@@ -11,10 +11,10 @@ and no module in between.
 
 It applies only where that is safe to assume: a `GPTModel` whose blocks are
 exactly gptkit's `TransformerBlock`, `LayerNorm`, `MultiHeadAttention` (SDPA),
-`FeedForward` with `GELU` and `Linear`, learned or no position embeddings, in
-eval mode, with no forward hooks and no compiled module. Anything else (RoPE,
-RMSNorm, a plugin block, a hook a researcher put on a layer) gets `None` from
-`StockDecoder.for_model`, and generation calls the model as usual.
+`FeedForward` with `GELU` and `Linear`, learned or no position embeddings,
+every module in eval mode, no forward hooks and no compiled module. Anything
+else (RoPE, RMSNorm, a plugin block, a hook a researcher put on a layer) gets
+`None` from `StockDecoder.for_model`, and generation calls the model as usual.
 """
 
 from __future__ import annotations
@@ -47,6 +47,8 @@ class _Layer(NamedTuple):
     """The tensors of one stock block, in the order a decode step uses them."""
 
     norm1: _Norm
+    heads: int
+    head_dim: int
     qkv_weight: torch.Tensor
     qkv_bias: torch.Tensor | None
     out_weight: torch.Tensor
@@ -74,16 +76,16 @@ def _layer(block: nn.Module) -> _Layer | None:
     if not all(type(lin) is Linear for lin in linears):
         return None
     return _Layer(
-        norm1, att.qkv.weight, att.qkv.bias, att.out_proj.weight, att.out_proj.bias,
+        norm1, att.num_heads, att.head_dim, att.qkv.weight, att.qkv.bias, att.out_proj.weight, att.out_proj.bias,
         norm2, ff.fc1.weight, ff.fc1.bias, ff.activation.approximate, ff.fc2.weight, ff.fc2.bias,
     )
 
 
-def _hooked(model: nn.Module) -> bool:
-    """Whether anything would run on a module call that a flat step would skip."""
+def _calls_do_more(model: nn.Module) -> bool:
+    """Whether a module call would do anything a flat step skips: hooks, a compiled forward, dropout."""
     if nn_module._global_forward_hooks or nn_module._global_forward_pre_hooks:
         return True
-    return any(m._forward_hooks or m._forward_pre_hooks or m._compiled_call_impl is not None for m in model.modules())
+    return any(m._forward_hooks or m._forward_pre_hooks or m._compiled_call_impl is not None or m.training for m in model.modules())
 
 
 class StockDecoder:
@@ -93,8 +95,7 @@ class StockDecoder:
     """
 
     def __init__(self, model: GPTModel, layers: list[_Layer]) -> None:
-        cfg = model.cfg
-        self.heads, self.head_dim, self.context_length = cfg.n_heads, cfg.emb_dim // cfg.n_heads, cfg.context_length
+        self.context_length = model.cfg.context_length
         self.token_table = model.tok_emb.weight
         self.position_table = model.pos_emb.weight if isinstance(model.pos_emb, LearnedPositionEmbedding) else None
         self.layers = layers
@@ -104,7 +105,7 @@ class StockDecoder:
     @classmethod
     def for_model(cls, model: nn.Module) -> StockDecoder | None:
         """A decoder for `model`, or None where its parts are not all the stock ones (see the module docstring)."""
-        if type(model) is not GPTModel or model.training or _hooked(model):
+        if type(model) is not GPTModel or _calls_do_more(model):
             return None
         if type(model.pos_emb) not in (LearnedPositionEmbedding, PositionEncoding) or _norm(model.final_norm) is None:
             return None
@@ -129,7 +130,7 @@ class StockDecoder:
         for layer, cache in zip(self.layers, kv_cache.layers):
             h = F.layer_norm(x, layer.norm1.weight.shape, *layer.norm1)
             # The fused projection's layout per row is (3, heads, head_dim); one token adds a length-1 axis.
-            q, k, v = linear(h, layer.qkv_weight, layer.qkv_bias).view(batch, 3, self.heads, 1, self.head_dim).unbind(1)
+            q, k, v = linear(h, layer.qkv_weight, layer.qkv_bias).view(batch, 3, layer.heads, 1, layer.head_dim).unbind(1)
             keys, values = cache.update(k, v)
             context = F.scaled_dot_product_attention(q, keys, values)
             x = x + linear(context.reshape(batch, 1, -1), layer.out_weight, layer.out_bias)

@@ -74,6 +74,11 @@ def _with_compiled_block(model: GPTModel) -> GPTModel:
     return model
 
 
+def _block_training(model: GPTModel) -> GPTModel:
+    model.blocks[0].att.train()  # its dropout would act, were it not 0
+    return model
+
+
 def _subclass(model: GPTModel) -> GPTModel:
     model.__class__ = _OwnForward
     return model
@@ -102,6 +107,7 @@ def _post_ln(model: GPTModel) -> GPTModel:
         ("relu", lambda: build(activation="relu")),
         ("explicit attention", lambda: build(attention={"name": "mha", "use_sdpa": False})),
         ("training mode", lambda: build().train()),
+        ("one block in training mode", lambda: _block_training(build())),
         ("a forward hook", lambda: _with_block_hook(build())),
         ("a compiled block", lambda: _with_compiled_block(build())),
         ("a subclass's forward", lambda: _subclass(build())),
