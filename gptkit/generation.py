@@ -36,7 +36,6 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
-from torch import nn
 
 from gptkit.compiled import CompiledForward
 from gptkit.decode_step import StockDecoder

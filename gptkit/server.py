@@ -12,7 +12,9 @@ serves, on 127.0.0.1:8000 by default:
     GET  /health             generations running and waiting, and their limits (cheap: no model work)
 
 Only the standard library's `ThreadingHTTPServer` is used: one thread per
-connection, no new dependency. Choices where OpenAI's API leaves room:
+connection, no new dependency. This file is the HTTP side; the request schema
+and its errors are `gptkit.completion_request`, the slots, the model lock and
+the token-by-token generation `gptkit.model_service`. Choices where OpenAI's API leaves room:
 
 * Unknown request keys are ignored, as OpenAI's own server does with fields it
   no longer uses; the known ones are validated strictly (a string is not a number).
@@ -33,268 +35,31 @@ import argparse
 import contextlib
 import ipaddress
 import json
-import secrets
 import select
 import socket
 import sys
-import threading
 import time
 import traceback
-import uuid
-from collections.abc import Callable, Generator, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Generator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from rich.console import Console
 
+from gptkit.completion_request import ApiError, parse_request
 from gptkit.errors import GptkitError
-from gptkit.generation import TextStream, encode_prompt, generate_tokens
 from gptkit.model import GPTModel
-from gptkit.sampling import build_samplers, sampler_specs
+from gptkit.model_service import Job, ModelService
 
 if TYPE_CHECKING:
     from gptkit.tokenizer import Tokenizer  # or any registered tokenizer: encode, decode_bytes, eot_id
 
 MAX_BODY_BYTES = 64 * 1024
 DRAIN_BYTES = 1024 * 1024  # oversized bodies up to this are read and dropped, so the 413 arrives intact
-MAX_STOP_STRINGS = 4  # OpenAI's limit
-MIN_TEMPERATURE = 1e-3  # lower temperatures are served as greedy decoding
 DISCONNECTED = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError, TimeoutError)
-
-
-# --- requests -----------------------------------------------------------------
-
-
-class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="ignore", strict=True)
-    include_usage: bool = False
-
-
-class CompletionRequest(BaseModel):
-    """The body of POST /v1/completions (and /api/generate).
-
-    `top_k` (0 = off), `min_p` (0 = off) and `repetition_penalty` (1 = off) are
-    extensions, as in vLLM; the OpenAI client sends them through `extra_body`.
-    """
-
-    model_config = ConfigDict(extra="ignore", strict=True, allow_inf_nan=False)
-
-    model: str | None = None
-    prompt: str | list[str]
-    max_tokens: int = Field(16, ge=1)
-    temperature: float = Field(1.0, ge=0.0, le=2.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    top_k: int = Field(0, ge=0)
-    min_p: float = Field(0.0, ge=0.0, le=1.0)
-    repetition_penalty: float = Field(1.0, ge=0.01, le=100.0)
-    stop: str | list[str] | None = None
-    seed: int | None = Field(None, ge=0, lt=2**63)
-    stream: bool = False
-    stream_options: StreamOptions | None = None
-    n: int = Field(1, ge=1, le=1, description="Only one choice per request.")
-
-    @field_validator("prompt")
-    @classmethod
-    def _one_prompt(cls, prompt: str | list[str]) -> str | list[str]:
-        if isinstance(prompt, list) and len(prompt) != 1:
-            raise ValueError(f"one prompt per request, got a list of {len(prompt)}")
-        return prompt
-
-    @field_validator("stop")
-    @classmethod
-    def _stop_strings(cls, stop: str | list[str] | None) -> str | list[str] | None:
-        stops = [stop] if isinstance(stop, str) else stop or []
-        if len(stops) > MAX_STOP_STRINGS:
-            raise ValueError(f"at most {MAX_STOP_STRINGS} stop strings, got {len(stops)}")
-        if any(not s for s in stops):
-            raise ValueError("stop strings must not be empty")
-        return stop
-
-    @property
-    def prompt_text(self) -> str:
-        return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
-
-    @property
-    def stop_strings(self) -> tuple[str, ...]:
-        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
-
-
-class ApiError(Exception):
-    """An error answered as OpenAI does: `{"error": {"message", "type", "param", "code"}}`."""
-
-    def __init__(self, status: int, message: str, *, kind: str = "invalid_request_error", param: str | None = None, code: str | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.kind, self.param, self.code = status, message, kind, param, code
-
-    def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
-
-
-def parse_request(body: bytes) -> CompletionRequest:
-    try:
-        data = json.loads(body)
-    except ValueError as err:  # UnicodeDecodeError included
-        raise ApiError(400, f"the request body is not valid JSON: {err}") from None
-    try:
-        return CompletionRequest.model_validate(data)
-    except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in err.errors())
-        raise ApiError(400, problems, param=where or None) from None
-
-
-# --- sampling -----------------------------------------------------------------
-
-
-def sampler_chain(request: CompletionRequest) -> tuple[list[Any], list[str]]:
-    """The request's samplers, built through the registry, and how they read in a reply."""
-    # Below MIN_TEMPERATURE the draw is greedy in all but name, and logits / temperature would overflow.
-    specs = sampler_specs(
-        temperature=0.0 if request.temperature < MIN_TEMPERATURE else request.temperature,
-        top_k=request.top_k or None,
-        top_p=request.top_p if request.top_p < 1 else None,
-        min_p=request.min_p or None,
-        repetition_penalty=request.repetition_penalty if request.repetition_penalty != 1 else None,
-    ) or []
-    # Temperature 1 with no filter is a plain draw from the model's distribution: no sampler needed.
-    specs = [s for s in specs if s != {"name": "temperature", "value": 1.0}]
-    try:
-        samplers = build_samplers(specs)
-    except GptkitError as err:  # bounds the request model does not know (a plugin's, say)
-        raise ApiError(400, str(err)) from None
-    names = [s["name"] + "".join(f"({v:g})" for k, v in s.items() if k != "name") for s in specs]
-    return samplers, names or ["multinomial"]
-
-
-# --- generation ---------------------------------------------------------------
-
-
-@dataclass
-class Job:
-    """A validated request, tokenised, with its settings resolved."""
-
-    request: CompletionRequest
-    prompt_ids: list[int]
-    seed: int
-    samplers: list[Any]
-    sampler_names: list[str]
-    id: str = field(default_factory=lambda: f"cmpl-{uuid.uuid4().hex[:24]}")
-    created: int = field(default_factory=lambda: int(time.time()))
-    completion_tokens: int = 0
-    finish_reason: Literal["stop", "length"] = "length"
-
-    def settings(self) -> dict[str, Any]:
-        r = self.request
-        return {
-            "temperature": r.temperature, "top_k": r.top_k, "top_p": r.top_p, "min_p": r.min_p,
-            "repetition_penalty": r.repetition_penalty, "max_tokens": r.max_tokens,
-            "stop": list(r.stop_strings), "seed": self.seed, "samplers": self.sampler_names,
-        }
-
-    def usage(self) -> dict[str, int]:
-        n_prompt = len(self.prompt_ids)
-        return {"prompt_tokens": n_prompt, "completion_tokens": self.completion_tokens, "total_tokens": n_prompt + self.completion_tokens}
-
-
-class Slots:
-    """At most `limit` generations at once; at most `max_waiting` more wait, each up to `timeout` seconds."""
-
-    def __init__(self, limit: int, max_waiting: int, timeout: float) -> None:
-        self.limit, self.max_waiting, self.timeout = limit, max_waiting, timeout
-        self.active = 0
-        self.waiting = 0
-        self._cond = threading.Condition()
-
-    @contextlib.contextmanager
-    def hold(self) -> Iterator[None]:
-        with self._cond:
-            if self.active >= self.limit:
-                if self.waiting >= self.max_waiting:
-                    raise ApiError(429, f"the server is busy ({self.limit} generations running, {self.waiting} waiting); retry shortly", kind="rate_limit_error", code="server_busy")
-                self.waiting += 1
-                try:
-                    free = self._cond.wait_for(lambda: self.active < self.limit, timeout=self.timeout)
-                finally:
-                    self.waiting -= 1
-                if not free:
-                    raise ApiError(429, f"no generation slot came free within {self.timeout:g} s; retry shortly", kind="rate_limit_error", code="server_busy")
-            self.active += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self.active -= 1
-                self._cond.notify()
-
-
-class ModelService:
-    """The model, its tokenizer, the limits, and the lock that serialises forward passes."""
-
-    def __init__(
-        self, model: GPTModel, tokenizer: Tokenizer, *, model_name: str, max_concurrent: int, max_queue: int,
-        queue_timeout: float, max_new_tokens_cap: int, max_prompt_tokens: int | None,
-    ) -> None:
-        if max_concurrent < 1 or max_queue < 0 or max_new_tokens_cap < 1:
-            raise GptkitError("max_concurrent and max_new_tokens_cap must be >= 1 and max_queue >= 0")
-        self.model = model.eval()
-        self.tokenizer = tokenizer
-        self.model_name = model_name
-        self.context_length = model.cfg.context_length
-        self.max_new_tokens_cap = max_new_tokens_cap
-        self.max_prompt_tokens = max_prompt_tokens or self.context_length
-        self.device = next(model.parameters()).device
-        self.slots = Slots(max_concurrent, max_queue, queue_timeout)
-        self.model_lock = threading.Lock()
-        self.created = int(time.time())
-
-    def prepare(self, request: CompletionRequest) -> Job:
-        if request.max_tokens > self.max_new_tokens_cap:
-            raise ApiError(400, f"max_tokens is {request.max_tokens}; this server allows at most {self.max_new_tokens_cap}", param="max_tokens")
-        # "<|endoftext|>" in a prompt is one token, GPT-2's document separator; an empty prompt starts from it.
-        ids = encode_prompt(self.tokenizer, request.prompt_text)
-        if len(ids) > self.max_prompt_tokens:
-            raise ApiError(400, f"the prompt is {len(ids)} tokens; this server allows at most {self.max_prompt_tokens}", param="prompt")
-        # Always seeded, and the seed echoed: any reply can be reproduced.
-        seed = request.seed if request.seed is not None else secrets.randbelow(2**31)
-        samplers, names = sampler_chain(request)
-        return Job(request, ids, seed, samplers, names)
-
-    def run(self, job: Job) -> Generator[str, None, None]:
-        """Text deltas of `job`, one per generated token ("" when a token completes no text).
-
-        Closing the iterator stops the generation; it sets `job.finish_reason` once it ends.
-        """
-        prompt = torch.tensor([job.prompt_ids], dtype=torch.long, device=self.device)
-        generator = torch.Generator(device=self.device).manual_seed(job.seed)
-        tokens = cast(Generator[torch.Tensor, None, None], generate_tokens(
-            self.model, prompt, max_new_tokens=job.request.max_tokens, samplers=job.samplers, generator=generator,
-            eos_id=self.tokenizer.eot_id,
-        ))
-        text = TextStream(self.tokenizer, job.request.stop_strings)
-        try:
-            while not text.done:
-                with self.model_lock:
-                    step = next(tokens, None)
-                if step is None:
-                    break
-                job.completion_tokens += 1
-                yield text.push(int(step[0, 0]))
-            # Done early means end-of-text or a stop string; otherwise max_tokens ran out.
-            job.finish_reason = "stop" if text.done else "length"
-            yield text.close()
-        finally:
-            with self.model_lock:  # runs generate_tokens' own clean-up, which touches the model
-                tokens.close()
-
-
-# --- HTTP ---------------------------------------------------------------------
 
 
 class ClientGone(Exception):

@@ -24,7 +24,7 @@ from gptkit.checkpoint import load_checkpoint, save_checkpoint
 from gptkit.errors import CheckpointError
 from gptkit.model import GPTModel
 from gptkit.plugins import PLUGIN_DIRS_ENV
-from gptkit.server import ApiError, parse_request
+from gptkit.completion_request import ApiError, parse_request
 from gptkit.train_state import TrainState
 
 TINY = [
