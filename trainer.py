@@ -18,9 +18,10 @@ from torch import nn
 
 from config import RunConfig
 from gptkit import CheckpointError, GPTModel, GptkitError, Registry, distributed, hookspecs
+from gptkit.batches import BatchSampler, fixed_batches
 from gptkit.checkpoint import load_checkpoint, optimizer_state_from, read_tensors, save_checkpoint
 from gptkit.cpu_allocator import retain_freed_memory
-from gptkit.data import BatchSampler, PreparedData, fixed_batches
+from gptkit.data import PreparedData
 from gptkit.plugins import check_hook_names
 from gptkit.train_state import CallbackContext, EvalMetrics, StepMetrics, TrainState, TrainSummary
 
