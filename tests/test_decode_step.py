@@ -94,7 +94,15 @@ class _PostLNBlock(TransformerBlock):
 
 def _post_ln(model: GPTModel) -> GPTModel:
     cfg = model.cfg
-    model.blocks[1] = _PostLNBlock(cfg.emb_dim, cfg.n_heads, cfg.context_length, qkv_bias=cfg.qkv_bias)
+    # In eval mode like the rest, so that only its kind can keep it off the flat step.
+    model.blocks[1] = _PostLNBlock(cfg.emb_dim, cfg.n_heads, cfg.context_length, qkv_bias=cfg.qkv_bias).eval()
+    return model
+
+
+def _swap(model: GPTModel, name: str, module: nn.Module) -> GPTModel:
+    """`model` with the submodule at dotted path `name` replaced by `module`."""
+    parent, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(parent), attr, module)
     return model
 
 
@@ -112,17 +120,13 @@ def _post_ln(model: GPTModel) -> GPTModel:
         ("a compiled block", lambda: _with_compiled_block(build())),
         ("a subclass's forward", lambda: _subclass(build())),
         ("a block of another kind", lambda: _post_ln(build())),
-        ("a swapped head", lambda: _swap(build(), "out_head", nn.Linear(32, 97, bias=False))),
+        ("a swapped head", lambda: _swap(build(), "out_head", nn.Linear(32, 97, bias=False).eval())),
+        ("a block's linear of another kind", lambda: _swap(build(), "blocks.0.ff.fc1", nn.Linear(32, 128).eval())),
     ],
     ids=lambda v: v if isinstance(v, str) else "",
 )
 def test_anything_but_the_stock_parts_gets_no_decoder(label: str, make: object) -> None:
     assert StockDecoder.for_model(make()) is None, label  # type: ignore[operator]
-
-
-def _swap(model: GPTModel, name: str, module: nn.Module) -> GPTModel:
-    setattr(model, name, module)
-    return model
 
 
 def test_a_global_forward_hook_also_keeps_the_modules() -> None:
