@@ -5,6 +5,7 @@ whole model from a config (`GPTModel(model_preset("gpt2"))`).
 """
 
 from gptkit.config import ComponentSpec, ModelConfig, PRESETS, config_json_schema, describe_validation_error, model_preset
+from gptkit.decode_step import StockDecoder
 from gptkit.distributed import ProcessInfo, init_distributed, shutdown_distributed
 from gptkit.errors import CheckpointError, ConfigError, DataError, GptkitError, PluginError, RegistryError
 from gptkit.hookspecs import hookimpl, hookspec
@@ -24,7 +25,6 @@ from gptkit.layers import (
     causal_mask,
 )
 from gptkit.model import GPTModel
-from gptkit.decode_step import StockDecoder
 from gptkit.plugins import build_registry, default_registry, reset_default_registry
 from gptkit.registry import Component, ComponentParams, NoParams, Registry
 

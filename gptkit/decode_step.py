@@ -66,14 +66,12 @@ def _norm(norm: nn.Module) -> _Norm | None:
 
 
 def _layer(block: nn.Module) -> _Layer | None:
-    if type(block) is not TransformerBlock:
+    if type(block) is not TransformerBlock or type(block.att) is not MultiHeadAttention or type(block.ff) is not FeedForward:
         return None
     att, ff = block.att, block.ff
-    linears = (att.qkv, att.out_proj, ff.fc1, ff.fc2) if type(att) is MultiHeadAttention and type(ff) is FeedForward else ()
     norm1, norm2 = _norm(block.norm1), _norm(block.norm2)
-    if not (linears and att.use_sdpa and type(ff.activation) is GELU and norm1 and norm2):
-        return None
-    if not all(type(lin) is Linear for lin in linears):
+    stock_linears = all(type(lin) is Linear for lin in (att.qkv, att.out_proj, ff.fc1, ff.fc2))
+    if not (att.use_sdpa and type(ff.activation) is GELU and norm1 and norm2 and stock_linears):
         return None
     return _Layer(
         norm1, att.num_heads, att.head_dim, att.qkv.weight, att.qkv.bias, att.out_proj.weight, att.out_proj.bias,
