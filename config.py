@@ -25,7 +25,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from gptkit import ComponentSpec, ConfigError, ModelConfig, describe_validation_error
-from gptkit.config import fill_default_names, preset_values, registry_from, resolve_component
+from gptkit.model.config import fill_default_names, preset_values, registry_from, resolve_component
+from gptkit.registry import Registry
 
 DEFAULT_MODEL_PRESET = "cpu-small"
 
@@ -123,6 +124,7 @@ class RunSection(Section):
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps.")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("bfloat16", description="Autocast precision (float16: CUDA only).")
     compile: bool = Field(False, description="torch.compile the model.")
+    kernels: bool = Field(True, description="gptkit's CPU speed paths (gptkit.kernels.accelerate); false: the plain model.")
     peak_flops: float | None = Field(None, gt=0, description="Device peak FLOP/s for MFU; None: known GPUs only.")
     parallel: Literal["ddp", "fsdp"] = Field(
         "ddp", description="Under torchrun: ddp (a whole model per process) or fsdp (sharded, for models too big for one device)."
@@ -229,17 +231,18 @@ def build_raw_config(
     return expand_model_preset(data)
 
 
-def validate_run_config(data: dict[str, Any]) -> RunConfig:
+def validate_run_config(data: dict[str, Any], registry: Registry | None = None) -> RunConfig:
+    """The checked run config; component names are looked up in `registry` (default: the process's)."""
     try:
-        return RunConfig.model_validate(data)
+        return RunConfig.model_validate(data, context={"registry": registry} if registry is not None else None)
     except ValidationError as err:
         raise ConfigError("invalid config:\n" + describe_validation_error(err)) from None
 
 
 def load_run_config(
-    config_file: str | Path | None = None, preset: str | None = None, overrides: Sequence[str] = ()
+    config_file: str | Path | None = None, preset: str | None = None, overrides: Sequence[str] = (), registry: Registry | None = None
 ) -> RunConfig:
-    return validate_run_config(build_raw_config(config_file, preset, overrides))
+    return validate_run_config(build_raw_config(config_file, preset, overrides), registry)
 
 
 # Settings a resumed run may change: budgets, reporting, where it runs, and the knobs that
@@ -248,7 +251,7 @@ def load_run_config(
 RESUMABLE_PREFIXES = (
     "train.max_steps", "train.max_tokens", "train.max_time", "train.callbacks", "train.eval_every",
     "train.nan_policy", "train.lr", "train.min_lr", "train.grad_clip", "sampling.", "run.device", "run.dtype",
-    "run.compile", "run.peak_flops", "run.out_dir", "run.name", "run.parallel",
+    "run.compile", "run.kernels", "run.peak_flops", "run.out_dir", "run.name", "run.parallel",
 )
 
 

@@ -32,10 +32,10 @@ from rich.table import Table
 import config as run_config
 from gptkit import PRESETS, CheckpointError, GptkitError, Registry, default_registry, describe_validation_error
 from gptkit.atomic import write_text_atomic
-from gptkit.checkpoint import latest_checkpoint
-from gptkit.corpus import default_cache_dir
-from gptkit.data import PreparedData, prepare_dataset
-from gptkit.server import add_serve_arguments, cmd_serve
+from gptkit.training.checkpoint import latest_checkpoint
+from gptkit.data.corpus import default_cache_dir
+from gptkit.data.dataset import PreparedData, prepare_dataset
+from gptkit.serving.server import add_serve_arguments, cmd_serve
 
 console = Console()
 err_console = Console(stderr=True)
@@ -98,7 +98,7 @@ def prepare_data(cfg: run_config.RunConfig, tokenizer: object) -> PreparedData:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from gptkit import distributed  # deferred with the trainer: torch is slow to import for `--help`
+    from gptkit.training import distributed  # deferred with the trainer: torch is slow to import for `--help`
     from trainer import pick_device
 
     if not distributed.env_is_main():
@@ -115,7 +115,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def train(args: argparse.Namespace, cfg: run_config.RunConfig, registry: Registry) -> int:
     """Train in this process: alone, or as one of torchrun's processes (process 0 creates and writes)."""
-    from gptkit import distributed
+    from gptkit.training import distributed
     from trainer import Trainer
 
     checkpoint: Path | None = None
@@ -177,8 +177,8 @@ def cmd_components(args: argparse.Namespace) -> int:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     """Continue --prompt with a trained model, printing the text as it is generated."""
-    from gptkit.generation import stream_text
-    from gptkit.inference import open_session
+    from gptkit.generation.generate import stream_text
+    from gptkit.generation.loading import open_session
 
     session = open_session(args)
     loaded = session.loaded
@@ -201,7 +201,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_chat(args: argparse.Namespace) -> int:
     """Talk with a model: each line on stdin is a turn, each reply streams back; EOF or /exit ends."""
-    from gptkit.inference import Chat, open_session
+    from gptkit.generation.loading import Chat, open_session
 
     session = open_session(args)
     loaded = session.loaded

@@ -17,13 +17,14 @@ import torch
 from torch import nn
 
 from config import RunConfig
-from gptkit import CheckpointError, GPTModel, GptkitError, Registry, distributed, hookspecs
-from gptkit.batches import BatchSampler, fixed_batches
-from gptkit.checkpoint import load_checkpoint, optimizer_state_from, read_tensors, save_checkpoint
-from gptkit.cpu_allocator import retain_freed_memory
-from gptkit.data import PreparedData
+from gptkit import CheckpointError, GPTModel, GptkitError, Registry, hookspecs
+from gptkit.training import distributed
+from gptkit.data.batches import BatchSampler, fixed_batches
+from gptkit.training.checkpoint import load_checkpoint, optimizer_state_from, read_tensors, save_checkpoint
+from gptkit.kernels import accelerate, training_memory
+from gptkit.data.dataset import PreparedData
 from gptkit.plugins import check_hook_names
-from gptkit.train_state import CallbackContext, EvalMetrics, StepMetrics, TrainState, TrainSummary
+from gptkit.training.train_state import CallbackContext, EvalMetrics, StepMetrics, TrainState, TrainSummary
 
 # Dense bf16 peak FLOP/s of GPUs we can name; elsewhere set run.peak_flops for an MFU figure.
 KNOWN_PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12}
@@ -115,7 +116,7 @@ def interrupts_between_steps() -> Iterator[Callable[[], None]]:
 class Trainer:
     """Trains `GPTModel` on prepared token files under a `RunConfig`.
 
-    Under torchrun (a process group initialized, see `gptkit.distributed`) each
+    Under torchrun (a process group initialized, see `gptkit.training.distributed`) each
     process trains its share of every global batch; the losses, validation
     figures and stop decisions they report are the same on every process, and
     only process 0 runs callbacks that write or print (`context.is_main_process`).
@@ -138,6 +139,8 @@ class Trainer:
         self.device = pick_device(cfg.run.device, self.process.local_rank if self.process.active else None)
         torch.manual_seed(cfg.run.seed)  # the same initial weights in every process
         self.model = GPTModel(cfg.model, registry).to(self.device)
+        if cfg.run.kernels:
+            accelerate(self.model)  # CPU speed paths; nothing changes on other devices
         self.flops_per_token = flops_per_token(self.model)  # counted before sharding splits the weights
         self.sharded = self.process.active and cfg.run.parallel == "fsdp"
         total = cfg.train.max_steps
@@ -370,8 +373,8 @@ class Trainer:
         self.model.train()
         last_loss: float | None = None
         hook = self.hooks.hook
-        # On CPU, steps reuse the pages freed by the step before (see gptkit.cpu_allocator).
-        with interrupts_between_steps() as check_interrupt, retain_freed_memory(self.device.type == "cpu"):
+        # On CPU, steps reuse the pages freed by the step before (see gptkit.kernels.cpu_allocator).
+        with interrupts_between_steps() as check_interrupt, training_memory(self.device) if self.cfg.run.kernels else contextlib.nullcontext():
             try:
                 hook.gptkit_train_start(trainer=self)
                 while (reason := self.stop_reason(check_interrupt)) is None:

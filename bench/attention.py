@@ -4,7 +4,7 @@
 
 One attention layer's forward and backward in bfloat16, as a training step runs
 it: q, k and v are views of one fused projection's output, the malloc policy is
-the Trainer's (`gptkit.cpu_allocator`), and the two implementations alternate,
+the Trainer's (`gptkit.kernels.cpu_allocator`), and the two implementations alternate,
 warm-up first, medians reported. Shapes: the `gpt2` preset's (4 x 256 tokens, 12
 heads of 64) and `cpu-small`'s (8 x 256, 4 heads of 64). Also prints each one's
 relative error against float64, for the output and the q, k, v gradients.
@@ -25,8 +25,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gptkit.cpu_allocator import retain_freed_memory
-from gptkit.layers.bf16_attention import bf16_causal_attention
+from gptkit.kernels.cpu_allocator import retain_freed_memory
+from gptkit.kernels.bf16_attention import bf16_causal_attention
 
 Attention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 SHAPES = {"gpt2": (4, 256, 12, 64), "cpu-small": (8, 256, 4, 64)}  # batch, seq, heads, head_dim

@@ -53,8 +53,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from gptkit import GPTModel, model_preset  # noqa: E402
-from gptkit.generation import generate  # noqa: E402
-from gptkit.sampling import Greedy  # noqa: E402
+from gptkit.generation.generate import generate  # noqa: E402
+from gptkit.generation.samplers import Greedy  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "compile.json"
 README = ROOT / "bench" / "README.md"

@@ -9,7 +9,7 @@ gptkit recomputing the whole context for every token, and Hugging Face's
 Random weights (`model_preset("gpt2")`), batch 1, a 16-token prompt, 128 new
 tokens; one warm-up round, then the median of `--repeats` rounds. gptkit's
 weights are moved into huge pages as `main.py generate`/`serve` load them
-(`gptkit.huge_pages`); Hugging Face's copy stays in memory as transformers
+(`gptkit.kernels.huge_pages`); Hugging Face's copy stays in memory as transformers
 allocates it (the two hold equal values, not the same memory). Then the
 latency of one cached decode step at cache lengths 128, 512 and 1000, through
 `StockDecoder` as `generate` steps this model.
@@ -37,11 +37,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from gptkit import GPTModel, model_preset
-from gptkit.decode_step import StockDecoder
-from gptkit.generation import generate
-from gptkit.hf import hf_config_dict, to_hf_state_dict
-from gptkit.huge_pages import move_to_huge_pages
-from gptkit.sampling import Greedy
+from gptkit.kernels.decode_step import StockDecoder
+from gptkit.generation.generate import generate
+from gptkit.interop.hf_checkpoint import hf_config_dict, to_hf_state_dict
+from gptkit.kernels.huge_pages import move_to_huge_pages
+from gptkit.generation.samplers import Greedy
 
 RESULTS = ROOT / "bench" / "results" / "generate.json"
 PROMPT_TOKENS = 16
@@ -151,7 +151,7 @@ def main() -> None:
     torch.manual_seed(0)
     model = GPTModel(model_preset("gpt2")).eval()
     hf = hf_twin(model)  # shares the weights' current memory
-    model_in_huge_pages = move_to_huge_pages(model)  # gptkit's copy moves, as gptkit.inference.load_model does
+    model_in_huge_pages = move_to_huge_pages(model)  # gptkit's copy moves, as gptkit.generation.loading.load_model does
     prompt = torch.randint(0, model.cfg.vocab_size, (1, PROMPT_TOKENS), generator=torch.Generator().manual_seed(1))
 
     rates = generation_rates(model, hf, prompt, args.new_tokens, args.repeats)

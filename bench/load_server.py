@@ -64,7 +64,7 @@ def make_model_folder(dest: Path, shape: ModelShape, seed: int = 0) -> Path:
     import torch
 
     from gptkit import GPTModel, ModelConfig
-    from gptkit.hf import export_hf
+    from gptkit.interop.hf_checkpoint import export_hf
 
     torch.manual_seed(seed)
     model = GPTModel(ModelConfig(**asdict(shape))).eval()

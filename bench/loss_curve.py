@@ -35,8 +35,8 @@ sys.path.insert(0, str(ROOT))
 
 import config as run_config
 from gptkit import hookimpl
-from gptkit.corpus import default_cache_dir
-from gptkit.data import PreparedData, prepare_dataset
+from gptkit.data.corpus import default_cache_dir
+from gptkit.data.dataset import PreparedData, prepare_dataset
 from gptkit.plugins import default_registry
 from trainer import Trainer
 

@@ -46,7 +46,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from gptkit.corpus import default_corpus_files, resolve_source, split_files, stdlib_root
+from gptkit.data.corpus import default_corpus_files, resolve_source, split_files, stdlib_root
 
 RESULTS = ROOT / "bench" / "results" / "prepare_corpus.json"
 
@@ -55,8 +55,8 @@ CHILD = textwrap.dedent(
     """
     import json, resource, sys, time
     from pathlib import Path
-    from gptkit.data import prepare_dataset
-    from gptkit.tokenizer import Tokenizer
+    from gptkit.data.dataset import prepare_dataset
+    from gptkit.data.tokenizer import Tokenizer
 
     def cpu():
         r = resource.getrusage(resource.RUSAGE_SELF)

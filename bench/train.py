@@ -54,9 +54,10 @@ from reference_gpt import GPT, GPTConfig, from_gptkit
 
 from config import RunConfig
 from gptkit import GPTModel, ModelConfig, model_preset
-from gptkit.cpu_allocator import retain_freed_memory
-from gptkit.layers import linear as linear_module
-from gptkit.hf import hf_config_dict, to_hf_state_dict
+from gptkit.kernels.cpu_allocator import retain_freed_memory
+from gptkit.kernels import accelerate
+from gptkit.kernels import onednn_linear as linear_module
+from gptkit.interop.hf_checkpoint import hf_config_dict, to_hf_state_dict
 from trainer import make_optimizer
 
 RESULTS_DIR = ROOT / "bench" / "results"
@@ -100,7 +101,7 @@ class Variant:
     model: nn.Module
     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     amp_dtype: torch.dtype | None  # autocast dtype, None: plain float32
-    # gptkit's Trainer keeps freed memory for reuse on CPU (gptkit.cpu_allocator); the
+    # gptkit's Trainer keeps freed memory for reuse on CPU (gptkit.kernels.cpu_allocator); the
     # baselines run as their users run them, with glibc's defaults (see --allocator).
     retain_memory: bool = False
     optimizer: torch.optim.Optimizer = field(init=False)
@@ -116,7 +117,9 @@ class Variant:
 
 
 def gptkit_variant(name: str, model: GPTModel, amp_dtype: torch.dtype | None) -> Variant:
-    # As trainer.train_step calls it: the loss from the hidden states, no logits kept.
+    # As trainer.train_step calls it: the model switched over to gptkit.kernels, the loss
+    # from the hidden states, no logits kept.
+    accelerate(model)
     return Variant(name, model, lambda x, y: model(x, y, keep_logits=False)[1], amp_dtype, retain_memory=True)
 
 

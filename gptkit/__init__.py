@@ -1,73 +1,92 @@
 """gptkit: GPT-2 from readable, swappable parts.
 
 Import a block on its own (`from gptkit import MultiHeadAttention`), or build a
-whole model from a config (`GPTModel(model_preset("gpt2"))`).
+whole model from a config (`GPTModel(model_preset("gpt2"))`). The folders:
+`layers` (the blocks), `model` (GPTModel, its config and presets), `data`,
+`training`, `generation`, `serving`, `interop` (Hugging Face) and `kernels`
+(the CPU speed paths, switched on by `accelerate`); docs/architecture.md maps them.
+
+Names are imported on first use, so `import gptkit` alone does not load torch.
 """
 
-from gptkit.config import ComponentSpec, ModelConfig, PRESETS, config_json_schema, describe_validation_error, model_preset
-from gptkit.decode_step import StockDecoder
-from gptkit.distributed import ProcessInfo, init_distributed, shutdown_distributed
-from gptkit.errors import CheckpointError, ConfigError, DataError, GptkitError, PluginError, RegistryError
-from gptkit.hookspecs import hookimpl, hookspec
-from gptkit.huge_pages import move_to_huge_pages
-from gptkit.layers import (
-    GELU,
-    FeedForward,
-    KVCache,
-    LayerKVCache,
-    LayerNorm,
-    LearnedPositionEmbedding,
-    Linear,
-    MultiHeadAttention,
-    PositionEncoding,
-    TransformerBlock,
-    bf16_causal_attention,
-    causal_mask,
-)
-from gptkit.model import GPTModel
-from gptkit.plugins import build_registry, default_registry, reset_default_registry
-from gptkit.registry import Component, ComponentParams, NoParams, Registry
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "GELU",
-    "PRESETS",
-    "CheckpointError",
-    "Component",
-    "ComponentParams",
-    "ComponentSpec",
-    "ConfigError",
-    "DataError",
-    "FeedForward",
-    "GPTModel",
-    "GptkitError",
-    "KVCache",
-    "LayerKVCache",
-    "LayerNorm",
-    "LearnedPositionEmbedding",
-    "Linear",
-    "ModelConfig",
-    "MultiHeadAttention",
-    "NoParams",
-    "PluginError",
-    "PositionEncoding",
-    "ProcessInfo",
-    "Registry",
-    "RegistryError",
-    "StockDecoder",
-    "TransformerBlock",
-    "bf16_causal_attention",
-    "build_registry",
-    "causal_mask",
-    "config_json_schema",
-    "default_registry",
-    "describe_validation_error",
-    "hookimpl",
-    "hookspec",
-    "init_distributed",
-    "model_preset",
-    "move_to_huge_pages",
-    "reset_default_registry",
-    "shutdown_distributed",
-]
+# public name -> the module that defines it
+_EXPORTS: dict[str, str] = {
+    # layers: the building blocks
+    "LayerNorm": "gptkit.layers.layer_norm",
+    "GELU": "gptkit.layers.gelu",
+    "causal_mask": "gptkit.layers.causal_mask",
+    "MultiHeadAttention": "gptkit.layers.attention",
+    "FeedForward": "gptkit.layers.feed_forward",
+    "PositionEncoding": "gptkit.layers.embeddings",
+    "LearnedPositionEmbedding": "gptkit.layers.embeddings",
+    "KVCache": "gptkit.layers.kv_cache",
+    "LayerKVCache": "gptkit.layers.kv_cache",
+    "TransformerBlock": "gptkit.layers.block",
+    # the model
+    "ModelConfig": "gptkit.model.config",
+    "ComponentSpec": "gptkit.model.config",
+    "PRESETS": "gptkit.model.config",
+    "model_preset": "gptkit.model.config",
+    "config_json_schema": "gptkit.model.config",
+    "describe_validation_error": "gptkit.model.config",
+    "GPTModel": "gptkit.model.gpt",
+    # the speed switch
+    "accelerate": "gptkit.kernels",
+    # registry and plugins
+    "Registry": "gptkit.registry",
+    "Component": "gptkit.registry",
+    "ComponentParams": "gptkit.registry",
+    "NoParams": "gptkit.registry",
+    "hookimpl": "gptkit.hookspecs",
+    "hookspec": "gptkit.hookspecs",
+    "build_registry": "gptkit.plugins",
+    "default_registry": "gptkit.plugins",
+    "reset_default_registry": "gptkit.plugins",
+    # errors
+    "GptkitError": "gptkit.errors",
+    "ConfigError": "gptkit.errors",
+    "DataError": "gptkit.errors",
+    "CheckpointError": "gptkit.errors",
+    "PluginError": "gptkit.errors",
+    "RegistryError": "gptkit.errors",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'gptkit' has no attribute '{name}'")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # once found, a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
+
+
+if TYPE_CHECKING:
+    from gptkit.errors import CheckpointError, ConfigError, DataError, GptkitError, PluginError, RegistryError
+    from gptkit.hookspecs import hookimpl, hookspec
+    from gptkit.kernels import accelerate
+    from gptkit.layers.attention import MultiHeadAttention
+    from gptkit.layers.block import TransformerBlock
+    from gptkit.layers.causal_mask import causal_mask
+    from gptkit.layers.embeddings import LearnedPositionEmbedding, PositionEncoding
+    from gptkit.layers.feed_forward import FeedForward
+    from gptkit.layers.gelu import GELU
+    from gptkit.layers.kv_cache import KVCache, LayerKVCache
+    from gptkit.layers.layer_norm import LayerNorm
+    from gptkit.model.config import PRESETS, ComponentSpec, ModelConfig, config_json_schema, describe_validation_error, model_preset
+    from gptkit.model.gpt import GPTModel
+    from gptkit.plugins import build_registry, default_registry, reset_default_registry
+    from gptkit.registry import Component, ComponentParams, NoParams, Registry

@@ -24,16 +24,152 @@ Minimal plugin::
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pluggy
 
 if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from gptkit.layers.embeddings import PositionEncoding
+    from gptkit.layers.kv_cache import LayerKVCache
     from gptkit.registry import Registry
+    from gptkit.training.train_state import CallbackContext, EvalMetrics, StepMetrics, TrainerView, TrainSummary
 
 PROJECT = "gptkit"
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+# --- What each kind's factory receives and returns --------------------------------
+# A factory is called with what the caller knows at build time (below) plus the
+# component's own parameters, validated against its `params` model, as keyword
+# arguments. Modules mark the linear layer that writes into the residual stream with
+# ``is_residual_projection = True`` so GPT-2's scaled initialisation finds it.
+
+
+class ModelShape(Protocol):
+    """What a model part may read of the model's config (a `gptkit.ModelConfig` has it all)."""
+
+    vocab_size: int
+    context_length: int
+    emb_dim: int
+    n_heads: int
+    n_layers: int
+    drop_rate: float
+    qkv_bias: bool
+
+    @property
+    def head_dim(self) -> int: ...
+
+
+class SelfAttention(Protocol):
+    """What the attention and block kinds build: a module called like `MultiHeadAttention`."""
+
+    def __call__(
+        self, x: torch.Tensor, position: PositionEncoding | None = None, start_pos: int = 0, kv_cache: LayerKVCache | None = None
+    ) -> torch.Tensor: ...
+
+
+class NormFactory(Protocol):
+    """``norm``: a module mapping (..., dim) to (..., dim)."""
+
+    def __call__(self, dim: int, **params: Any) -> nn.Module: ...
+
+
+class ActivationFactory(Protocol):
+    """``activation``: an elementwise module."""
+
+    def __call__(self, **params: Any) -> nn.Module: ...
+
+
+class PositionFactory(Protocol):
+    """``position``: a `PositionEncoding` (absolute vectors, a rotation of q and k, or neither)."""
+
+    def __call__(self, cfg: ModelShape, **params: Any) -> PositionEncoding: ...
+
+
+class AttentionFactory(Protocol):
+    """``attention``: causal self-attention over (batch, seq, emb_dim)."""
+
+    def __call__(self, cfg: ModelShape, **params: Any) -> SelfAttention: ...
+
+
+class FFNFactory(Protocol):
+    """``ffn``: a position-wise module over (batch, seq, emb_dim), given the built activation."""
+
+    def __call__(self, cfg: ModelShape, activation: nn.Module, **params: Any) -> nn.Module: ...
+
+
+class BlockFactory(Protocol):
+    """``block``: one layer wiring the built parts, called like the attention."""
+
+    def __call__(
+        self, cfg: ModelShape, attention: nn.Module, ffn: nn.Module, norm1: nn.Module, norm2: nn.Module, **params: Any
+    ) -> SelfAttention: ...
+
+
+Schedule = Callable[[int], float]  # optimizer step (0-based) -> learning rate
+
+
+class SchedulerFactory(Protocol):
+    """``scheduler``: the learning rate of each step, a pure function so resuming needs no state."""
+
+    def __call__(self, *, max_lr: float, min_lr: float, total_steps: int | None, **params: Any) -> Schedule: ...
+
+
+Sampler = Callable[["torch.Tensor", "torch.Tensor"], "torch.Tensor"]  # (logits (batch, vocab), tokens so far) -> logits
+
+
+class SamplerFactory(Protocol):
+    """``sampler``: one link of the chain that turns logits into the next token's distribution."""
+
+    def __call__(self, **params: Any) -> Sampler: ...
+
+
+class CallbackFactory(Protocol):
+    """``callback``: an object whose `@hookimpl` methods are named after the training events below."""
+
+    def __call__(self, context: CallbackContext, **params: Any) -> object: ...
+
+
+class Tokenizer(Protocol):
+    """What gptkit asks of a tokenizer (`gptkit.data.tokenizer.Tokenizer` is GPT-2's)."""
+
+    vocab_size: int
+    eot_id: int
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def decode(self, ids: list[int]) -> str: ...
+
+    def decode_bytes(self, ids: list[int]) -> bytes: ...
+
+
+class TokenizerFactory(Protocol):
+    """``tokenizer``: built from its parameters alone; must work offline."""
+
+    def __call__(self, **params: Any) -> Tokenizer: ...
+
+
+FACTORY_CONTRACTS: dict[str, type] = {
+    "norm": NormFactory,
+    "activation": ActivationFactory,
+    "position": PositionFactory,
+    "attention": AttentionFactory,
+    "ffn": FFNFactory,
+    "block": BlockFactory,
+    "scheduler": SchedulerFactory,
+    "sampler": SamplerFactory,
+    "callback": CallbackFactory,
+    "tokenizer": TokenizerFactory,
+}
+
+
+# --- Registering components -------------------------------------------------------
 
 
 @hookspec
@@ -41,23 +177,8 @@ def gptkit_register_components(registry: Registry) -> None:
     """Add components to `registry` with `registry.register(kind, name, factory, ...)`.
 
     Called once per plugin, before the first name is looked up. Registering a
-    name that is already taken raises unless `override=True` is passed.
-
-    What each kind's factory is called with (the component's own parameters,
-    validated against `params`, come as extra keyword arguments):
-
-    - ``norm``:       ``factory(dim)`` -> ``nn.Module`` mapping (..., dim) to (..., dim)
-    - ``activation``: ``factory()`` -> elementwise ``nn.Module``
-    - ``position``:   ``factory(cfg)`` -> ``gptkit.layers.PositionEncoding``
-    - ``attention``:  ``factory(cfg)`` -> ``nn.Module`` with
-      ``forward(x, position=None, start_pos=0, kv_cache=None)``
-    - ``ffn``:        ``factory(cfg, activation)`` -> ``nn.Module``
-    - ``block``:      ``factory(cfg, attention, ffn, norm1, norm2)`` -> ``nn.Module``
-      with the attention's forward signature
-
-    ``cfg`` is the validated `gptkit.ModelConfig`. Modules mark the linear layer
-    that writes into the residual stream with ``is_residual_projection = True``
-    so GPT-2's scaled initialisation finds it.
+    name that is already taken raises unless `override=True` is passed. Each
+    kind's factory follows its contract in `FACTORY_CONTRACTS` above.
     """
 
 
@@ -67,35 +188,35 @@ def gptkit_register_components(registry: Registry) -> None:
 # with its own pluggy manager and calls each event in turn. The loop itself knows
 # nothing of terminals, files or pictures: all of that lives in callbacks.
 #
-# `trainer` is a `gptkit.train_state.TrainerView`: `.model`, `.state`,
+# `trainer` is a `gptkit.training.train_state.TrainerView`: `.model`, `.state`,
 # `.context`, `.request_stop(reason)` and `.save_checkpoint() -> Path`.
 
 
 @hookspec
-def gptkit_train_start(trainer: Any) -> None:
+def gptkit_train_start(trainer: TrainerView) -> None:
     """Before the first step (also after a resume: `trainer.state.step` may be > 0)."""
 
 
 @hookspec
-def gptkit_step_end(trainer: Any, metrics: Any) -> None:
-    """After each optimizer step, with a `gptkit.train_state.StepMetrics`."""
+def gptkit_step_end(trainer: TrainerView, metrics: StepMetrics) -> None:
+    """After each optimizer step, with a `gptkit.training.train_state.StepMetrics`."""
 
 
 @hookspec
-def gptkit_evaluate(trainer: Any, metrics: Any) -> None:
-    """After each validation pass, with a `gptkit.train_state.EvalMetrics`."""
+def gptkit_evaluate(trainer: TrainerView, metrics: EvalMetrics) -> None:
+    """After each validation pass, with a `gptkit.training.train_state.EvalMetrics`."""
 
 
 @hookspec
-def gptkit_checkpoint(trainer: Any, path: Any) -> None:
+def gptkit_checkpoint(trainer: TrainerView, path: Path) -> None:
     """After a checkpoint directory `path` was written completely."""
 
 
 @hookspec
-def gptkit_train_end(trainer: Any, summary: Any) -> None:
+def gptkit_train_end(trainer: TrainerView, summary: TrainSummary) -> None:
     """Once, when training stops for any reason but an exception, with a `TrainSummary`."""
 
 
 @hookspec
-def gptkit_exception(trainer: Any, error: BaseException) -> None:
+def gptkit_exception(trainer: TrainerView, error: BaseException) -> None:
     """When training is interrupted by an exception or Ctrl-C, before it propagates."""

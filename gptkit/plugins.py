@@ -34,7 +34,25 @@ from gptkit.errors import GptkitError, PluginError
 from gptkit.registry import Registry
 
 ENTRY_POINT_GROUP = "gptkit"
-BUILTIN_PLUGINS = ("gptkit.components", "gptkit.training_components", "gptkit.callbacks.plugin")
+# gptkit's own components, each registered in the file that defines it, through the
+# same hook as a third-party plugin's.
+BUILTIN_PLUGINS = (
+    "gptkit.layers.layer_norm",
+    "gptkit.layers.gelu",
+    "gptkit.layers.attention",
+    "gptkit.layers.feed_forward",
+    "gptkit.layers.embeddings",
+    "gptkit.layers.block",
+    "gptkit.training.schedulers",
+    "gptkit.generation.samplers",
+    "gptkit.data.tokenizer",
+    "gptkit.training.callbacks.checkpoint",
+    "gptkit.training.callbacks.console",
+    "gptkit.training.callbacks.metrics",
+    "gptkit.training.callbacks.loss_plot",
+    "gptkit.training.callbacks.samples",
+    "gptkit.training.callbacks.early_stopping",
+)
 DISABLE_AUTOLOAD_ENV = "GPTKIT_DISABLE_PLUGIN_AUTOLOAD"
 PLUGIN_DIRS_ENV = "GPTKIT_PLUGIN_DIRS"
 FILE_PLUGIN_PACKAGE = "gptkit_plugins"

@@ -12,7 +12,7 @@ from pydantic import Field
 from torch import nn
 
 from gptkit import ComponentParams, ModelConfig, Registry, hookimpl
-from gptkit.layers.linear import Linear
+
 
 
 def swiglu_hidden_dim(emb_dim: int, multiple_of: int = 64) -> int:
@@ -27,9 +27,9 @@ class SwiGLU(nn.Module):
     def __init__(self, emb_dim: int, hidden_dim: int | None = None, bias: bool = False) -> None:
         super().__init__()
         hidden_dim = hidden_dim or swiglu_hidden_dim(emb_dim)
-        self.gate = Linear(emb_dim, hidden_dim, bias=bias)
-        self.up = Linear(emb_dim, hidden_dim, bias=bias)
-        self.down = Linear(hidden_dim, emb_dim, bias=bias)
+        self.gate = nn.Linear(emb_dim, hidden_dim, bias=bias)
+        self.up = nn.Linear(emb_dim, hidden_dim, bias=bias)
+        self.down = nn.Linear(hidden_dim, emb_dim, bias=bias)
         self.down.is_residual_projection = True  # type: ignore[assignment]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -20,12 +20,12 @@ from rich.console import Console
 
 import main
 from gptkit import ModelConfig, reset_default_registry
-from gptkit.checkpoint import load_checkpoint, save_checkpoint
+from gptkit.training.checkpoint import load_checkpoint, save_checkpoint
 from gptkit.errors import CheckpointError
-from gptkit.model import GPTModel
+from gptkit.model.gpt import GPTModel
 from gptkit.plugins import PLUGIN_DIRS_ENV
-from gptkit.completion_request import ApiError, parse_request
-from gptkit.train_state import TrainState
+from gptkit.serving.openai_schema import ApiError, parse_request
+from gptkit.training.train_state import TrainState
 
 TINY = [
     "--set", "model.emb_dim=32", "--set", "model.n_heads=2", "--set", "model.n_layers=1",

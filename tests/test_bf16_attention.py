@@ -8,9 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import gptkit.layers.attention as attention_module
+import gptkit.kernels.bf16_attention as attention_module
+from gptkit import accelerate
+from gptkit.kernels.bf16_attention import bf16_causal_attention
 from gptkit.layers import MultiHeadAttention
-from gptkit.layers.bf16_attention import bf16_causal_attention
 
 BF16 = torch.bfloat16
 
@@ -122,7 +123,7 @@ def test_refuses_other_dtypes_and_more_queries_than_keys() -> None:
 
 @pytest.fixture
 def calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Query lengths bf16_causal_attention was called with from MultiHeadAttention."""
+    """Query lengths bf16_causal_attention was called with from an accelerated MultiHeadAttention."""
     seen: list[int] = []
 
     def spy(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -135,7 +136,8 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
 def test_attention_module_uses_it_for_bf16_on_cpu_without_dropout(calls: list[int]) -> None:
     torch.manual_seed(0)
-    mha = MultiHeadAttention(32, 32, 16, 4)
+    mha = MultiHeadAttention(32, 32, 16, 0.0, 4)
+    assert accelerate(mha)
     x = torch.randn(2, 9, 32)
     with torch.autocast("cpu", dtype=BF16):
         trained = mha(x)
@@ -151,7 +153,8 @@ def test_attention_module_uses_it_for_bf16_on_cpu_without_dropout(calls: list[in
 
 
 def test_attention_module_keeps_sdpa_for_dropout_and_float32(calls: list[int]) -> None:
-    mha = MultiHeadAttention(32, 32, 16, 4, dropout=0.1)
+    mha = MultiHeadAttention(32, 32, 16, 0.1, 4)
+    assert accelerate(mha)
     x = torch.randn(2, 9, 32)
     with torch.autocast("cpu", dtype=BF16):
         mha(x)  # training with attention dropout
@@ -161,3 +164,10 @@ def test_attention_module_keeps_sdpa_for_dropout_and_float32(calls: list[int]) -
     with torch.autocast("cpu", dtype=BF16):
         mha(x)  # dropout is off in eval
     assert calls == [9]
+
+
+def test_plain_attention_never_uses_it(calls: list[int]) -> None:
+    mha = MultiHeadAttention(32, 32, 16, 0.0, 4)
+    with torch.autocast("cpu", dtype=BF16):
+        mha(torch.randn(2, 9, 32))
+    assert calls == []

@@ -19,18 +19,17 @@ from rich.console import Console
 
 import gptkit.hookspecs
 from gptkit import GPTModel, ModelConfig, RegistryError, build_registry
-from gptkit.callbacks import (
+from gptkit.training.callbacks import (
     ConsoleCallback,
     EarlyStoppingCallback,
     LossPlotCallback,
     MetricsCallback,
     SamplesCallback,
     loss_plot,
-    plugin,
 )
-from gptkit.sampling import Temperature, TopK
-from gptkit.tokenizer import Tokenizer
-from gptkit.train_state import CallbackContext, EvalMetrics, StepMetrics, TrainState, TrainSummary
+from gptkit.generation.samplers import Temperature, TopK
+from gptkit.data.tokenizer import Tokenizer
+from gptkit.training.train_state import CallbackContext, EvalMetrics, StepMetrics, TrainState, TrainSummary
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 NAMES = ["console", "metrics", "loss_plot", "samples", "early_stopping"]
@@ -49,7 +48,7 @@ def model() -> GPTModel:
 
 
 class FakeTrainer:
-    """What a callback may see of the trainer (`gptkit.train_state.TrainerView`)."""
+    """What a callback may see of the trainer (`gptkit.training.train_state.TrainerView`)."""
 
     def __init__(self, context: CallbackContext, model: GPTModel, state: TrainState | None = None) -> None:
         self.context = context
@@ -124,7 +123,7 @@ def captured_console(terminal: bool = False) -> tuple[Console, io.StringIO]:
 
 
 def test_registry_builds_every_callback_and_refuses_unknown_params(tmp_path, tokenizer):
-    registry = build_registry(plugin_dirs=[], entry_points=False, extra_plugins=[("test", plugin)])
+    registry = build_registry(plugin_dirs=[], entry_points=False)  # the built-ins register themselves
     assert set(NAMES) <= set(registry.names("callback"))
     context = make_context(tmp_path, tokenizer)
     classes = [ConsoleCallback, MetricsCallback, LossPlotCallback, SamplesCallback, EarlyStoppingCallback]

@@ -18,10 +18,10 @@ import config as run_config
 import main
 from conftest import randomize_weights
 from gptkit import GPTModel, ModelConfig
-from gptkit.checkpoint import save_checkpoint
-from gptkit.hf import export_hf
-from gptkit.tokenizer import Tokenizer
-from gptkit.train_state import TrainState
+from gptkit.training.checkpoint import save_checkpoint
+from gptkit.interop.hf_checkpoint import export_hf
+from gptkit.data.tokenizer import Tokenizer
+from gptkit.training.train_state import TrainState
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = {"vocab_size": 50257, "emb_dim": 32, "n_heads": 2, "n_layers": 1, "context_length": 32, "weight_tying": False}

@@ -21,17 +21,17 @@ from conftest import randomize_weights
 from torch._dynamo.utils import counters
 
 import config as run_config
-import gptkit.generation
+import gptkit.generation.generate
 import main
 from gptkit import GPTModel, ModelConfig, hookimpl
-from gptkit.checkpoint import load_checkpoint, read_tensors, save_checkpoint
-from gptkit.compiled import CompiledForward
-from gptkit.data import prepare_dataset
-from gptkit.generation import generate_tokens, stream_text
+from gptkit.training.checkpoint import load_checkpoint, read_tensors, save_checkpoint
+from gptkit.generation.compiled import CompiledForward
+from gptkit.data.dataset import prepare_dataset
+from gptkit.generation.generate import generate_tokens, stream_text
 from gptkit.plugins import default_registry
-from gptkit.sampling import Greedy
-from gptkit.tokenizer import Tokenizer
-from gptkit.train_state import TrainState
+from gptkit.generation.samplers import Greedy
+from gptkit.data.tokenizer import Tokenizer
+from gptkit.training.train_state import TrainState
 from trainer import Trainer
 
 WINDOW = 16
@@ -261,7 +261,7 @@ def test_generate_and_chat_pass_compile_through(monkeypatch: pytest.MonkeyPatch,
         backends.append(backend)
         return CompiledForward(model, "eager")
 
-    monkeypatch.setattr(gptkit.generation, "CompiledForward", cheap)
+    monkeypatch.setattr(gptkit.generation.generate, "CompiledForward", cheap)
     commands = {"generate": ["--prompt", "Once"], "chat": []}
     outputs = []
     for command, options in commands.items():

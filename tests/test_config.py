@@ -20,7 +20,7 @@ from gptkit import (
     describe_validation_error,
     model_preset,
 )
-from gptkit.config import MODEL_SLOTS, preset_names, preset_values
+from gptkit.model.config import MODEL_SLOTS, preset_names, preset_values
 
 
 def problems(data: dict[str, Any], root: str = "model", **context: Any) -> str:

@@ -32,7 +32,7 @@ LARGER_BLOCK = 4 * BLOCK
 MEASURE = textwrap.dedent(f"""
     import json, resource, sys
     import torch
-    from gptkit.cpu_allocator import retain_freed_memory
+    from gptkit.kernels.cpu_allocator import retain_freed_memory
 
     def faults(size={BLOCK}):
         before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt

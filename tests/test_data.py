@@ -1,4 +1,4 @@
-"""Tests for gptkit.corpus and gptkit.data: text sources, token files on disk, batches.
+"""Tests for gptkit.data.corpus and gptkit.data.dataset: text sources, token files on disk, batches.
 
 Most tests use `ByteTokenizer` (token id = UTF-8 byte, EOT = 256), so the
 expected token file is simply the source bytes with 256 after each document,
@@ -27,7 +27,7 @@ import pytest
 import torch
 from conftest import EOT, REPO_ROOT, ByteTokenizer, subprocess_env
 
-from gptkit.corpus import (
+from gptkit.data.corpus import (
     READ_BLOCK_BYTES,
     default_corpus_files,
     iter_pieces,
@@ -37,11 +37,11 @@ from gptkit.corpus import (
     split_files,
     stdlib_root,
 )
-from gptkit.data import BatchSampler, TokenFile, fixed_batches, prepare_dataset
+from gptkit.data.dataset import BatchSampler, TokenFile, fixed_batches, prepare_dataset
 from gptkit.errors import DataError
 
 if TYPE_CHECKING:
-    from gptkit.tokenizer import Tokenizer
+    from gptkit.data.tokenizer import Tokenizer
 
 def expected_tokens(*docs: bytes) -> np.ndarray:
     """What ByteTokenizer should write for these documents, in order."""
@@ -71,7 +71,7 @@ def token_file(tmp_path: Path, tokens: np.ndarray, name: str = "tokens.bin") -> 
 
 @pytest.fixture
 def real_tokenizer() -> Tokenizer:
-    module = pytest.importorskip("gptkit.tokenizer")
+    module = pytest.importorskip("gptkit.data.tokenizer")
     return module.Tokenizer()
 
 
@@ -440,7 +440,7 @@ MEMORY_PROBE = textwrap.dedent(
     import json, resource, sys
     from pathlib import Path
     import numpy as np
-    from gptkit.data import prepare_dataset
+    from gptkit.data.dataset import prepare_dataset
 
     class FastBytes:
         # Bytes as ids via numpy, so the test measures gptkit's buffering, not a slow fake.

@@ -7,18 +7,20 @@ import torch
 from torch import nn
 
 from conftest import randomize_weights
-from gptkit import GPTModel, ModelConfig
-from gptkit.decode_step import StockDecoder
-from gptkit.generation import generate
+from gptkit import GPTModel, ModelConfig, accelerate
+from gptkit.kernels.decode_step import StockDecoder
+from gptkit.generation.generate import generate
 from gptkit.layers import TransformerBlock
-from gptkit.sampling import Greedy
+from gptkit.generation.samplers import Greedy
 
 PROMPT = torch.tensor([[5, 17, 3, 42, 8, 61], [9, 9, 30, 2, 77, 1], [1, 2, 3, 4, 5, 6]])
 
 
 def build(**options: object) -> GPTModel:
     cfg = ModelConfig(vocab_size=97, emb_dim=32, n_heads=4, n_layers=2, context_length=16, **options)  # type: ignore[arg-type]
-    return randomize_weights(GPTModel(cfg), 3)  # type: ignore[return-value]
+    model = randomize_weights(GPTModel(cfg), 3)
+    assert accelerate(model)  # the flat step is one of gptkit.kernels: only a switched-over model gets it
+    return model  # type: ignore[return-value]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
@@ -109,6 +111,7 @@ def _swap(model: GPTModel, name: str, module: nn.Module) -> GPTModel:
 @pytest.mark.parametrize(
     ("label", "make"),
     [
+        ("kernels off", lambda: randomize_weights(GPTModel(build().cfg), 3).eval()),
         ("rope", lambda: build(position="rope")),
         ("rmsnorm", lambda: build(norm="rmsnorm")),
         ("swiglu", lambda: build(ffn="swiglu")),

@@ -20,11 +20,12 @@ import torch.distributed as tdist
 
 import config as run_config
 from conftest import REPO_ROOT, subprocess_env
-from gptkit import ConfigError, GptkitError, distributed
-from gptkit.checkpoint import read_tensors
-from gptkit.data import BatchSampler, TokenFile, fixed_batches, prepare_dataset
+from gptkit import ConfigError, GptkitError
+from gptkit.training import distributed
+from gptkit.training.checkpoint import read_tensors
+from gptkit.data.dataset import BatchSampler, TokenFile, fixed_batches, prepare_dataset
 from gptkit.plugins import default_registry
-from gptkit.tokenizer import Tokenizer
+from gptkit.data.tokenizer import Tokenizer
 from trainer import Trainer
 
 TINY = [

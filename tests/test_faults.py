@@ -5,7 +5,7 @@ SWEEP_DIR`) that forks once per kill point, so torch is imported once for all
 of them. Kill points are deterministic:
 
 - *line* kills: SIGKILL just before the N-th line executed inside
-  `gptkit/checkpoint.py` and `gptkit/atomic.py` during one save, for every N
+  `gptkit/training/checkpoint.py` and `gptkit/atomic.py` during one save, for every N
   at which the files on disk differ from one line earlier (every distinct state);
 - *byte* kills: RLIMIT_FSIZE = k with SIGXFSZ at its default action, so the
   process dies at byte k of whichever file it is writing (a torn file);
@@ -47,16 +47,16 @@ from conftest import subprocess_env
 
 import main
 from gptkit import ModelConfig, reset_default_registry
-from gptkit.checkpoint import (
+from gptkit.training.checkpoint import (
     CHECKPOINTS,
     LATEST,
     latest_checkpoint,
     load_checkpoint,
     save_checkpoint,
 )
-from gptkit.model import GPTModel
+from gptkit.model.gpt import GPTModel
 from gptkit.plugins import PLUGIN_DIRS_ENV
-from gptkit.train_state import TrainState
+from gptkit.training.train_state import TrainState
 
 WATCHED = {str(ROOT / "gptkit" / "checkpoint.py"), str(ROOT / "gptkit" / "atomic.py")}
 # Pure in-memory helpers: killing inside them changes nothing on disk.
@@ -402,7 +402,7 @@ def straight(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[int
 
 def refuse_second_save(monkeypatch: pytest.MonkeyPatch, target: str, error: Callable[[str], OSError]) -> None:
     """The second checkpoint's `target` call fails with `error(path)` (after writing half the file)."""
-    from gptkit import checkpoint
+    from gptkit.training import checkpoint
 
     calls = {"n": 0}
     if target == "save_file":

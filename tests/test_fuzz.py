@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from config import RunConfig, build_raw_config, validate_run_config
 from gptkit.errors import GptkitError
-from gptkit.tokenizer import Tokenizer
+from gptkit.data.tokenizer import Tokenizer
 
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

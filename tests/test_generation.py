@@ -9,17 +9,17 @@ import torch
 
 from conftest import randomize_weights
 from gptkit import GPTModel, ModelConfig
-from gptkit.generation import (
+from gptkit.generation.generate import (
     TextStream,
     generate,
     generate_text,
     generate_tokens,
     stream_text,
 )
-from gptkit.inference import Chat
+from gptkit.generation.loading import Chat
 from gptkit.plugins import default_registry
-from gptkit.sampling import Greedy
-from gptkit.tokenizer import Tokenizer, gpt2_encoding
+from gptkit.generation.samplers import Greedy
+from gptkit.data.tokenizer import Tokenizer, gpt2_encoding
 
 WINDOW = 16
 LLAMA_LIKE = {"position": "rope", "norm": "rmsnorm", "ffn": "swiglu"}

@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 
 from gptkit import GPTModel, ModelConfig, model_preset
 from gptkit.errors import GptkitError
-from gptkit.hf import (
+from gptkit.interop.hf_checkpoint import (
     export_hf,
     from_hf_state_dict,
     hf_config_dict,
@@ -287,7 +287,7 @@ def test_export_refuses_non_gpt2_components(tmp_path: Path, overrides: dict[str,
 
 def test_export_protects_unrelated_directories(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # The tokenizer files take a second to derive and are not what this test is about.
-    monkeypatch.setattr("gptkit.hf.write_hf_tokenizer_files", lambda directory, model_max_length: None)
+    monkeypatch.setattr("gptkit.interop.hf_checkpoint.write_hf_tokenizer_files", lambda directory, model_max_length: None)
     tiny = GPTModel(TINY)
     target = tmp_path / "out"
     target.mkdir()
@@ -305,7 +305,7 @@ def test_failed_export_leaves_nothing(tmp_path: Path, monkeypatch: pytest.Monkey
     def broken(*args: object, **kwargs: object) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr("gptkit.hf.write_hf_tokenizer_files", broken)
+    monkeypatch.setattr("gptkit.interop.hf_checkpoint.write_hf_tokenizer_files", broken)
     with pytest.raises(OSError, match="disk full"):
         export_hf(GPTModel(TINY), tmp_path / "out")
     assert not any(tmp_path.iterdir())

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import gptkit.huge_pages as huge_pages
-from gptkit import GPTModel, move_to_huge_pages
+import gptkit.kernels.huge_pages as huge_pages
+from gptkit import GPTModel
+from gptkit.kernels.huge_pages import move_to_huge_pages
 
 
 def huge_kib_backing(t: torch.Tensor) -> int:
@@ -74,8 +75,8 @@ def test_nothing_moves_where_huge_pages_are_off(tmp_path: Path, monkeypatch: pyt
 
 @needs_thp
 def test_models_loaded_for_generation_are_moved(tmp_path: Path) -> None:
-    from gptkit.hf import export_hf
-    from gptkit.inference import load_model
+    from gptkit.interop.hf_checkpoint import export_hf
+    from gptkit.generation.loading import load_model
 
     model = small_model()
     loaded = load_model(hf_dir=export_hf(model, tmp_path / "hf")).model

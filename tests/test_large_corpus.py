@@ -27,16 +27,16 @@ import numpy as np
 import pytest
 from conftest import EOT, REPO_ROOT, ByteTokenizer, subprocess_env
 
-from gptkit.corpus import iter_file_pieces, split_files
-from gptkit.data import BatchSampler, TokenFile, prepare_dataset
-from gptkit.shards import ShardedTokens
+from gptkit.data.corpus import iter_file_pieces, split_files
+from gptkit.data.dataset import BatchSampler, TokenFile, prepare_dataset
+from gptkit.data.shards import ShardedTokens
 
 if TYPE_CHECKING:
-    from gptkit.tokenizer import Tokenizer
+    from gptkit.data.tokenizer import Tokenizer
 
 @pytest.fixture
 def real_tokenizer() -> Tokenizer:
-    module = pytest.importorskip("gptkit.tokenizer")
+    module = pytest.importorskip("gptkit.data.tokenizer")
     return module.Tokenizer()
 
 
@@ -246,7 +246,7 @@ KILLABLE = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from gptkit.data import prepare_dataset
+    from gptkit.data.dataset import prepare_dataset
 
     class SlowBytes:
         name, vocab_size, eot_id = "bytes", 257, 256

@@ -193,7 +193,7 @@ def reference_attention(x: torch.Tensor, mha: MultiHeadAttention) -> torch.Tenso
 
 def make_mha(qkv_bias: bool = True, dropout: float = 0.0, d_in: int = 12, d_out: int = 16, heads: int = 4) -> MultiHeadAttention:
     torch.manual_seed(0)
-    return randomize_(MultiHeadAttention(d_in, d_out, 10, heads, dropout, qkv_bias).to(DOUBLE))
+    return randomize_(MultiHeadAttention(d_in, d_out, 10, dropout, heads, qkv_bias).to(DOUBLE))
 
 
 @pytest.mark.parametrize("qkv_bias", [True, False])
@@ -233,19 +233,19 @@ def test_attention_is_causal(use_sdpa: bool) -> None:
 
 
 def test_attention_qkv_bias_toggles_bias() -> None:
-    assert MultiHeadAttention(8, 8, 4, 2, qkv_bias=True).qkv.bias is not None
-    assert MultiHeadAttention(8, 8, 4, 2, qkv_bias=False).qkv.bias is None
+    assert MultiHeadAttention(8, 8, 4, 0.0, 2, qkv_bias=True).qkv.bias is not None
+    assert MultiHeadAttention(8, 8, 4, 0.0, 2, qkv_bias=False).qkv.bias is None
 
 
 def test_attention_marks_out_proj_as_residual_projection() -> None:
-    mha = MultiHeadAttention(8, 8, 4, 2)
+    mha = MultiHeadAttention(8, 8, 4, 0.0, 2)
     assert getattr(mha.out_proj, "is_residual_projection", False) is True
     assert not getattr(mha.qkv, "is_residual_projection", False)
 
 
 def test_attention_refuses_heads_that_do_not_divide_width() -> None:
     with pytest.raises(ValueError, match=re.escape("d_out (10) must be divisible by num_heads (4)")):
-        MultiHeadAttention(8, 10, 4, 4)
+        MultiHeadAttention(8, 10, 4, 0.0, 4)
 
 
 @pytest.mark.parametrize("use_sdpa", [True, False])
@@ -341,7 +341,7 @@ def test_block_is_pre_ln_residual_composition_of_its_submodules() -> None:
 def test_block_uses_submodules_passed_in() -> None:
     norm = nn.Identity()
     ffn = nn.Linear(8, 8)
-    attention = MultiHeadAttention(8, 8, 6, 2)
+    attention = MultiHeadAttention(8, 8, 6, 0.0, 2)
     block = TransformerBlock(8, 2, 6, attention=attention, feed_forward=ffn, norm1=norm, norm2=norm).eval()
     assert block.att is attention and block.ff is ffn and block.norm1 is norm
     x = torch.randn(1, 4, 8)

@@ -1,4 +1,4 @@
-"""gptkit.Linear: nn.Linear's parameters and results, through oneDNN for float32 on CPU."""
+"""OneDNNLinear: nn.Linear's parameters and results, through oneDNN for float32 on CPU."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gptkit import GPTModel, Linear
-from gptkit.layers import linear as linear_module
+from gptkit import GPTModel, accelerate
+from gptkit.kernels import onednn_linear as linear_module
+from gptkit.kernels.onednn_linear import OneDNNLinear as Linear
 
 needs_onednn = pytest.mark.skipif(not linear_module._ONEDNN, reason="this PyTorch build has no oneDNN")
 
@@ -86,8 +87,9 @@ def test_drop_in_for_nn_linear() -> None:
     assert list(layer.state_dict()) == list(nn.Linear(8, 4, bias=False).state_dict()) == ["weight"]
 
 
-def test_model_uses_it_for_every_projection() -> None:
+def test_accelerated_model_uses_it_for_every_projection() -> None:
     model = GPTModel.from_preset("cpu-small", n_layers=1)
+    assert accelerate(model)
     plain = [name for name, m in model.named_modules() if type(m) is nn.Linear]
     assert plain == []
     assert sum(isinstance(m, Linear) for m in model.modules()) == 5  # qkv, out, fc1, fc2, head

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from gptkit.config import ModelConfig
+from gptkit.model.config import ModelConfig
 from gptkit.errors import CheckpointError, GptkitError
-from gptkit.hf import hf_config_dict, import_hf
+from gptkit.interop.hf_checkpoint import hf_config_dict, import_hf
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,7 +71,7 @@ def test_import_hf_refuses_a_pickle_of_non_tensors(tmp_path: Path) -> None:
 
 def _python_files() -> list[Path]:
     files = sorted((ROOT / "gptkit").rglob("*.py")) + sorted(ROOT.glob("*.py"))
-    assert any(f.name == "hf.py" for f in files)
+    assert any(f.name == "hf_checkpoint.py" for f in files)
     return files
 
 

@@ -10,9 +10,9 @@ import torch
 
 import config as run_config
 from gptkit import ConfigError, GPTModel, ModelConfig, RegistryError, build_registry
-from gptkit.generation import generate
+from gptkit.generation.generate import generate
 from gptkit.plugins import default_registry
-from gptkit.sampling import (
+from gptkit.generation.samplers import (
     Greedy,
     MinP,
     RepetitionPenalty,

@@ -1,4 +1,4 @@
-"""gptkit/server.py over real loopback HTTP: the OpenAI client, the page's stream, limits and errors."""
+"""gptkit/serving/server.py over real loopback HTTP: the OpenAI client, the page's stream, limits and errors."""
 
 from __future__ import annotations
 
@@ -20,9 +20,9 @@ import pytest
 import torch
 
 from gptkit import GPTModel, ModelConfig, default_registry
-from gptkit.generation import generate_tokens
-from gptkit.server import CompletionServer, main, make_server
-from gptkit.tokenizer import Tokenizer
+from gptkit.generation.generate import generate_tokens
+from gptkit.serving.server import CompletionServer, main, make_server
+from gptkit.data.tokenizer import Tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMPT = "Hello world"
@@ -348,13 +348,13 @@ def test_health_counts_running_and_waiting_generations(start: Callable[..., Comp
 
 
 def test_cli_serves_an_hf_folder(tmp_path: Path) -> None:
-    from gptkit.hf import export_hf
+    from gptkit.interop.hf_checkpoint import export_hf
 
     folder = export_hf(tiny_model(), tmp_path / "tiny-gpt2")
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200", "NO_COLOR": "1", "OMP_NUM_THREADS": "1"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     process = subprocess.Popen(
-        [sys.executable, "-m", "gptkit.server", "--hf-dir", str(folder), "--port", "0", "--quiet"],
+        [sys.executable, "-m", "gptkit.serving.server", "--hf-dir", str(folder), "--port", "0", "--quiet"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT,
     )
     watchdog = threading.Timer(60, process.kill)  # readline below must not wait forever

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from gptkit.errors import GptkitError
-from gptkit.hf_tokenizer import write_hf_tokenizer_files
-from gptkit.tokenizer import (
+from gptkit.interop.hf_tokenizer import write_hf_tokenizer_files
+from gptkit.data.tokenizer import (
     DEFAULT_RANKS_PATH,
     ENDOFTEXT,
     ENDOFTEXT_ID,
@@ -113,7 +113,7 @@ def test_builds_without_network(tmp_path: Path) -> None:
         socket.create_connection = refuse
         socket.getaddrinfo = refuse
 
-        from gptkit.tokenizer import Tokenizer, gpt2_encoding
+        from gptkit.data.tokenizer import Tokenizer, gpt2_encoding
         gpt2_encoding.cache_clear()
         assert Tokenizer().encode("Hello world") == [15496, 995]
         print("ok")

@@ -14,23 +14,27 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gptkit.layers.bf16_attention import bf16_causal_attention
+from pydantic import Field
+
+from gptkit.hookspecs import hookimpl
 from gptkit.layers.causal_mask import causal_mask
-from gptkit.layers.linear import Linear
+from gptkit.registry import ComponentParams
 
 if TYPE_CHECKING:
     from gptkit.layers.embeddings import PositionEncoding
     from gptkit.layers.kv_cache import LayerKVCache
+    from gptkit.hookspecs import ModelShape
+    from gptkit.registry import Registry
 
 
 class MultiHeadAttention(nn.Module):
     """Causal self-attention with `num_heads` heads (GPT-2's "c_attn"/"c_proj").
 
-    ``use_sdpa=True`` runs `F.scaled_dot_product_attention`, which picks a fused
-    kernel (flash attention on GPU) — except for bfloat16 on CPU without dropout,
-    where batched matmuls with float32 scores are twice as fast at GPT-2's lengths
-    (see `gptkit.layers.bf16_attention`). ``False`` runs the same computation
-    written out with `masked_fill`, for reading and for checking the fast path.
+    The arguments are those of Raschka's book, in its order. ``use_sdpa=False``
+    runs the computation written out with `masked_fill`, as the book does;
+    ``True`` (the default) gives the same result through
+    `F.scaled_dot_product_attention`, which picks a fused kernel (flash attention
+    on a GPU) and never materialises the (seq, seq) weights when it can avoid it.
     """
 
     def __init__(
@@ -38,8 +42,8 @@ class MultiHeadAttention(nn.Module):
         d_in: int,
         d_out: int,
         context_length: int,
+        dropout: float,
         num_heads: int,
-        dropout: float = 0.0,
         qkv_bias: bool = False,
         *,
         use_sdpa: bool = True,
@@ -55,8 +59,8 @@ class MultiHeadAttention(nn.Module):
         self.dropout = dropout
         self.use_sdpa = use_sdpa
         # One matmul for queries, keys and values together: three times wider, one launch.
-        self.qkv = Linear(d_in, 3 * d_out, bias=qkv_bias)
-        self.out_proj = Linear(d_out, d_out, bias=proj_bias)
+        self.qkv = nn.Linear(d_in, 3 * d_out, bias=qkv_bias)
+        self.out_proj = nn.Linear(d_out, d_out, bias=proj_bias)
         self.out_proj.is_residual_projection = True  # type: ignore[assignment]
         self.attn_dropout = nn.Dropout(dropout)
 
@@ -74,20 +78,13 @@ class MultiHeadAttention(nn.Module):
             q, k = position.rotate(q, k, start_pos)
         if kv_cache is not None:
             k, v = kv_cache.update(k, v)
-        context = self._sdpa(q, k, v) if self.use_sdpa else self._explicit(q, k, v)
+        context = self.attend(q, k, v)
         context = context.transpose(1, 2).reshape(batch, seq_len, self.d_out)
         return self.out_proj(context)
 
-    def _sdpa(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        q_len, k_len = q.shape[-2], k.shape[-2]
-        dropout = self.dropout if self.training else 0.0
-        if q.device.type == "cpu" and q.dtype == torch.bfloat16 and q_len > 1 and not dropout:
-            return bf16_causal_attention(q, k, v)
-        if q_len == k_len:
-            return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
-        # Decoding against a cache: is_causal would align the mask top-left, which is wrong here.
-        mask = None if q_len == 1 else causal_mask(q_len, k_len, q.device)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """softmax(q·kᵀ / sqrt(head_dim))·v under the causal mask, per head."""
+        return self._sdpa(q, k, v) if self.use_sdpa else self._explicit(q, k, v)
 
     def _explicit(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)
@@ -95,3 +92,30 @@ class MultiHeadAttention(nn.Module):
         scores = scores.masked_fill(~allowed, float("-inf"))
         weights = self.attn_dropout(torch.softmax(scores, dim=-1))
         return weights @ v
+
+    def _sdpa(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        q_len, k_len = q.shape[-2], k.shape[-2]
+        dropout = self.dropout if self.training else 0.0
+        if q_len == k_len:
+            return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
+        # Decoding against a cache: is_causal would align the mask top-left, which is wrong here.
+        mask = None if q_len == 1 else causal_mask(q_len, k_len, q.device)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+
+
+# --- registration: `model.attention = "mha"` ---------------------------------------
+
+
+class AttentionParams(ComponentParams):
+    use_sdpa: bool = Field(True, description="False: the explicit masked_fill path (slower, same result).")
+
+
+def build_mha(cfg: ModelShape, use_sdpa: bool) -> MultiHeadAttention:
+    return MultiHeadAttention(
+        cfg.emb_dim, cfg.emb_dim, cfg.context_length, cfg.drop_rate, cfg.n_heads, cfg.qkv_bias, use_sdpa=use_sdpa
+    )
+
+
+@hookimpl
+def gptkit_register_components(registry: Registry) -> None:
+    registry.register("attention", "mha", build_mha, params=AttentionParams, description="Causal multi-head attention via SDPA (GPT-2)")

@@ -8,8 +8,16 @@ and attention need not know which is in use.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
+
+from gptkit.hookspecs import hookimpl
+
+if TYPE_CHECKING:
+    from gptkit.hookspecs import ModelShape
+    from gptkit.registry import Registry
 
 
 class PositionEncoding(nn.Module):
@@ -42,3 +50,20 @@ class LearnedPositionEmbedding(PositionEncoding):
             )
         # A slice, not an index lookup: positions are contiguous, so no gather is needed.
         return self.weight[start_pos:end]
+
+
+# --- registration: `model.position = "learned"` or `"none"` ------------------------
+
+
+def build_learned(cfg: ModelShape) -> LearnedPositionEmbedding:
+    return LearnedPositionEmbedding(cfg.context_length, cfg.emb_dim)
+
+
+def build_none(cfg: ModelShape) -> PositionEncoding:
+    return PositionEncoding()
+
+
+@hookimpl
+def gptkit_register_components(registry: Registry) -> None:
+    registry.register("position", "learned", build_learned, description="Learned absolute position table added to token embeddings (GPT-2)")
+    registry.register("position", "none", build_none, description="No position encoding (NoPE): causal mask only")

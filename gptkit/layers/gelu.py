@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from gptkit.hookspecs import hookimpl
+from gptkit.registry import ComponentParams
+
+if TYPE_CHECKING:
+    from gptkit.registry import Registry
 
 
 class GELU(nn.Module):
@@ -23,3 +29,15 @@ class GELU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.gelu(x, approximate=self.approximate)
+
+
+# --- registration: `model.activation = "gelu"` -------------------------------------
+
+
+class GELUParams(ComponentParams):
+    approximate: Literal["tanh", "none"] = "tanh"
+
+
+@hookimpl
+def gptkit_register_components(registry: Registry) -> None:
+    registry.register("activation", "gelu", GELU, params=GELUParams, description="GELU, tanh approximation by default (GPT-2)")

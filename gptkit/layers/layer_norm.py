@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
+
+from gptkit.hookspecs import hookimpl
+from gptkit.registry import ComponentParams
+
+if TYPE_CHECKING:
+    from gptkit.registry import Registry
 
 
 class LayerNorm(nn.Module):
@@ -24,3 +33,16 @@ class LayerNorm(nn.Module):
         # F.layer_norm computes the formula above in one fused kernel; written out
         # with mean/var it would allocate three temporaries per call.
         return F.layer_norm(x, self.weight.shape, self.weight, self.bias, self.eps)
+
+
+# --- registration: `model.norm = "layernorm"` --------------------------------------
+
+
+class LayerNormParams(ComponentParams):
+    eps: float = Field(1e-5, gt=0)
+    bias: bool = True
+
+
+@hookimpl
+def gptkit_register_components(registry: Registry) -> None:
+    registry.register("norm", "layernorm", LayerNorm, params=LayerNormParams, description="LayerNorm (GPT-2)")

@@ -1,0 +1,1 @@
+"""Training text and tokens: corpus sources, token shards on disk, batches, the tokenizer."""

@@ -1,0 +1,1 @@
+"""Using a trained model: loading it, KV-cache generation, samplers, compiled decoding."""

@@ -1,0 +1,1 @@
+"""Hugging Face: GPT-2 checkpoints and tokenizer files, both ways."""

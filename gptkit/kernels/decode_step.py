@@ -1,0 +1,140 @@
+"""One-token decode steps as flat tensor code, for models built from the stock GPT-2 parts.
+
+A cached decode step of GPT-2 124M reads all 497 MB of its weights in 49 one-row
+matrix products. That stream sweeps the CPU's caches, so the Python that runs
+between the products — module calls, attribute lookups, dispatch checks — runs
+cold, several times slower than a micro-benchmark shows: about 2 ms of a 20 ms
+step on this project's 2-core machine (`bench/generate.py`). `StockDecoder`
+does what the modules do for one new token, the same operations in the same
+order (so the logits are equal bit for bit), with the parameters gathered once
+and no module in between.
+
+It applies only where that is safe to assume: a `GPTModel` that
+`gptkit.kernels.accelerate` switched over, whose blocks are exactly gptkit's
+`TransformerBlock`, `LayerNorm`, `MultiHeadAttention` (SDPA), `FeedForward` with
+`GELU` and linears, learned or no position embeddings,
+every module in eval mode, no forward hooks and no compiled module. Anything
+else (RoPE, RMSNorm, a plugin block, a hook a researcher put on a layer) gets
+`None` from `StockDecoder.for_model`, and generation calls the model as usual.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.modules import module as nn_module
+
+from gptkit.kernels.bf16_attention import CPUAttention
+from gptkit.kernels.fused_loss import FusedLossGPTModel
+from gptkit.kernels.onednn_linear import OneDNNLinear, linear
+from gptkit.layers.block import TransformerBlock
+from gptkit.layers.embeddings import LearnedPositionEmbedding, PositionEncoding
+from gptkit.layers.feed_forward import FeedForward
+from gptkit.layers.gelu import GELU
+from gptkit.layers.kv_cache import KVCache
+from gptkit.layers.layer_norm import LayerNorm
+
+
+class _Norm(NamedTuple):
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    eps: float
+
+
+class _Layer(NamedTuple):
+    """The tensors of one stock block, in the order a decode step uses them."""
+
+    norm1: _Norm
+    heads: int
+    head_dim: int
+    qkv_weight: torch.Tensor
+    qkv_bias: torch.Tensor | None
+    out_weight: torch.Tensor
+    out_bias: torch.Tensor | None
+    norm2: _Norm
+    fc1_weight: torch.Tensor
+    fc1_bias: torch.Tensor | None
+    gelu_approximate: str
+    fc2_weight: torch.Tensor
+    fc2_bias: torch.Tensor | None
+
+
+def _norm(norm: nn.Module) -> _Norm | None:
+    return _Norm(norm.weight, norm.bias, norm.eps) if type(norm) is LayerNorm else None
+
+
+def _layer(block: nn.Module) -> _Layer | None:
+    if type(block) is not TransformerBlock or type(block.att) is not CPUAttention or type(block.ff) is not FeedForward:
+        return None
+    att, ff = block.att, block.ff
+    norm1, norm2 = _norm(block.norm1), _norm(block.norm2)
+    stock_linears = all(type(lin) is OneDNNLinear for lin in (att.qkv, att.out_proj, ff.fc1, ff.fc2))
+    if not (att.use_sdpa and type(ff.activation) is GELU and norm1 and norm2 and stock_linears):
+        return None
+    return _Layer(
+        norm1, att.num_heads, att.head_dim, att.qkv.weight, att.qkv.bias, att.out_proj.weight, att.out_proj.bias,
+        norm2, ff.fc1.weight, ff.fc1.bias, ff.activation.approximate, ff.fc2.weight, ff.fc2.bias,
+    )
+
+
+def _calls_do_more(model: nn.Module) -> bool:
+    """Whether a module call would do anything a flat step skips: hooks, a compiled forward, dropout."""
+    if nn_module._global_forward_hooks or nn_module._global_forward_pre_hooks:
+        return True
+    return any(m._forward_hooks or m._forward_pre_hooks or m._compiled_call_impl is not None or m.training for m in model.modules())
+
+
+class StockDecoder:
+    """`model(idx, start_pos=..., kv_cache=..., last_only=True)` for one new token, without module calls.
+
+    Built per generation (`for_model`): it holds the parameters as they are then.
+    """
+
+    def __init__(self, model: FusedLossGPTModel, layers: list[_Layer]) -> None:
+        self.context_length = model.cfg.context_length
+        self.token_table = model.tok_emb.weight
+        self.position_table = model.pos_emb.weight if isinstance(model.pos_emb, LearnedPositionEmbedding) else None
+        self.layers = layers
+        self.final_norm = _norm(model.final_norm)
+        self.head = model.out_head.weight
+
+    @classmethod
+    def for_model(cls, model: nn.Module) -> StockDecoder | None:
+        """A decoder for `model`, or None where its parts are not all the stock ones (see the module docstring)."""
+        if type(model) is not FusedLossGPTModel or _calls_do_more(model):
+            return None
+        if type(model.pos_emb) not in (LearnedPositionEmbedding, PositionEncoding) or _norm(model.final_norm) is None:
+            return None
+        if type(model.tok_emb) is not nn.Embedding or type(model.out_head) is not OneDNNLinear or model.out_head.bias is not None:
+            return None
+        layers = [_layer(block) for block in model.blocks]
+        if None in layers:
+            return None
+        return cls(model, layers)  # type: ignore[arg-type]
+
+    def __call__(self, idx: torch.Tensor, start_pos: int, kv_cache: KVCache) -> torch.Tensor:
+        """Logits (batch, 1, vocab) after the tokens `idx` (batch, 1) at position `start_pos`."""
+        if idx.shape[1] != 1 or start_pos != kv_cache.length or start_pos >= self.context_length:
+            raise ValueError(
+                f"a decode step takes one token per row at the end of a cache with room in the context window, "
+                f"got shape {tuple(idx.shape)} at position {start_pos} (cache {kv_cache.length}, window {self.context_length})"
+            )
+        batch = idx.shape[0]
+        x = F.embedding(idx, self.token_table)
+        if self.position_table is not None:
+            x = x + self.position_table[start_pos : start_pos + 1]
+        for layer, cache in zip(self.layers, kv_cache.layers):
+            h = F.layer_norm(x, layer.norm1.weight.shape, *layer.norm1)
+            # The fused projection's layout per row is (3, heads, head_dim); one token adds a length-1 axis.
+            q, k, v = linear(h, layer.qkv_weight, layer.qkv_bias).view(batch, 3, layer.heads, 1, layer.head_dim).unbind(1)
+            keys, values = cache.update(k, v)
+            context = F.scaled_dot_product_attention(q, keys, values)
+            x = x + linear(context.reshape(batch, 1, -1), layer.out_weight, layer.out_bias)
+            h = F.layer_norm(x, layer.norm2.weight.shape, *layer.norm2)
+            h = F.gelu(linear(h, layer.fc1_weight, layer.fc1_bias), approximate=layer.gelu_approximate)
+            x = x + linear(h, layer.fc2_weight, layer.fc2_bias)
+        x = F.layer_norm(x, self.final_norm.weight.shape, *self.final_norm)
+        return linear(x, self.head)

@@ -1,0 +1,1 @@
+"""The GPT model: its typed config and presets (`config`), and `GPTModel` itself (`gpt`)."""

@@ -1,0 +1,1 @@
+"""`serve`: an OpenAI-style completions API and a web demo over HTTP."""

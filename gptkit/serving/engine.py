@@ -1,0 +1,147 @@
+"""Generations for the server: requests made into jobs, slots that bound how many run, one model lock.
+
+`ModelService` checks a request against the server's limits, tokenises it and
+resolves its seed and samplers (`prepare`), then yields its text token by token
+(`run`), taking the model lock around each step so that several generations
+interleave without two threads ever running the model at once. `Slots` bounds
+how many run and how many wait.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import threading
+import time
+import uuid
+from collections.abc import Generator, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, cast
+
+import torch
+
+from gptkit.serving.openai_schema import ApiError, CompletionRequest, sampler_chain
+from gptkit.errors import GptkitError
+from gptkit.generation.generate import TextStream, encode_prompt, generate_tokens
+from gptkit.model.gpt import GPTModel
+
+if TYPE_CHECKING:
+    from gptkit.data.tokenizer import Tokenizer  # or any registered tokenizer: encode, decode_bytes, eot_id
+
+
+@dataclass
+class Job:
+    """A validated request, tokenised, with its settings resolved."""
+
+    request: CompletionRequest
+    prompt_ids: list[int]
+    seed: int
+    samplers: list[Any]
+    sampler_names: list[str]
+    id: str = field(default_factory=lambda: f"cmpl-{uuid.uuid4().hex[:24]}")
+    created: int = field(default_factory=lambda: int(time.time()))
+    completion_tokens: int = 0
+    finish_reason: Literal["stop", "length"] = "length"
+
+    def settings(self) -> dict[str, Any]:
+        r = self.request
+        return {
+            "temperature": r.temperature, "top_k": r.top_k, "top_p": r.top_p, "min_p": r.min_p,
+            "repetition_penalty": r.repetition_penalty, "max_tokens": r.max_tokens,
+            "stop": list(r.stop_strings), "seed": self.seed, "samplers": self.sampler_names,
+        }
+
+    def usage(self) -> dict[str, int]:
+        n_prompt = len(self.prompt_ids)
+        return {"prompt_tokens": n_prompt, "completion_tokens": self.completion_tokens, "total_tokens": n_prompt + self.completion_tokens}
+
+
+class Slots:
+    """At most `limit` generations at once; at most `max_waiting` more wait, each up to `timeout` seconds."""
+
+    def __init__(self, limit: int, max_waiting: int, timeout: float) -> None:
+        self.limit, self.max_waiting, self.timeout = limit, max_waiting, timeout
+        self.active = 0
+        self.waiting = 0
+        self._cond = threading.Condition()
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[None]:
+        with self._cond:
+            if self.active >= self.limit:
+                if self.waiting >= self.max_waiting:
+                    raise ApiError(429, f"the server is busy ({self.limit} generations running, {self.waiting} waiting); retry shortly", kind="rate_limit_error", code="server_busy")
+                self.waiting += 1
+                try:
+                    free = self._cond.wait_for(lambda: self.active < self.limit, timeout=self.timeout)
+                finally:
+                    self.waiting -= 1
+                if not free:
+                    raise ApiError(429, f"no generation slot came free within {self.timeout:g} s; retry shortly", kind="rate_limit_error", code="server_busy")
+            self.active += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.active -= 1
+                self._cond.notify()
+
+
+class ModelService:
+    """The model, its tokenizer, the limits, and the lock that serialises forward passes."""
+
+    def __init__(
+        self, model: GPTModel, tokenizer: Tokenizer, *, model_name: str, max_concurrent: int, max_queue: int,
+        queue_timeout: float, max_new_tokens_cap: int, max_prompt_tokens: int | None,
+    ) -> None:
+        if max_concurrent < 1 or max_queue < 0 or max_new_tokens_cap < 1:
+            raise GptkitError("max_concurrent and max_new_tokens_cap must be >= 1 and max_queue >= 0")
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.model_name = model_name
+        self.context_length = model.cfg.context_length
+        self.max_new_tokens_cap = max_new_tokens_cap
+        self.max_prompt_tokens = max_prompt_tokens or self.context_length
+        self.device = next(model.parameters()).device
+        self.slots = Slots(max_concurrent, max_queue, queue_timeout)
+        self.model_lock = threading.Lock()
+        self.created = int(time.time())
+
+    def prepare(self, request: CompletionRequest) -> Job:
+        if request.max_tokens > self.max_new_tokens_cap:
+            raise ApiError(400, f"max_tokens is {request.max_tokens}; this server allows at most {self.max_new_tokens_cap}", param="max_tokens")
+        # "<|endoftext|>" in a prompt is one token, GPT-2's document separator; an empty prompt starts from it.
+        ids = encode_prompt(self.tokenizer, request.prompt_text)
+        if len(ids) > self.max_prompt_tokens:
+            raise ApiError(400, f"the prompt is {len(ids)} tokens; this server allows at most {self.max_prompt_tokens}", param="prompt")
+        # Always seeded, and the seed echoed: any reply can be reproduced.
+        seed = request.seed if request.seed is not None else secrets.randbelow(2**31)
+        samplers, names = sampler_chain(request)
+        return Job(request, ids, seed, samplers, names)
+
+    def run(self, job: Job) -> Generator[str, None, None]:
+        """Text deltas of `job`, one per generated token ("" when a token completes no text).
+
+        Closing the iterator stops the generation; it sets `job.finish_reason` once it ends.
+        """
+        prompt = torch.tensor([job.prompt_ids], dtype=torch.long, device=self.device)
+        generator = torch.Generator(device=self.device).manual_seed(job.seed)
+        tokens = cast(Generator[torch.Tensor, None, None], generate_tokens(
+            self.model, prompt, max_new_tokens=job.request.max_tokens, samplers=job.samplers, generator=generator,
+            eos_id=self.tokenizer.eot_id,
+        ))
+        text = TextStream(self.tokenizer, job.request.stop_strings)
+        try:
+            while not text.done:
+                with self.model_lock:
+                    step = next(tokens, None)
+                if step is None:
+                    break
+                job.completion_tokens += 1
+                yield text.push(int(step[0, 0]))
+            # Done early means end-of-text or a stop string; otherwise max_tokens ran out.
+            job.finish_reason = "stop" if text.done else "length"
+            yield text.close()
+        finally:
+            with self.model_lock:  # runs generate_tokens' own clean-up, which touches the model
+                tokens.close()

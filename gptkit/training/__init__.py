@@ -1,0 +1,1 @@
+"""What training needs beside its loop: checkpoints and resume state, schedules, callbacks, several processes."""
