@@ -109,7 +109,7 @@ class SamplingConfig(Section):
         description="Applied in order to the logits before drawing a token.",
     )
     max_new_tokens: int = Field(200, gt=0)
-    prompt: str = ""
+    prompt: str = Field("", description="What the samples callback continues unless given a prompt of its own.")
 
     @field_validator("samplers", mode="after")
     @classmethod

@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 from gptkit import GPTModel, model_preset
 from gptkit.kernels.decode_step import StockDecoder
 from gptkit.generation.generate import generate
-from gptkit.interop.hf_checkpoint import hf_config_dict, to_hf_state_dict
+from gptkit.interop.hf_convert import hf_config_dict, to_hf_state_dict
 from gptkit.kernels.huge_pages import move_to_huge_pages
 from gptkit.generation.samplers import Greedy
 

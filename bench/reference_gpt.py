@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gptkit import GPTModel, ModelConfig
-from gptkit.interop.hf_checkpoint import check_exportable
+from gptkit.interop.hf_convert import check_exportable
 
 
 @dataclass(frozen=True)

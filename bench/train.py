@@ -57,7 +57,7 @@ from gptkit import GPTModel, ModelConfig, model_preset
 from gptkit.kernels.cpu_allocator import retain_freed_memory
 from gptkit.kernels import accelerate
 from gptkit.kernels import onednn_linear as linear_module
-from gptkit.interop.hf_checkpoint import hf_config_dict, to_hf_state_dict
+from gptkit.interop.hf_convert import hf_config_dict, to_hf_state_dict
 from trainer import make_optimizer
 
 RESULTS_DIR = ROOT / "bench" / "results"

@@ -58,7 +58,42 @@ _EXPORTS: dict[str, str] = {
     "RegistryError": "gptkit.errors",
 }
 
-__all__ = sorted(_EXPORTS)
+# Spelt out, so that tools reading the file see the public names (a test keeps it equal to _EXPORTS).
+__all__ = [
+    "CheckpointError",
+    "Component",
+    "ComponentParams",
+    "ComponentSpec",
+    "ConfigError",
+    "DataError",
+    "FeedForward",
+    "GELU",
+    "GPTModel",
+    "GptkitError",
+    "KVCache",
+    "LayerKVCache",
+    "LayerNorm",
+    "LearnedPositionEmbedding",
+    "ModelConfig",
+    "MultiHeadAttention",
+    "NoParams",
+    "PRESETS",
+    "PluginError",
+    "PositionEncoding",
+    "Registry",
+    "RegistryError",
+    "TransformerBlock",
+    "accelerate",
+    "build_registry",
+    "causal_mask",
+    "config_json_schema",
+    "default_registry",
+    "describe_validation_error",
+    "hookimpl",
+    "hookspec",
+    "model_preset",
+    "reset_default_registry",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -7,6 +7,8 @@ folder is then synced so that the rename itself survives a power cut.
 
 from __future__ import annotations
 
+import json
+
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -51,3 +53,8 @@ def replace_atomically(path: Path, write: Callable[[Path], None]) -> None:
 
 def write_text_atomic(path: Path, text: str) -> None:
     replace_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def write_json(path: Path, obj: object, indent: int | None = 2) -> None:
+    """`obj` as UTF-8 JSON with a final newline; one file of an export folder written whole elsewhere."""
+    path.write_text(json.dumps(obj, ensure_ascii=False, indent=indent) + "\n", encoding="utf-8")

@@ -6,6 +6,11 @@ traceback; anything else is a bug in gptkit and keeps its traceback.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
 
 class GptkitError(Exception):
     """A user mistake: bad config, missing data, wrong checkpoint, broken plugin."""
@@ -29,3 +34,13 @@ class DataError(GptkitError):
 
 class CheckpointError(GptkitError):
     """A checkpoint is missing, truncated, corrupted or does not fit the model."""
+
+
+def validation_problems(err: ValidationError) -> list[tuple[str, str]]:
+    """(dotted location, message) for each problem pydantic found, in its order."""
+    return [(".".join(str(p) for p in e["loc"]), e["msg"]) for e in err.errors()]
+
+
+def problems_line(err: ValidationError, empty_location: str = "") -> str:
+    """pydantic's problems on one line, "location: message; ...": pydantic's own text spans lines and links its docs."""
+    return "; ".join(f"{loc or empty_location}: {msg}" for loc, msg in validation_problems(err))

@@ -20,7 +20,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from gptkit.errors import RegistryError
+from gptkit.errors import RegistryError, problems_line
 
 # The kinds gptkit itself builds from a config. Plugins may add other kinds; these
 # are listed first by `main.py components` and documented in `gptkit.hookspecs`.
@@ -137,9 +137,7 @@ class Registry:
         try:
             params = component.validate(values)
         except ValidationError as err:
-            # One line per problem, as config errors read; pydantic's own text spans lines and links its docs.
-            text = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors())
-            raise RegistryError(f"{kind} '{name}': {text}") from None
+            raise RegistryError(f"{kind} '{name}': {problems_line(err)}") from None
         return component.factory(*args, **context, **params.model_dump())
 
 

@@ -112,3 +112,16 @@ def test_importing_gptkit_and_a_model_config_loads_no_plugin_file() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_public_names_are_the_learner_facing_ones() -> None:
+    import gptkit
+
+    assert sorted(gptkit.__all__) == sorted(gptkit._EXPORTS)
+    for name in gptkit.__all__:
+        assert getattr(gptkit, name) is not None
+    # Internals stay where they live: they are not the reading path's names.
+    for internal in ("StockDecoder", "move_to_huge_pages", "bf16_causal_attention", "Linear", "OneDNNLinear"):
+        assert internal not in gptkit.__all__
+        with pytest.raises(AttributeError):
+            getattr(gptkit, internal)

@@ -435,3 +435,12 @@ def test_non_main_process_writes_and_prints_nothing(tmp_path, tokenizer, model):
     assert not run_dir.exists()
     assert buf.getvalue() == ""
     assert trainer.stop_requests == []
+
+
+def test_samples_continue_the_runs_sampling_prompt_unless_given_their_own(tmp_path, tokenizer):
+    context = make_context(tmp_path, tokenizer)
+    context.config = {"sampling": {"prompt": "def fib(n):"}}
+    assert SamplesCallback(context).prompt == "def fib(n):"
+    assert SamplesCallback(context, prompt="import os").prompt == "import os"
+    context.config = {}
+    assert SamplesCallback(context).prompt == ""

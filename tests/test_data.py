@@ -37,7 +37,9 @@ from gptkit.data.corpus import (
     split_files,
     stdlib_root,
 )
-from gptkit.data.dataset import BatchSampler, TokenFile, fixed_batches, prepare_dataset
+from gptkit.data.batches import BatchSampler, fixed_batches
+from gptkit.data.shards import TokenFile
+from gptkit.data.dataset import prepare_dataset
 from gptkit.errors import DataError
 
 if TYPE_CHECKING:

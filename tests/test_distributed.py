@@ -23,7 +23,9 @@ from conftest import REPO_ROOT, subprocess_env
 from gptkit import ConfigError, GptkitError
 from gptkit.training import distributed
 from gptkit.training.checkpoint import read_tensors
-from gptkit.data.dataset import BatchSampler, TokenFile, fixed_batches, prepare_dataset
+from gptkit.data.batches import BatchSampler, fixed_batches
+from gptkit.data.shards import TokenFile
+from gptkit.data.dataset import prepare_dataset
 from gptkit.plugins import default_registry
 from gptkit.data.tokenizer import Tokenizer
 from trainer import Trainer

@@ -28,7 +28,9 @@ import pytest
 from conftest import EOT, REPO_ROOT, ByteTokenizer, subprocess_env
 
 from gptkit.data.corpus import iter_file_pieces, split_files
-from gptkit.data.dataset import BatchSampler, TokenFile, prepare_dataset
+from gptkit.data.batches import BatchSampler
+from gptkit.data.shards import TokenFile
+from gptkit.data.dataset import prepare_dataset
 from gptkit.data.shards import ShardedTokens
 
 if TYPE_CHECKING:

@@ -18,7 +18,8 @@ import torch
 
 from gptkit.model.config import ModelConfig
 from gptkit.errors import CheckpointError, GptkitError
-from gptkit.interop.hf_checkpoint import hf_config_dict, import_hf
+from gptkit.interop.hf_convert import hf_config_dict
+from gptkit.interop.hf_checkpoint import import_hf
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -29,7 +29,6 @@ from typing import Any, Protocol
 import numpy as np
 
 from gptkit.atomic import write_text_atomic
-from gptkit.data.batches import BatchSampler, fixed_batches  # re-exported: they lived here before
 from gptkit.data.corpus import (
     FileInfo,
     default_corpus_files,

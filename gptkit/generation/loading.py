@@ -19,12 +19,16 @@ import torch
 from gptkit.training.checkpoint import latest_checkpoint, load_run_model
 from gptkit.errors import CheckpointError, GptkitError
 from gptkit.generation.generate import stream_text
+from gptkit.dtypes import DTYPES
 from gptkit.kernels import accelerate
 from gptkit.model.gpt import GPTModel
 from gptkit.plugins import default_registry
 from gptkit.generation.samplers import Sampler, build_samplers, sampler_specs
 
 # What a Hugging Face folder gets when no sampler option is given: the trainer's default.
+# The trainer's default chain (config.py's sampling.samplers) without its repetition penalty:
+# that is there for small, briefly trained models, which repeat their commonest token;
+# OpenAI's GPT-2 does not need it, and Hugging Face's own defaults have none.
 HF_DEFAULT_SAMPLERS: list[dict[str, Any]] = [{"name": "temperature", "value": 0.8}, {"name": "top_k", "k": 50}]
 DEFAULT_MAX_NEW_TOKENS = 200
 
@@ -82,9 +86,6 @@ def load_model(
         # Decoding streams every weight once per token: huge pages stream them ~6% faster.
         accelerate(loaded.model, inference=True)
     return loaded
-
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 @dataclass

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import torch
 from pydantic import Field, ValidationError
 
-from gptkit.errors import ConfigError
+from gptkit.errors import ConfigError, problems_line
 from gptkit.hookspecs import hookimpl
 from gptkit.plugins import default_registry
 from gptkit.registry import ComponentParams, Registry
@@ -71,8 +71,7 @@ def validated(name: str, params: type[P], **values: Any) -> P:
     try:
         return params(**values)
     except ValidationError as err:
-        text = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors())
-        raise ConfigError(f"sampler '{name}': {text}") from None
+        raise ConfigError(f"sampler '{name}': {problems_line(err)}") from None
 
 
 # --- samplers ----------------------------------------------------------------

@@ -23,8 +23,9 @@ from typing import Any
 import torch
 
 from gptkit.model.config import ModelConfig
+from gptkit.atomic import write_json
 from gptkit.errors import CheckpointError, GptkitError
-from gptkit.interop.hf_convert import (  # the conversions, importable from here as before
+from gptkit.interop.hf_convert import (
     GPTKIT_KEY,
     check_exportable,
     from_hf_state_dict,
@@ -103,12 +104,9 @@ def _write_export(model: GPTModel, config: dict[str, Any], directory: Path) -> N
     save_file(state, str(directory / SAFETENSORS_FILE), metadata={"format": "pt"})
     write_hf_tokenizer_files(directory, model_max_length=model.cfg.context_length)
     generation = {"bos_token_id": config["bos_token_id"], "eos_token_id": config["eos_token_id"]}
-    _write_json(directory / GENERATION_CONFIG_FILE, generation)
-    _write_json(directory / CONFIG_FILE, config)
+    write_json(directory / GENERATION_CONFIG_FILE, generation)
+    write_json(directory / CONFIG_FILE, config)
 
-
-def _write_json(path: Path, obj: object) -> None:
-    path.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
 
 
 def _move_into_place(staging: Path, directory: Path) -> None:

@@ -8,9 +8,9 @@ instead of shipping (and hash-checking) a second copy of the vocabulary.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from gptkit.atomic import write_json
 from gptkit.errors import GptkitError
 from gptkit.data.tokenizer import ENDOFTEXT, ENDOFTEXT_ID, load_ranks
 
@@ -92,11 +92,8 @@ def write_hf_tokenizer_files(directory: Path, model_max_length: int = 1024) -> N
         },
     }
     # vocab.json on one line: 50k indented entries would only bloat the export.
-    _write_json(directory / "vocab.json", vocab, indent=None)
+    write_json(directory / "vocab.json", vocab, indent=None)
     (directory / "merges.txt").write_text("\n".join(merges) + "\n", encoding="utf-8")
-    _write_json(directory / "tokenizer_config.json", config)
-    _write_json(directory / "special_tokens_map.json", special)
+    write_json(directory / "tokenizer_config.json", config)
+    write_json(directory / "special_tokens_map.json", special)
 
-
-def _write_json(path: Path, obj: object, indent: int | None = 2) -> None:
-    path.write_text(json.dumps(obj, ensure_ascii=False, indent=indent), encoding="utf-8")

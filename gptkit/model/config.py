@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from gptkit.errors import ConfigError, GptkitError
+from gptkit.errors import ConfigError, GptkitError, problems_line, validation_problems
 from gptkit.registry import Registry, split_spec
 
 # Config field -> registry kind, for every component a model is assembled from.
@@ -66,10 +66,8 @@ def resolve_component(kind: str, spec: ComponentSpec, registry: Registry, cfg: A
     try:
         params = component.validate(values)
     except ValidationError as err:
-        problems = [(".".join(str(p) for p in e["loc"]), e["msg"]) for e in err.errors()]
-        text = "; ".join(f"{loc}: {msg}" for loc, msg in problems)
         raise PydanticCustomError(
-            "component_params", "{message}", {"message": f"{kind} '{name}': {text}", "problems": problems}
+            "component_params", "{message}", {"message": f"{kind} '{name}': {problems_line(err)}", "problems": validation_problems(err)}
         ) from None
     if cfg is not None:
         check = getattr(params, "check_model", None)
@@ -179,10 +177,10 @@ def model_preset(name: str, **overrides: Any) -> ModelConfig:
 def describe_validation_error(err: ValidationError, root: str = "") -> str:
     """One line per problem, each starting with the dotted path of the offending key."""
     lines = []
-    for e in err.errors():
-        path = ".".join([root, *(str(p) for p in e["loc"])] if root else [str(p) for p in e["loc"]])
+    for e, (where, _) in zip(err.errors(), validation_problems(err)):
+        path = ".".join(filter(None, (root, where)))
         problems = (e.get("ctx") or {}).get("problems")
-        if problems:
+        if problems:  # a component's own parameters, checked by its params model
             lines.extend(f"{path}.{loc}: {explain(msg)}" for loc, msg in problems)
         else:
             lines.append(f"{path or '(top level)'}: {explain(e['msg'])}")

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from gptkit.errors import GptkitError
+from gptkit.errors import GptkitError, problems_line, validation_problems
 from gptkit.generation.samplers import build_samplers, sampler_specs
 
 MAX_STOP_STRINGS = 4  # OpenAI's limit
@@ -93,10 +93,8 @@ def parse_request(body: bytes) -> CompletionRequest:
     try:
         return CompletionRequest.model_validate(data)
     except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in err.errors())
-        raise ApiError(400, problems, param=where or None) from None
+        where = validation_problems(err)[0][0]
+        raise ApiError(400, problems_line(err, empty_location="body"), param=where or None) from None
 
 
 def sampler_chain(request: CompletionRequest) -> tuple[list[Any], list[str]]:

@@ -40,7 +40,7 @@ SAMPLES_FILE = "samples.txt"
 
 class SamplesParams(ComponentParams):
     every: int = Field(0, ge=0, description="Sample every N steps; 0: after each evaluation. Always at the end.")
-    prompt: str = Field("", description="Text to continue; empty: start from <|endoftext|>.")
+    prompt: str = Field("", description="Text to continue; empty: the run's sampling.prompt, else <|endoftext|>.")
     max_new_tokens: int = Field(100, gt=0)
     seed: int = Field(1337, description="Seed of the sampling generator: same seed and weights, same text.")
 
@@ -74,7 +74,8 @@ class SamplesCallback:
     ) -> None:
         self.context = context
         self.every = every
-        self.prompt = prompt
+        # The run's sampling.prompt, when the callback is given none of its own.
+        self.prompt = prompt or context.config.get("sampling", {}).get("prompt", "")
         self.max_new_tokens = max_new_tokens
         self.seed = seed
         self.console = console if console is not None else shared_console()

@@ -1,0 +1,117 @@
+"""gptkit.kernels.accelerate: the CPU speed paths change speed, never the model.
+
+The plain model (nn.Linear, SDPA, F.cross_entropy) is the reference; the accelerated
+one must hold the very same parameters and state dict, and compute the same logits
+and loss up to float32 summation order (oneDNN and MKL add in different orders).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import randomize_weights
+from gptkit import GPTModel, ModelConfig, MultiHeadAttention, accelerate
+from gptkit.kernels import KERNEL_CLASSES, is_accelerated
+from gptkit.kernels.bf16_attention import CPUAttention
+from gptkit.kernels.fused_loss import FusedLossGPTModel
+from gptkit.kernels.onednn_linear import OneDNNLinear
+
+TOKENS = torch.randint(0, 97, (3, 12), generator=torch.Generator().manual_seed(0))
+TARGETS = torch.roll(TOKENS, -1, dims=1)
+
+
+def small(**options: object) -> GPTModel:
+    cfg = ModelConfig(vocab_size=97, emb_dim=32, n_heads=4, n_layers=2, context_length=16, **options)  # type: ignore[arg-type]
+    return randomize_weights(GPTModel(cfg), 1)  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize("options", [{}, {"weight_tying": False, "qkv_bias": False}, {"norm": "rmsnorm", "ffn": "swiglu", "position": "rope"}])
+def test_same_parameters_state_dict_and_logits_with_and_without(options: dict[str, object]) -> None:
+    plain = small(**options)
+    fast = copy.deepcopy(plain)
+    before = {k: v.clone() for k, v in fast.state_dict().items()}
+    params_before = [p.data_ptr() for p in fast.parameters()]
+    assert accelerate(fast)
+    assert is_accelerated(fast) and not is_accelerated(plain)
+    after = fast.state_dict()
+    assert list(after) == list(before)
+    assert all(torch.equal(after[k], before[k]) for k in before)
+    assert [p.data_ptr() for p in fast.parameters()] == params_before  # the same tensors, not copies
+    with torch.no_grad():
+        torch.testing.assert_close(fast(TOKENS), plain(TOKENS), rtol=1e-5, atol=1e-5)
+        _, fast_loss = fast(TOKENS, TARGETS, keep_logits=False)
+        _, plain_loss = plain(TOKENS, TARGETS, keep_logits=False)
+    torch.testing.assert_close(fast_loss, plain_loss, rtol=1e-6, atol=1e-6)
+
+
+def test_gradients_agree_in_float32_and_under_bf16_autocast() -> None:
+    plain = small()
+    fast = copy.deepcopy(plain)
+    accelerate(fast)
+    for dtype, tolerance in ((torch.float32, 1e-5), (torch.bfloat16, 3e-2)):
+        for model in (plain, fast):
+            model.zero_grad()
+            with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+                _, loss = model(TOKENS, TARGETS, keep_logits=False)
+            loss.backward()
+        for (name, p), q in zip(plain.named_parameters(), fast.parameters()):
+            torch.testing.assert_close(q.grad, p.grad, rtol=tolerance, atol=tolerance, msg=f"{dtype} {name}")
+
+
+def test_stock_classes_get_their_kernels_and_nothing_else_changes() -> None:
+    model = small(norm="rmsnorm")
+    accelerate(model)
+    assert type(model) is FusedLossGPTModel
+    assert {type(b.att) for b in model.blocks} == {CPUAttention}
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    assert linears and {type(m) for m in linears} == {OneDNNLinear}
+    assert type(model.final_norm).__name__ == "RMSNorm"  # no kernel for it: untouched
+    assert set(KERNEL_CLASSES.values()) == {OneDNNLinear, CPUAttention, FusedLossGPTModel}
+
+
+def test_a_subclass_keeps_its_own_class() -> None:
+    class Mine(MultiHeadAttention):
+        pass
+
+    block = nn.Sequential(Mine(8, 8, 4, 0.0, 2))
+    accelerate(block)
+    assert type(block[0]) is Mine
+    assert type(block[0].qkv) is OneDNNLinear  # its plain linears still get theirs
+
+
+def test_a_model_off_the_cpu_is_left_alone() -> None:
+    with torch.device("meta"):
+        model = GPTModel(ModelConfig(vocab_size=97, emb_dim=32, n_heads=4, n_layers=1, context_length=16))
+    assert not accelerate(model)
+    assert type(model) is GPTModel and not is_accelerated(model)
+
+
+def test_accelerating_twice_changes_nothing_more() -> None:
+    model = small()
+    accelerate(model)
+    classes = [type(m) for m in model.modules()]
+    accelerate(model)
+    assert [type(m) for m in model.modules()] == classes
+
+
+def test_trainer_switches_kernels_by_run_kernels(tmp_path: Path) -> None:
+    import config as run_config
+    from gptkit.data.dataset import prepare_dataset
+    from gptkit.data.tokenizer import Tokenizer
+    from gptkit.plugins import default_registry
+    from trainer import Trainer
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("".join(f"def f{i}(x):\n    return x + {i}\n\n" for i in range(400)))
+    tokenizer = Tokenizer()
+    data = prepare_dataset(str(corpus), tokenizer, tmp_path / "cache", 0.1)
+    tiny = ["model.n_layers=1", "model.emb_dim=32", "model.n_heads=2", "model.context_length=16", "train.callbacks=[]", "run.device=cpu"]
+    for kernels, expected in (("true", FusedLossGPTModel), ("false", GPTModel)):
+        cfg = run_config.load_run_config(overrides=[*tiny, f"run.kernels={kernels}"])
+        trainer = Trainer(cfg, tmp_path / kernels, data, tokenizer, default_registry())
+        assert type(trainer.model) is expected
