@@ -4,6 +4,7 @@
                           [--variants gptkit-fp32,gptkit-bf16,hf-fp32,reference-fp32]
                           [--threads N] [--json PATH] [--no-memory] [--quick]
     python bench/train.py --profile gptkit-bf16 --preset gpt2
+    python bench/train.py --device cuda [--rounds 7] [--warmup 2] [--variants ...] [--json PATH]
 
 Variants, all from the same initial weights and the same batch of random tokens:
 gptkit in float32, gptkit under bf16 autocast (as trainer.py runs it), Hugging
@@ -23,6 +24,13 @@ compare figures from one run only, never across runs.
 Writes bench/results/train.json and the results block of bench/README.md's
 "Training step" section. `--profile VARIANT` instead runs torch.profiler over a
 few steps and writes the top ops to bench/results/profile_<preset>_<variant>.txt.
+
+`--device cuda` times the same step on a GPU instead (the "GPU" part of this file):
+the gpt2 preset at batch 16 x 1024 under bf16 autocast, eager and `torch.compile`d,
+for gptkit, the reference and Hugging Face, in one process, with the same
+interleaved rounds and medians; MFU against an 8192^3 bf16 matmul timed in the
+same rounds, and peak GPU memory per variant. It writes bench/results/train_cuda.json
+(or --json) and never the CPU results or bench/README.md.
 """
 
 from __future__ import annotations
@@ -73,6 +81,11 @@ MATMUL_SIZE = 2048
 ALLOCATORS = ("per-variant", "retain-all", "default-all")
 ALLOCATOR = "per-variant"  # set from --allocator
 
+# --device cuda: every variant under bf16 autocast (what a GPU run trains in), eager and compiled.
+CUDA_VARIANTS = ("gptkit-bf16", "reference-bf16", "hf-bf16", "gptkit-bf16-compile", "reference-bf16-compile", "hf-bf16-compile")
+CUDA_MATMUL_SIZE = 8192  # large enough to reach the tensor cores' peak, ~1 ms a product on an H100-class GPU
+CUDA_RESULTS = RESULTS_DIR / "train_cuda.json"
+
 
 @dataclass(frozen=True)
 class Workload:
@@ -90,6 +103,8 @@ WORKLOADS = {
     # cpu-small's own context is 128; the benchmark trains it on 256-token windows.
     "cpu-small": Workload("cpu-small", batch=8, seq_len=256, overrides={"context_length": 256}),
 }
+# On a GPU: the GPT-2 124M recipe's micro-batch (configs/gpt2-124m.toml), full context.
+CUDA_WORKLOADS = {"gpt2": Workload("gpt2", batch=16, seq_len=1024)}
 
 
 # --- the variants ----------------------------------------------------------------
@@ -216,12 +231,16 @@ def step(v: Variant, x: torch.Tensor, y: torch.Tensor) -> tuple[dict[str, float]
 STEPS_PER_TURN = 3
 
 
-def turn(v: Variant, x: torch.Tensor, y: torch.Tensor) -> tuple[dict[str, float], float]:
+StepFn = Callable[[Variant, torch.Tensor, torch.Tensor], tuple[dict[str, float], float]]
+TurnFn = StepFn  # a turn reports like a step: phases and a loss
+
+
+def turn(v: Variant, x: torch.Tensor, y: torch.Tensor, take_step: StepFn = step) -> tuple[dict[str, float], float]:
     """`STEPS_PER_TURN` steps under `v`'s allocator policy: the last one's phases, the first one's loss."""
     with allocator_policy(v):
-        _, first_loss = step(v, x, y)
+        _, first_loss = take_step(v, x, y)
         for _ in range(STEPS_PER_TURN - 1):
-            phases, _ = step(v, x, y)
+            phases, _ = take_step(v, x, y)
     return phases, first_loss
 
 
@@ -277,23 +296,24 @@ class MatmulPeak:
 # --- timing ------------------------------------------------------------------------
 
 
-def time_variants(
-    work: Workload, names: Sequence[str], rounds: int, warmup: int, log: Callable[[str], None]
-) -> dict[str, Any]:
-    cfg = work.model_config()
-    torch.manual_seed(0)
-    source = GPTModel(cfg)
-    variants = copied_variants(source, names)
-    del source
-    x, y = random_batch(cfg, work)
-    peak = MatmulPeak()
-    times: dict[str, dict[str, list[float]]] = {v.name: {p: [] for p in (*PHASES, "step")} for v in variants}
+Times = dict[str, dict[str, list[float]]]
+
+
+def run_rounds(
+    work: Workload, variants: Sequence[Variant], x: torch.Tensor, y: torch.Tensor, rounds: int, warmup: int,
+    peak: MatmulPeak, log: Callable[[str], None], take_turn: TurnFn = turn,
+) -> tuple[Times, dict[str, float]]:
+    """Warm-up rounds, then timed ones; each gives every variant one turn and times the matmuls.
+
+    Returns each variant's timed phases and steps (one entry per timed round) and its first loss.
+    """
+    times: Times = {v.name: {p: [] for p in (*PHASES, "step")} for v in variants}
     first_loss: dict[str, float] = {}
     for r in range(warmup + rounds):
         # Rotate who goes first so that no variant always follows the same neighbour.
-        order = variants[r % len(variants):] + variants[: r % len(variants)]
+        order = [*variants[r % len(variants):], *variants[: r % len(variants)]]
         for v in order:
-            phases, loss = turn(v, x, y)
+            phases, loss = take_turn(v, x, y)
             first_loss.setdefault(v.name, loss)
             if r >= warmup:
                 for p, s in phases.items():
@@ -302,8 +322,14 @@ def time_variants(
         peak.measure(record=r >= warmup)
         label = "warm-up" if r < warmup else "round"
         log(f"{work.preset}: {label} {r + 1 - (warmup if r >= warmup else 0)}/{rounds if r >= warmup else warmup} done")
-    peak_flops = peak.flops()
-    model_flops = flops_per_token(_shape_model(cfg), work.seq_len)
+    return times, first_loss
+
+
+def summarise(
+    work: Workload, variants: Sequence[Variant], times: Times, first_loss: dict[str, float], peak_flops: dict[str, float]
+) -> dict[str, Any]:
+    """Per variant: median step and phases, tokens/s, MFU against the peak of its dtype, first loss."""
+    model_flops = flops_per_token(_shape_model(work.model_config()), work.seq_len)
     tokens = work.batch * work.seq_len
     results: dict[str, Any] = {}
     for v in variants:
@@ -319,6 +345,23 @@ def time_variants(
             "first_loss": first_loss[v.name],
             "runs_s": t,
         }
+    return results
+
+
+def time_variants(
+    work: Workload, names: Sequence[str], rounds: int, warmup: int, log: Callable[[str], None]
+) -> dict[str, Any]:
+    cfg = work.model_config()
+    torch.manual_seed(0)
+    source = GPTModel(cfg)
+    variants = copied_variants(source, names)
+    del source
+    x, y = random_batch(cfg, work)
+    peak = MatmulPeak()
+    times, first_loss = run_rounds(work, variants, x, y, rounds, warmup, peak, log)
+    peak_flops = peak.flops()
+    model_flops = flops_per_token(_shape_model(cfg), work.seq_len)
+    results = summarise(work, variants, times, first_loss, peak_flops)
     fp32_losses = [first_loss[v.name] for v in variants if v.amp_dtype is None]
     if fp32_losses and max(fp32_losses) - min(fp32_losses) > 1e-4 * abs(fp32_losses[0]):
         log(f"WARNING: the float32 variants' first losses differ ({fp32_losses}): not the same weights or batch")
@@ -492,15 +535,15 @@ def update_readme(path: Path, block: str) -> None:
     path.write_text(text, encoding="utf-8")
 
 
-def print_table(result: dict[str, Any]) -> None:
+def print_table(result: dict[str, Any], headers: Sequence[str] = HEADERS, rows: list[list[str]] | None = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
     w = result["workload"]
     table = Table(title=f"{w['preset']}: batch {w['batch']} x {w['seq_len']}")
-    for i, h in enumerate(HEADERS):
+    for i, h in enumerate(headers):
         table.add_column(h, justify="left" if i == 0 else "right")
-    for row in table_rows(result, shares=False):
+    for row in table_rows(result, shares=False) if rows is None else rows:
         table.add_row(*row)
     console = Console()
     if not console.is_terminal:
@@ -561,6 +604,209 @@ def profile(work: Workload, name: str, warmup: int, steps: int = 3, rows: int = 
     return path
 
 
+# --- GPU (--device cuda) ---------------------------------------------------------------
+# The CPU machinery above — Variant and its builders, `turn`, `run_rounds`, `summarise`,
+# `MatmulPeak.flops` — with what a GPU needs on top: steps timed between synchronisations
+# (kernels run asynchronously), models compiled or not, and GPU memory per turn.
+
+
+class CudaUnavailable(Exception):
+    """--device cuda on a machine where torch sees no GPU: a one-line message, exit code 2."""
+
+
+def cuda_step(v: Variant, x: torch.Tensor, y: torch.Tensor) -> tuple[dict[str, float], float]:
+    """`step` on a GPU: the clock is read only after the device has finished each phase's kernels."""
+    sync = torch.cuda.synchronize
+    sync()
+    t0 = time.perf_counter()
+    with torch.autocast("cuda", dtype=v.amp_dtype or torch.float32, enabled=v.amp_dtype is not None):
+        loss = v.loss(x, y)
+    sync()
+    t1 = time.perf_counter()
+    loss.backward()
+    sync()
+    t2 = time.perf_counter()
+    nn.utils.clip_grad_norm_(v.model.parameters(), GRAD_CLIP)
+    v.optimizer.step()
+    v.optimizer.zero_grad(set_to_none=True)
+    sync()
+    t3 = time.perf_counter()
+    return {"forward": t1 - t0, "backward": t2 - t1, "optimizer": t3 - t2}, loss.item()
+
+
+class CudaMatmulPeak(MatmulPeak):
+    """The bf16 peak on the GPU: best of `tries` mean times of `repeats` back-to-back n^3 products.
+
+    Back-to-back, because one product of 8192^3 takes about a millisecond, close enough to
+    the cost of a synchronisation that timing products one by one would understate the peak.
+    """
+
+    def __init__(self, device: torch.device, n: int = CUDA_MATMUL_SIZE, tries: int = 3, repeats: int = 5) -> None:
+        g = torch.Generator().manual_seed(0)
+        self.n, self.tries, self.repeats = n, tries, repeats
+        a, b = (torch.randn(n, n, generator=g).to(device, torch.bfloat16) for _ in range(2))
+        self.operands = {"bfloat16": (a, b, torch.empty(n, n, dtype=torch.bfloat16, device=device))}
+        self.seconds = {"bfloat16": []}
+
+    def measure(self, record: bool = True) -> None:
+        a, b, out = self.operands["bfloat16"]
+        best = float("inf")
+        for _ in range(self.tries):
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            for _ in range(self.repeats):
+                torch.matmul(a, b, out=out)
+            torch.cuda.synchronize()
+            best = min(best, (time.perf_counter() - start) / self.repeats)
+        if record:
+            self.seconds["bfloat16"].append(best)
+
+
+def cuda_variant(name: str, source: GPTModel, device: torch.device) -> Variant:
+    """`name` from CUDA_VARIANTS with its own copy of `source`'s weights, on `device`.
+
+    The model is moved before the optimizer is built and before compiling; a compiled
+    variant calls its loss through `torch.compile(model)`, as `run.compile=true` trains
+    (trainer.py compiles the module, and keeps the loss inside it for gptkit).
+    """
+    family = name.split("-", 1)[0]
+    copies: dict[str, Callable[[], nn.Module]] = {
+        "gptkit": lambda: copy.deepcopy(source),
+        "reference": lambda: from_gptkit(source),
+        "hf": lambda: hf_copy(source),
+    }
+    model = copies[family]().to(device)
+    module: Any = torch.compile(model) if name.endswith("-compile") else model
+    built = {"gptkit": lambda: gptkit_variant(name, module, torch.bfloat16), "reference": lambda: reference_variant(module),
+             "hf": lambda: hf_variant(module)}[family]()
+    # The CPU builders name the float32 baselines and give gptkit the CPU malloc policy, which
+    # a GPU run does not use (the Trainer keeps freed memory only on CPU).
+    built.name, built.amp_dtype, built.retain_memory = name, torch.bfloat16, False
+    return built
+
+
+def state_bytes(v: Variant) -> int:
+    """What `v` keeps on the GPU between steps: weights and optimizer state (gradients are freed)."""
+    tensors = {id(p): p for p in v.model.parameters()}
+    for per_param in v.optimizer.state.values():
+        tensors.update({id(t): t for t in per_param.values() if isinstance(t, torch.Tensor)})
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+def cuda_baselines(name: str) -> tuple[str, ...]:
+    """The baselines a variant is compared with: eager against eager, compiled against compiled."""
+    suffix = "-compile" if name.endswith("-compile") else ""
+    return (f"hf-bf16{suffix}", f"reference-bf16{suffix}")
+
+
+def time_cuda(
+    work: Workload, names: Sequence[str], rounds: int, warmup: int, log: Callable[[str], None], device_name: str = "cuda"
+) -> dict[str, Any]:
+    """`time_variants` on the GPU, in this process: every variant is alive at once, interleaved.
+
+    `device_name` is there for tests of this bookkeeping on a machine without a GPU; results are a GPU's only on one.
+    """
+    device = torch.device(device_name)
+    cfg = work.model_config()
+    torch.manual_seed(0)
+    source = GPTModel(cfg)
+    variants = [cuda_variant(name, source, device) for name in names]
+    del source
+    x, y = (t.to(device) for t in random_batch(cfg, work))
+    peak = CudaMatmulPeak(device, n=CUDA_MATMUL_SIZE if device.type == "cuda" else 256)
+    working: dict[str, list[int]] = {v.name: [] for v in variants}
+    highest: dict[str, list[int]] = {v.name: [] for v in variants}
+    first_turn: dict[str, float] = {}
+
+    def cuda_turn(v: Variant, x: torch.Tensor, y: torch.Tensor) -> tuple[dict[str, float], float]:
+        # Peak memory per variant: the counter is reset before its turn, and what was allocated
+        # then (every variant's weights and optimizer state) is subtracted from the turn's peak.
+        torch.cuda.synchronize()
+        resident = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        started = time.perf_counter()
+        out = turn(v, x, y, take_step=cuda_step)
+        first_turn.setdefault(v.name, time.perf_counter() - started)  # a compiled variant compiles here
+        working[v.name].append(torch.cuda.max_memory_allocated() - resident)
+        highest[v.name].append(torch.cuda.max_memory_allocated())
+        return out
+
+    times, first_loss = run_rounds(work, variants, x, y, rounds, warmup, peak, log, take_turn=cuda_turn)
+    peak_flops = peak.flops()
+    results = summarise(work, variants, times, first_loss, peak_flops)
+    mib = 2**20
+    for v in variants:
+        r = results[v.name]
+        # One entry per round, warm-up first: the timed rounds' worst turn counts.
+        step_peak = max(working[v.name][warmup:])
+        r["peak_gpu_mib"] = (state_bytes(v) + step_peak) / mib  # what it would peak at alone
+        r["step_peak_above_resident_mib"] = step_peak / mib
+        r["max_memory_allocated_mib"] = max(highest[v.name][warmup:]) / mib  # with every variant resident
+        r["first_turn_s"] = first_turn[v.name]
+        faster = max((results[b]["tokens_per_s"] for b in cuda_baselines(v.name) if b in results), default=None)
+        r["vs_faster_baseline"] = r["tokens_per_s"] / faster if faster else None
+    # bf16 rounds differently in each implementation (and compiled kernels fuse differently),
+    # so the first losses agree to about 1%, not to float32's 1e-4; far more is another batch or weights.
+    losses = list(first_loss.values())
+    if max(losses) - min(losses) > 2e-2 * abs(losses[0]):
+        log(f"WARNING: the variants' first losses differ ({first_loss}): not the same weights or batch")
+    return {
+        "workload": {"preset": work.preset, "batch": work.batch, "seq_len": work.seq_len, "overrides": work.overrides},
+        "flops_per_token": flops_per_token(_shape_model(cfg), work.seq_len),
+        "peak_flops": peak_flops,
+        "matmul_size": peak.n,
+        "variants": results,
+        "targets": [],  # the targets are the CPU ones; on a GPU the table is the result
+    }
+
+
+CUDA_HEADERS = ["variant", "tokens/s", "vs faster baseline", "step ms", "forward ms", "backward ms", "optimizer ms",
+                "MFU", "peak GPU MiB", "first turn s", "first loss"]
+
+
+def cuda_table_rows(result: dict[str, Any]) -> list[list[str]]:
+    rows = []
+    for name, r in result["variants"].items():
+        ph = r["phase_s"]
+        rows.append([
+            name, f"{r['tokens_per_s']:.0f}", fmt(r["vs_faster_baseline"], ".2f", "x"), f"{1000 * r['step_s']:.1f}",
+            *(f"{1000 * ph[p]:.1f}" for p in PHASES), f"{100 * r['mfu']:.1f}%", f"{r['peak_gpu_mib']:.0f}",
+            f"{r['first_turn_s']:.1f}", f"{r['first_loss']:.4f}",
+        ])
+    return rows
+
+
+def cuda_machine_info() -> dict[str, Any]:
+    import transformers
+
+    props = torch.cuda.get_device_properties(0)
+    return {
+        "gpu": props.name, "gpu_memory_mib": props.total_memory / 2**20, "cuda": torch.version.cuda,
+        "torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+def cuda_report(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
+    """The whole --device cuda run: one preset, in this process (there is no malloc history to isolate)."""
+    if not torch.cuda.is_available():
+        raise CudaUnavailable("bench/train.py: --device cuda, but torch sees no CUDA device "
+                              f"(torch {torch.__version__}, built with CUDA {torch.version.cuda}); run it on a GPU machine")
+    report: dict[str, Any] = {
+        "settings": {"device": "cuda", "rounds": args.rounds, "warmup": args.warmup, "quick": args.quick,
+                     "variants": args.variants, "autocast": "bfloat16", "steps_per_turn": STEPS_PER_TURN,
+                     "grad_clip": GRAD_CLIP, "optimizer": "trainer.make_optimizer(RunConfig()) (fused AdamW)"},
+        "presets": {},
+    }
+    for preset in args.presets:
+        result = time_cuda(CUDA_WORKLOADS[preset], args.variants, args.rounds, args.warmup, log)
+        report["presets"][preset] = result
+        print_table(result, CUDA_HEADERS, cuda_table_rows(result))
+    report["machine"] = cuda_machine_info()
+    return report
+
+
+
 # --- main ----------------------------------------------------------------------------------
 
 
@@ -569,12 +815,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--preset", choices=["all", *WORKLOADS], default="all")
     p.add_argument("--rounds", type=int, default=None, help="timed rounds (default 7; --quick 3)")
     p.add_argument("--warmup", type=int, default=None, help="untimed rounds first (default 2; --quick 1)")
-    p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of " + ", ".join(VARIANTS))
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="cpu (default): the CPU benchmark; cuda: the GPU one (gpt2 at 16 x 1024, bf16, eager and compiled)")
+    p.add_argument("--variants", default=None,
+                   help="comma-separated subset of " + ", ".join(VARIANTS) + "; with --device cuda of " + ", ".join(CUDA_VARIANTS))
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
-    p.add_argument("--json", type=Path, default=RESULTS_DIR / "train.json", help="where the results go")
+    p.add_argument("--json", type=Path, default=None,
+                   help="where the results go (default results/train.json; with --device cuda results/train_cuda.json)")
     p.add_argument("--no-memory", action="store_true", help="skip the per-variant peak-RSS subprocesses")
     p.add_argument("--memory-steps", type=int, default=None, help="steps per memory subprocess (default 3; --quick 2)")
-    p.add_argument("--no-readme", action="store_true", help="leave bench/README.md alone")
+    p.add_argument("--no-readme", action="store_true", help="leave bench/README.md alone (a --device cuda run always does)")
     p.add_argument("--quick", action="store_true", help="fewer rounds: shows the harness works, measures nothing")
     p.add_argument("--profile", metavar="VARIANT", choices=VARIANTS, help="profile this variant instead of benchmarking")
     p.add_argument("--memory-child", choices=VARIANTS, help=argparse.SUPPRESS)
@@ -586,16 +836,38 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args.rounds = args.rounds or (3 if args.quick else 7)
     args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
     args.memory_steps = args.memory_steps or (2 if args.quick else 3)
-    args.variants = [n.strip() for n in args.variants.split(",") if n.strip()]
-    unknown = sorted(set(args.variants) - set(VARIANTS))
+    known = CUDA_VARIANTS if args.device == "cuda" else VARIANTS
+    args.variants = [n.strip() for n in (args.variants or ",".join(known)).split(",") if n.strip()]
+    unknown = sorted(set(args.variants) - set(known))
     if unknown:
-        p.error(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
+        p.error(f"unknown variant(s) {', '.join(unknown)}{' for --device cuda' if args.device == 'cuda' else ''}; "
+                f"choose from {', '.join(known)}")
+    if args.device == "cuda":
+        check_cuda_args(p, args)
+    elif args.json is None:
+        args.json = RESULTS_DIR / "train.json"
     return args
+
+
+def check_cuda_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """What --device cuda accepts: its own presets and variants, and never the CPU results' paths."""
+    if args.profile or args.memory_child or args.timing_child:
+        p.error("--profile is for the CPU benchmark; with --device cuda use torch.profiler on a GPU run instead")
+    if args.preset != "all" and args.preset not in CUDA_WORKLOADS:
+        p.error(f"--device cuda times {', '.join(CUDA_WORKLOADS)} only, not {args.preset}")
+    args.presets = list(CUDA_WORKLOADS) if args.preset == "all" else [args.preset]
+    args.json = args.json or CUDA_RESULTS
+    # The CPU results stay the CPU run's: a GPU run must not overwrite them.
+    if args.json.resolve() == (RESULTS_DIR / "train.json").resolve():
+        p.error(f"{args.json} holds the CPU results; give a GPU run another --json (default {CUDA_RESULTS.relative_to(ROOT)})")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     global ALLOCATOR
     args = parse_args(argv)
+    if args.device == "cuda":
+        main_cuda(args)
+        return
     ALLOCATOR = args.allocator
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -642,6 +914,24 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not args.no_readme:
         update_readme(README, markdown(report))
         print(f"results table updated in {README.relative_to(ROOT)}")
+
+
+def main_cuda(args: argparse.Namespace) -> None:
+    """--device cuda: time on the GPU, write args.json; bench/README.md's CPU block is never touched."""
+
+    def log(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        report = cuda_report(args, log)
+    except CudaUnavailable as err:
+        print(err, file=sys.stderr)  # a user's mistake, not a bug: one line, no traceback
+        raise SystemExit(2) from None
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"written to {args.json}")
 
 
 if __name__ == "__main__":
