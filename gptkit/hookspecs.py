@@ -34,8 +34,6 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from gptkit.layers.embeddings import PositionEncoding
-    from gptkit.layers.kv_cache import LayerKVCache
     from gptkit.registry import Registry
     from gptkit.training.train_state import CallbackContext, EvalMetrics, StepMetrics, TrainerView, TrainSummary
 
@@ -64,6 +62,25 @@ class ModelShape(Protocol):
 
     @property
     def head_dim(self) -> int: ...
+
+
+class PositionEncoding(Protocol):
+    """What the position kind builds (`gptkit.layers.embeddings.PositionEncoding` is the base class)."""
+
+    def absolute(self, start_pos: int, seq_len: int) -> torch.Tensor | None:
+        """(seq_len, emb_dim) vectors added to the token embeddings, or None."""
+
+    def rotate(self, q: torch.Tensor, k: torch.Tensor, start_pos: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Queries and keys of shape (batch, heads, seq, head_dim), rotated by position."""
+
+
+class LayerKVCache(Protocol):
+    """One layer's key/value cache (`gptkit.layers.kv_cache.LayerKVCache`)."""
+
+    length: int
+
+    def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append this step's keys and values; return all of them so far."""
 
 
 class SelfAttention(Protocol):
