@@ -115,3 +115,13 @@ def test_trainer_switches_kernels_by_run_kernels(tmp_path: Path) -> None:
         cfg = run_config.load_run_config(overrides=[*tiny, f"run.kernels={kernels}"])
         trainer = Trainer(cfg, tmp_path / kernels, data, tokenizer, default_registry())
         assert type(trainer.model) is expected
+
+
+def test_an_accelerated_model_moved_off_the_cpu_gets_no_flat_decoder() -> None:
+    from gptkit.kernels import flat_decoder
+
+    model = small().eval()
+    accelerate(model)
+    assert flat_decoder(model) is not None
+    model.to("meta")
+    assert flat_decoder(model) is None

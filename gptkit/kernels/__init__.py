@@ -76,8 +76,12 @@ def is_accelerated(model: nn.Module) -> bool:
 
 
 def flat_decoder(model: nn.Module) -> StockDecoder | None:
-    """The flat one-token step for an accelerated model of the stock parts, else None."""
-    return StockDecoder.for_model(model)
+    """The flat one-token step for an accelerated CPU model of the stock parts, else None.
+
+    A model accelerated on the CPU and moved to a GPU afterwards keeps its kernel
+    classes (which fall back to the plain path there), but not this step.
+    """
+    return StockDecoder.for_model(model) if _on_cpu(model) else None
 
 
 @contextlib.contextmanager

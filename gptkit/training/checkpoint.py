@@ -88,10 +88,24 @@ def optimizer_state_from(tensors: dict[str, torch.Tensor], groups: list[dict[str
 
 def rng_tensors() -> dict[str, torch.Tensor]:
     tensors = {"rng.cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        for i, s in enumerate(torch.cuda.get_rng_state_all()):
-            tensors[f"rng.cuda.{i}"] = s
+    # Only the GPU this process uses, and only if it used one: asking every visible GPU
+    # would open a CUDA context on each (memory on all of them, under torchrun from every
+    # process), and a machine with fewer GPUs could not take the states back.
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        device = torch.cuda.current_device()
+        tensors[f"rng.cuda.{device}"] = torch.cuda.get_rng_state(device)
     return tensors
+
+
+def restore_cuda_rng(tensors: dict[str, torch.Tensor]) -> None:
+    """Each saved GPU generator state back to the GPU of that index, where this machine has it."""
+    if not torch.cuda.is_available():
+        return
+    for key, state in tensors.items():
+        if key.startswith("rng.cuda."):
+            device = int(key.removeprefix("rng.cuda."))
+            if device < torch.cuda.device_count():
+                torch.cuda.set_rng_state(state, device)
 
 
 def save_checkpoint(
@@ -310,9 +324,7 @@ def load_checkpoint(
                 optimizer.load_state_dict(optimizer_state_from(opt, meta["param_groups"]))
             if restore_rng:
                 torch.set_rng_state(tensors["rng.cpu"])
-                cuda = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
-                if cuda and torch.cuda.is_available():
-                    torch.cuda.set_rng_state_all(cuda)
+                restore_cuda_rng(tensors)
         except (ValueError, KeyError, TypeError, RuntimeError) as err:
             raise CheckpointError(f"{path} does not fit this model's optimizer ({type(err).__name__}: {err})") from None
     return state, meta
