@@ -5,6 +5,7 @@ never prints, plots or writes files — callbacks do, through `gptkit.hookspecs`
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import signal
 import time
@@ -20,7 +21,9 @@ from config import RunConfig
 from gptkit import CheckpointError, GPTModel, GptkitError, Registry, hookspecs
 from gptkit.training import distributed
 from gptkit.data.batches import BatchSampler, fixed_batches
-from gptkit.training.checkpoint import load_checkpoint, optimizer_state_from, read_tensors, save_checkpoint
+from gptkit.training.checkpoint import load_checkpoint, restore_optimizer_and_rng, save_checkpoint
+from gptkit.dtypes import DTYPES
+from gptkit.generation.samplers import build_samplers
 from gptkit.kernels import accelerate, training_memory
 from gptkit.data.dataset import PreparedData
 from gptkit.plugins import check_hook_names
@@ -28,9 +31,6 @@ from gptkit.training.train_state import CallbackContext, EvalMetrics, StepMetric
 
 # Dense bf16 peak FLOP/s of GPUs we can name; elsewhere set run.peak_flops for an MFU figure.
 KNOWN_PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12}
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
 
 class TrainingStopped(GptkitError):
     """The loss became NaN or infinite under the "stop" policy."""
@@ -113,6 +113,15 @@ def interrupts_between_steps() -> Iterator[Callable[[], None]]:
             signal.signal(sig, earlier)
 
 
+def resumed_batch_note(world: int, saved_world: int, micro_batch: int, accum: int, global_batch: int) -> str:
+    """What a resume under another process count changed about each process's batches."""
+    return (
+        f"resumed on {world} process{'es' if world > 1 else ''} (saved with {saved_world}): each now takes "
+        f"{accum} micro-batch{'es' if accum > 1 else ''} of {micro_batch} per step, "
+        f"keeping the run's global batch of {global_batch} sequences"
+    )
+
+
 class Trainer:
     """Trains `GPTModel` on prepared token files under a `RunConfig`.
 
@@ -120,6 +129,8 @@ class Trainer:
     process trains its share of every global batch; the losses, validation
     figures and stop decisions they report are the same on every process, and
     only process 0 runs callbacks that write or print (`context.is_main_process`).
+    What differs between one process, DDP and FSDP is decided by the functions of
+    `distributed`, so the loop below is written once, as for one process.
     """
 
     def __init__(
@@ -135,80 +146,82 @@ class Trainer:
         self.cfg = cfg
         self.run_dir = run_dir
         self.process = distributed.current()
-        distributed.check_device(cfg.run.device, self.process)
-        self.device = pick_device(cfg.run.device, self.process.local_rank if self.process.active else None)
-        torch.manual_seed(cfg.run.seed)  # the same initial weights in every process
-        self.model = GPTModel(cfg.model, registry).to(self.device)
-        if cfg.run.kernels:
-            accelerate(self.model)  # CPU speed paths; nothing changes on other devices
+        self.device = self._pick_device()
+        self.model = self._build_model(registry)
         self.flops_per_token = flops_per_token(self.model)  # counted before sharding splits the weights
-        self.sharded = self.process.active and cfg.run.parallel == "fsdp"
-        total = cfg.train.max_steps
-        if total is None and cfg.train.scheduler.name != "constant":
-            raise GptkitError(
-                f"train.scheduler '{cfg.train.scheduler.name}' decays over train.max_steps, which is not set; "
-                "set train.max_steps or use train.scheduler=constant"
-            )
-        self.schedule = registry.create(
-            "scheduler", cfg.train.scheduler, max_lr=cfg.train.lr, min_lr=cfg.train.min_lr, total_steps=total
-        )
-        self.state = TrainState()
-        meta: dict[str, Any] = {}
-        if self.sharded:
-            # Full weights load into the whole model before it is split; the full
-            # optimizer state afterwards, each process keeping its shard.
-            if resume_from is not None:
-                self.state, meta = load_checkpoint(resume_from, self.model)
-            distributed.shard_model(self.model, self.device)
-            self.optimizer = make_optimizer(self.model, cfg, self.device)
-            if resume_from is not None:
-                tensors = read_tensors(resume_from / "optimizer.safetensors")
-                opt = {k: v for k, v in tensors.items() if k.startswith("state.")}
-                distributed.load_full_optimizer_state(self.model, self.optimizer, optimizer_state_from(opt, meta["param_groups"]))
-        else:
-            self.optimizer = make_optimizer(self.model, cfg, self.device)
-            if resume_from is not None:
-                self.state, meta = load_checkpoint(resume_from, self.model, self.optimizer)
-        if self.process.rank > 0:
-            # Dropout masks of their own (a checkpoint holds process 0's random state).
-            torch.manual_seed(cfg.run.seed + self.process.rank + self.process.world_size * self.state.step)
-        self.train_model: nn.Module = self.model
-        if self.process.active and not self.sharded:
-            self.train_model = distributed.wrap_ddp(self.model, self.device)
-        self.forward_model: nn.Module = torch.compile(self.train_model) if cfg.run.compile else self.train_model
-        self.last_checkpoint: Path | None = None
-        self.last_checkpoint_step: int | None = None
-        if resume_from is not None:
-            self.last_checkpoint, self.last_checkpoint_step = resume_from, self.state.step
-        self._stop_reason: str | None = None
-        self._split_batches(data, meta, resume_from)
+        self.schedule = self._build_schedule(registry)
+        meta = self._restore_weights(resume_from)
+        self.train_model = distributed.prepare(self.model, self.device, cfg.run.parallel)
+        self._build_optimizer_and_restore(resume_from, meta)
+        distributed.seed_process(cfg.run.seed, self.state.step)
+        self.forward_model = self._compile()
+        self._size_batches(meta, resume_from)
+        self._build_batches(data)
         self.amp_dtype = DTYPES[cfg.run.dtype]
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.peak_flops = peak_flops_for(self.device, cfg.run.peak_flops)
-        self.context = CallbackContext(
-            run_dir=run_dir,
-            total_steps=total,
-            is_main_process=self.process.is_main,
-            tokenizer=tokenizer,
-            samplers=[registry.create("sampler", s) for s in cfg.sampling.samplers],
-            config=cfg.model_dump(mode="json"),
-        )
-        self.hooks = pluggy.PluginManager(hookspecs.PROJECT)
-        self.hooks.add_hookspecs(hookspecs)
-        callbacks = [(f"callback {s.name}", registry.create("callback", s, self.context)) for s in cfg.train.callbacks]
-        for label, callback in [*callbacks, *((f"extra callback {i}", c) for i, c in enumerate(extra_callbacks))]:
-            self.hooks.register(callback, name=label)
-            check_hook_names(self.hooks, callback, label)  # a misspelt hook would never be called
+        self._stop_reason: str | None = None
+        self._build_callbacks(tokenizer, registry, extra_callbacks)
 
-    def _split_batches(self, data: PreparedData, meta: dict[str, Any], resume_from: Path | None) -> None:
-        """Batch sizes per process, and the samplers that hand out each process's windows.
+    # --- setup, in the order __init__ runs it --------------------------------------
+    def _pick_device(self) -> torch.device:
+        distributed.check_device(self.cfg.run.device, self.process)
+        return pick_device(self.cfg.run.device, self.process.local_rank if self.process.active else None)
+
+    def _build_model(self, registry: Registry) -> GPTModel:
+        torch.manual_seed(self.cfg.run.seed)  # the same initial weights in every process
+        model = GPTModel(self.cfg.model, registry).to(self.device)
+        if self.cfg.run.kernels:
+            accelerate(model)  # CPU speed paths; nothing changes on other devices
+        return model
+
+    def _build_schedule(self, registry: Registry) -> Callable[[int], float]:
+        total = self.cfg.train.max_steps
+        scheduler = self.cfg.train.scheduler
+        if total is None and scheduler.name != "constant":
+            raise GptkitError(
+                f"train.scheduler '{scheduler.name}' decays over train.max_steps, which is not set; "
+                "set train.max_steps or use train.scheduler=constant"
+            )
+        return registry.create(
+            "scheduler", scheduler, max_lr=self.cfg.train.lr, min_lr=self.cfg.train.min_lr, total_steps=total
+        )
+
+    def _restore_weights(self, resume_from: Path | None) -> dict[str, Any]:
+        """The train state and full weights of `resume_from`; returns its trainer.json ({} for a fresh run).
+
+        Weights load into the whole model, before `distributed.prepare` may shard it.
+        """
+        self.state = TrainState()
+        self.last_checkpoint: Path | None = resume_from
+        self.last_checkpoint_step: int | None = None
+        if resume_from is None:
+            return {}
+        self.state, meta = load_checkpoint(resume_from, self.model, restore_rng=False)
+        self.last_checkpoint_step = self.state.step
+        return meta
+
+    def _build_optimizer_and_restore(self, resume_from: Path | None, meta: dict[str, Any]) -> None:
+        """The optimizer, over the parameters as prepared (a shard of each under FSDP), then
+        the checkpoint's optimizer state and RNG; each process keeps its shard of the state."""
+        self.optimizer = make_optimizer(self.model, self.cfg, self.device)
+        if resume_from is not None:
+            load = functools.partial(distributed.load_optimizer_state, self.model, self.optimizer)
+            restore_optimizer_and_rng(resume_from, meta, load)
+
+    def _compile(self) -> nn.Module:
+        """What forwards run through: the training module, compiled under run.compile."""
+        return torch.compile(self.train_model) if self.cfg.run.compile else self.train_model
+
+    def _size_batches(self, meta: dict[str, Any], resume_from: Path | None) -> None:
+        """Batch sizes per process.
 
         A run's global batch (sequences per optimizer step) is fixed when it
         starts: train.batch_size x train.grad_accum_steps x processes. A resume
         under another process count keeps it, changing the accumulation steps
         (or, failing that, the micro-batch) per process; see `batch_note`.
         """
-        t, ctx, world = self.cfg.train, self.cfg.model.context_length, self.process.world_size
+        t, world = self.cfg.train, self.process.world_size
         if resume_from is None:
             self.global_batch = t.batch_size * t.grad_accum_steps * world
             self.eval_batch = t.batch_size * world
@@ -221,13 +234,13 @@ class Trainer:
             raise CheckpointError(f"cannot resume {resume_from}: {err}") from None
         self.batch_note: str | None = None
         if (self.micro_batch, self.accum) != (t.batch_size, t.grad_accum_steps):
-            before = meta.get("world_size", 1)
-            self.batch_note = (
-                f"resumed on {world} process{'es' if world > 1 else ''} (saved with {before}): each now takes "
-                f"{self.accum} micro-batch{'es' if self.accum > 1 else ''} of {self.micro_batch} per step, "
-                f"keeping the run's global batch of {self.global_batch} sequences"
-            )
-        self.tokens_per_step = self.global_batch * ctx
+            saved_world = meta.get("world_size", 1)
+            self.batch_note = resumed_batch_note(world, saved_world, self.micro_batch, self.accum, self.global_batch)
+        self.tokens_per_step = self.global_batch * self.cfg.model.context_length
+
+    def _build_batches(self, data: PreparedData) -> None:
+        """The samplers that hand out each process's training and validation windows."""
+        t, ctx, world = self.cfg.train, self.cfg.model.context_length, self.process.world_size
         self.train_batches = BatchSampler(data.train, self.micro_batch, ctx, self.cfg.run.seed, world_size=world)
         # Fixed windows: every evaluation sees the same text, so val losses are comparable.
         self.val_batches = fixed_batches(
@@ -235,11 +248,25 @@ class Trainer:
             rank=self.process.rank, world_size=world, global_batch=self.eval_batch,
         )
         self.val_windows = t.eval_batches * self.eval_batch
-        # A sharded model gathers weights in every forward, so every process must run as
-        # many; shares differ by a window when the processes do not divide eval_batch.
-        self.val_padding = 0
-        if self.sharded:
-            self.val_padding = int(distributed.maximum(len(self.val_batches))[0]) - len(self.val_batches)
+        # Shares differ by a window when the processes do not divide eval_batch, and a
+        # sharded model needs every process to run as many forwards.
+        self.val_padding = distributed.extra_forwards(self.model, len(self.val_batches))
+
+    def _build_callbacks(self, tokenizer: Any, registry: Registry, extra_callbacks: Sequence[object]) -> None:
+        self.context = CallbackContext(
+            run_dir=self.run_dir,
+            total_steps=self.cfg.train.max_steps,
+            is_main_process=self.process.is_main,
+            tokenizer=tokenizer,
+            samplers=build_samplers(self.cfg.sampling.samplers, registry),
+            config=self.cfg.model_dump(mode="json"),
+        )
+        self.hooks = pluggy.PluginManager(hookspecs.PROJECT)
+        self.hooks.add_hookspecs(hookspecs)
+        callbacks = [(f"callback {s.name}", registry.create("callback", s, self.context)) for s in self.cfg.train.callbacks]
+        for label, callback in [*callbacks, *((f"extra callback {i}", c) for i, c in enumerate(extra_callbacks))]:
+            self.hooks.register(callback, name=label)
+            check_hook_names(self.hooks, callback, label)  # a misspelt hook would never be called
 
     # --- what callbacks may call -------------------------------------------------
     def request_stop(self, reason: str) -> None:
@@ -252,10 +279,7 @@ class Trainer:
         so the checkpoint holds full tensors and loads under any process count.
         Every process gets the path, or process 0's error.
         """
-        model: nn.Module | dict[str, torch.Tensor] = self.model
-        optimizer: torch.optim.Optimizer | dict[str, Any] = self.optimizer
-        if self.sharded:
-            model, optimizer = distributed.gather_full_state(self.model, self.optimizer)
+        model, optimizer = distributed.full_state(self.model, self.optimizer)
         extra = {
             "config": self.context.config,
             "world_size": self.process.world_size,
@@ -333,29 +357,17 @@ class Trainer:
     def stop_reason(self, check_interrupt: Callable[[], None] = lambda: None) -> str | None:
         """Why training stops before the next step, or None; raises KeyboardInterrupt on a pending signal.
 
-        Under several processes the answer is agreed: callbacks request stops on
-        process 0 only, a signal may reach one process a step before another, and
-        clocks differ. So one process's request or signal stops all, and the
-        slowest clock is the run's time.
+        Under several processes the answer is agreed (`distributed.agree_to_stop`):
+        one process's request or signal stops all, and the slowest clock is the run's time.
         """
-        if self.process.world_size == 1:
-            reason = self._stop_reason or self.budget_reason()
-            if reason is None:
-                check_interrupt()
-            return reason
-        try:
-            check_interrupt()
-            interrupted = False
-        except KeyboardInterrupt:
-            interrupted = True
-        requested, interrupted_anywhere, self.state.elapsed = distributed.maximum(
-            float(self._stop_reason is not None), float(interrupted), self.state.elapsed
+        requested, self.state.elapsed, check_interrupt = distributed.agree_to_stop(
+            self._stop_reason is not None, self.state.elapsed, check_interrupt
         )
         if requested and self._stop_reason is None:
             self._stop_reason = "another process requested a stop"
         reason = self._stop_reason or self.budget_reason()
-        if reason is None and interrupted_anywhere:
-            raise KeyboardInterrupt("interrupted in at least one process")
+        if reason is None:
+            check_interrupt()
         return reason
 
     def run_evaluation(self) -> None:
@@ -369,35 +381,55 @@ class Trainer:
             trainer=self, metrics=EvalMetrics(s.step, val_loss, s.best_val_loss, improved)
         )
 
+    def _run_step(self) -> float:
+        """`train_step`, timed, counted into the state and reported to callbacks; returns its loss."""
+        started = time.perf_counter()
+        loss, grad_norm, lr = self.train_step(self.state.step)
+        if not math.isfinite(loss) and self.cfg.train.nan_policy == "stop":
+            raise TrainingStopped(
+                f"the training loss became {loss} at step {self.state.step + 1}; the last good "
+                f"checkpoint is {self.last_checkpoint or 'none (no checkpoint yet)'}. Try a lower "
+                "train.lr, a smaller train.grad_clip, run.dtype=bfloat16 instead of float16, or "
+                "train.nan_policy=skip to drop such batches"
+            )
+        seconds = time.perf_counter() - started
+        s = self.state
+        s.step += 1
+        s.tokens_seen += self.tokens_per_step
+        s.elapsed += seconds
+        tokens_per_sec = self.tokens_per_step / seconds
+        mfu = tokens_per_sec * self.flops_per_token / (self.peak_flops * self.process.world_size) if self.peak_flops else None
+        self.hooks.hook.gptkit_step_end(
+            trainer=self, metrics=StepMetrics(s.step, loss, lr, grad_norm, tokens_per_sec, mfu, s.tokens_seen, s.elapsed)
+        )
+        return loss
+
+    def _training_memory(self) -> contextlib.AbstractContextManager[Any]:
+        # On CPU, steps reuse the pages freed by the step before (see gptkit.kernels.cpu_allocator).
+        return training_memory(self.device) if self.cfg.run.kernels else contextlib.nullcontext()
+
+    def _summary(self, reason: str, last_loss: float | None) -> TrainSummary:
+        s = self.state
+        return TrainSummary(
+            steps=s.step,
+            tokens_seen=s.tokens_seen,
+            elapsed=s.elapsed,
+            final_train_loss=last_loss,
+            final_val_loss=s.last_val_loss,
+            best_val_loss=s.best_val_loss if math.isfinite(s.best_val_loss) else None,
+            stop_reason=reason,
+            run_dir=self.run_dir,
+        )
+
     def fit(self) -> TrainSummary:
         self.model.train()
         last_loss: float | None = None
         hook = self.hooks.hook
-        # On CPU, steps reuse the pages freed by the step before (see gptkit.kernels.cpu_allocator).
-        with interrupts_between_steps() as check_interrupt, training_memory(self.device) if self.cfg.run.kernels else contextlib.nullcontext():
+        with interrupts_between_steps() as check_interrupt, self._training_memory():
             try:
                 hook.gptkit_train_start(trainer=self)
                 while (reason := self.stop_reason(check_interrupt)) is None:
-                    started = time.perf_counter()
-                    loss, grad_norm, lr = self.train_step(self.state.step)
-                    if not math.isfinite(loss) and self.cfg.train.nan_policy == "stop":
-                        raise TrainingStopped(
-                            f"the training loss became {loss} at step {self.state.step + 1}; the last good "
-                            f"checkpoint is {self.last_checkpoint or 'none (no checkpoint yet)'}. Try a lower "
-                            "train.lr, a smaller train.grad_clip, run.dtype=bfloat16 instead of float16, or "
-                            "train.nan_policy=skip to drop such batches"
-                        )
-                    seconds = time.perf_counter() - started
-                    self.state.step += 1
-                    self.state.tokens_seen += self.tokens_per_step
-                    self.state.elapsed += seconds
-                    last_loss = loss
-                    tokens_per_sec = self.tokens_per_step / seconds
-                    mfu = tokens_per_sec * self.flops_per_token / (self.peak_flops * self.process.world_size) if self.peak_flops else None
-                    hook.gptkit_step_end(
-                        trainer=self,
-                        metrics=StepMetrics(self.state.step, loss, lr, grad_norm, tokens_per_sec, mfu, self.state.tokens_seen, self.state.elapsed),
-                    )
+                    last_loss = self._run_step()
                     if self.state.step % self.cfg.train.eval_every == 0:
                         self.run_evaluation()
                 if self.state.last_val_loss is None or self.state.step % self.cfg.train.eval_every:
@@ -406,15 +438,6 @@ class Trainer:
                 hook.gptkit_exception(trainer=self, error=error)
                 raise
         self.state.stop_reason = reason
-        summary = TrainSummary(
-            steps=self.state.step,
-            tokens_seen=self.state.tokens_seen,
-            elapsed=self.state.elapsed,
-            final_train_loss=last_loss,
-            final_val_loss=self.state.last_val_loss,
-            best_val_loss=self.state.best_val_loss if math.isfinite(self.state.best_val_loss) else None,
-            stop_reason=reason,
-            run_dir=self.run_dir,
-        )
+        summary = self._summary(reason, last_loss)
         hook.gptkit_train_end(trainer=self, summary=summary)
         return summary

@@ -20,7 +20,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -293,6 +293,31 @@ def load_model_weights(model: nn.Module, path: Path) -> None:
     model.load_state_dict(tensors, strict=False)
 
 
+def restore_optimizer_and_rng(
+    checkpoint: Path,
+    meta: dict[str, Any],
+    load_optimizer: Callable[[dict[str, Any]], None] | None,
+    restore_rng: bool = True,
+) -> None:
+    """Restore from `optimizer.safetensors`: the optimizer (through `load_optimizer`) and the RNG.
+
+    `load_optimizer` gets the index-keyed state dict a one-process `optimizer.state_dict()`
+    has, so the caller decides how it loads (a sharded model's optimizer takes it
+    through `gptkit.training.distributed`). `meta` is the checkpoint's trainer.json.
+    """
+    path = checkpoint / "optimizer.safetensors"
+    tensors = read_tensors(path)
+    try:
+        if load_optimizer is not None:
+            opt = {k: v for k, v in tensors.items() if k.startswith("state.")}
+            load_optimizer(optimizer_state_from(opt, meta["param_groups"]))
+        if restore_rng:
+            torch.set_rng_state(tensors["rng.cpu"])
+            restore_cuda_rng(tensors)
+    except (ValueError, KeyError, TypeError, RuntimeError) as err:
+        raise CheckpointError(f"{path} does not fit this model's optimizer ({type(err).__name__}: {err})") from None
+
+
 def load_checkpoint(
     checkpoint: Path,
     model: nn.Module,
@@ -316,17 +341,7 @@ def load_checkpoint(
         )
     load_model_weights(model, checkpoint / "model.safetensors")
     if optimizer is not None or restore_rng:
-        path = checkpoint / "optimizer.safetensors"
-        tensors = read_tensors(path)
-        try:
-            if optimizer is not None:
-                opt = {k: v for k, v in tensors.items() if k.startswith("state.")}
-                optimizer.load_state_dict(optimizer_state_from(opt, meta["param_groups"]))
-            if restore_rng:
-                torch.set_rng_state(tensors["rng.cpu"])
-                restore_cuda_rng(tensors)
-        except (ValueError, KeyError, TypeError, RuntimeError) as err:
-            raise CheckpointError(f"{path} does not fit this model's optimizer ({type(err).__name__}: {err})") from None
+        restore_optimizer_and_rng(checkpoint, meta, optimizer.load_state_dict if optimizer is not None else None, restore_rng)
     return state, meta
 
 

@@ -3,7 +3,7 @@
 torchrun starts N copies of the program and tells each its place through the
 environment (RANK, WORLD_SIZE, LOCAL_RANK). `init_distributed` joins them into
 one process group (gloo on CPU, NCCL on CUDA, each process on cuda:LOCAL_RANK);
-`wrap_ddp` and `shard_model` make the model keep its copies in step:
+`prepare` makes the model keep its copies in step:
 
 - "ddp": every process holds the whole model; gradients are averaged after each
   backward pass (`DistributedDataParallel`).
@@ -15,7 +15,8 @@ Everything else here is what the trainer and `main.py` need to agree across
 processes: the mean of a number, a stop decision, work done by process 0 first
 (tokenizing, creating the run directory) with its outcome, error included, sent
 to the others, and full (unsharded) state for checkpoints, so a checkpoint
-loads under any process count.
+loads under any process count. Each function also works for one process on its
+own (doing nothing, or the one-process thing), so the training loop is written once.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar, cast
@@ -128,6 +129,32 @@ def maximum(*values: float) -> list[float]:
     return _all_reduce(list(values), tdist.ReduceOp.MAX)
 
 
+def agree_to_stop(
+    requested: bool, elapsed: float, check_interrupt: Callable[[], None]
+) -> tuple[bool, float, Callable[[], None]]:
+    """Whether any process requested a stop, the slowest clock, and a check that raises
+    KeyboardInterrupt when any process has a pending signal; all in one message.
+
+    A signal may reach one process a step before another, and only process 0's
+    callbacks request stops, so each process's own view would split the group.
+    One process on its own gets its own figures and its own check back.
+    """
+    if current().world_size == 1:
+        return requested, elapsed, check_interrupt
+    try:
+        check_interrupt()
+        interrupted = False
+    except KeyboardInterrupt:
+        interrupted = True
+    requested_anywhere, interrupted_anywhere, slowest = maximum(float(requested), float(interrupted), elapsed)
+
+    def check_anywhere() -> None:
+        if interrupted_anywhere:
+            raise KeyboardInterrupt("interrupted in at least one process")
+
+    return bool(requested_anywhere), slowest, check_anywhere
+
+
 def barrier() -> None:
     if current().world_size > 1:
         tdist.barrier(group=_control_group)
@@ -229,6 +256,44 @@ def is_sharded(model: nn.Module) -> bool:
     return isinstance(model, FSDPModule)
 
 
+def prepare(model: nn.Module, device: torch.device, parallel: str) -> nn.Module:
+    """The module to train `model` through: DDP's wrapper, or `model` itself, sharded
+    in place under `parallel="fsdp"`; without a process group, `model` untouched.
+
+    Call it after loading full weights (a sharded model holds only its share) and
+    before making the optimizer (which must see the sharded parameters).
+    """
+    if not current().active:
+        return model
+    if parallel == "fsdp":
+        shard_model(model, device)
+        return model
+    return wrap_ddp(model, device)
+
+
+def seed_process(seed: int, step: int) -> None:
+    """Processes other than 0 reseed, so their dropout masks are their own.
+
+    A checkpoint holds process 0's random state; the step makes a resumed run's
+    masks differ from those its first steps drew.
+    """
+    info = current()
+    if info.rank > 0:
+        torch.manual_seed(seed + info.rank + info.world_size * step)
+
+
+def extra_forwards(model: nn.Module, forwards: int) -> int:
+    """How many forwards this process must add to the `forwards` it runs so all run as many.
+
+    A sharded model gathers weights from every process in each forward, so a process
+    that stopped early would leave the others waiting; an unsharded one needs none.
+    Every process must call this (the counts are compared).
+    """
+    if not is_sharded(model):
+        return 0
+    return int(maximum(forwards)[0]) - forwards
+
+
 @contextlib.contextmanager
 def gradient_sync(model: nn.Module, enabled: bool) -> Iterator[None]:
     """Inside `enabled=False`, backward passes accumulate local gradients without communicating.
@@ -316,6 +381,24 @@ def load_full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer
         "param_groups": [{**group, "params": [names[i] for i in group["params"]]} for group in state["param_groups"]],
     }
     set_optimizer_state_dict(model, optimizer, cast(Any, by_name), options=StateDictOptions(full_state_dict=True))
+
+
+def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """Give `optimizer` a full, index-keyed state dict (as checkpoints hold it), sharded or not."""
+    if is_sharded(model):
+        load_full_optimizer_state(model, optimizer, state)
+    else:
+        optimizer.load_state_dict(state)
+
+
+def full_state(
+    model: nn.Module, optimizer: torch.optim.Optimizer
+) -> tuple[nn.Module | Mapping[str, torch.Tensor], torch.optim.Optimizer | dict[str, Any]]:
+    """What a checkpoint saves: the model and optimizer themselves, or a sharded model's
+    full state gathered to process 0 (every process must call this then)."""
+    if is_sharded(model):
+        return gather_full_state(model, optimizer)
+    return model, optimizer
 
 
 # --- batch sizes across process counts ------------------------------------------------
