@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from commands import Interrupted, console
 from commands.options import add_config_options, resolve_config
+from gptkit.atomic import write_text_atomic
 from gptkit.errors import GptkitError
 
 if TYPE_CHECKING:
@@ -74,7 +75,6 @@ def prepare_data(cfg: RunConfig, tokenizer: object) -> PreparedData:
 
 def train(args: argparse.Namespace, cfg: RunConfig, registry: Registry) -> int:
     """Train in this process: alone, or as one of torchrun's processes (process 0 creates and writes)."""
-    from gptkit.atomic import write_text_atomic
     from gptkit.training import distributed
     from gptkit.training.checkpoint import latest_checkpoint
     from trainer import Trainer
