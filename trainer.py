@@ -22,7 +22,7 @@ from gptkit import CheckpointError, GPTModel, GptkitError, Registry, hookspecs
 from gptkit.training import distributed
 from gptkit.data.batches import BatchSampler, fixed_batches
 from gptkit.training.checkpoint import load_checkpoint, restore_optimizer_and_rng, save_checkpoint
-from gptkit.dtypes import DTYPES
+from gptkit.dtypes import torch_dtype
 from gptkit.generation.samplers import build_samplers
 from gptkit.kernels import accelerate, training_memory
 from gptkit.data.dataset import PreparedData
@@ -157,7 +157,7 @@ class Trainer:
         self.forward_model = self._compile()
         self._size_batches(meta, resume_from)
         self._build_batches(data)
-        self.amp_dtype = DTYPES[cfg.run.dtype]
+        self.amp_dtype = torch_dtype(cfg.run.dtype)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.peak_flops = peak_flops_for(self.device, cfg.run.peak_flops)
         self._stop_reason: str | None = None

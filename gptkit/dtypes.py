@@ -1,10 +1,25 @@
-"""The precisions a config or command line may name, and the torch dtype each means."""
+"""The precisions a config or command line may name, and the torch dtype each means.
+
+Names only at import time (no torch), so the command line can offer them in `--help`.
+"""
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
-DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+if TYPE_CHECKING:
+    import torch
+
+DTYPE_NAMES: tuple[str, ...] = ("float32", "bfloat16", "float16")
 # Weights to decode with: float16 weights without a gradient scaler's range checks overflow
 # GPT-2's activations, so generation offers the two that are safe everywhere.
 INFERENCE_DTYPES: tuple[str, ...] = ("float32", "bfloat16")
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """`torch.float32` for "float32", and so on for each of `DTYPE_NAMES`."""
+    import torch
+
+    if name not in DTYPE_NAMES:
+        raise ValueError(f"unknown dtype {name!r}; expected one of {', '.join(DTYPE_NAMES)}")
+    return getattr(torch, name)

@@ -74,3 +74,20 @@ def test_help_exits_zero_and_mentions_components() -> None:
     assert result.returncode == 0, result.stderr
     assert "components" in result.stdout
     assert result.stdout.lstrip().startswith("usage:")
+
+
+@pytest.mark.parametrize("command", ["", "train", "config", "components", "generate", "chat", "serve"])
+def test_help_does_not_import_torch(command: str) -> None:
+    # Help is parsing only: torch (about 2 s to import) waits until a command runs.
+    argv = ["main.py", *command.split(), "--help"]
+    code = (
+        "import contextlib, io, runpy, sys\n"
+        f"sys.argv = {argv!r}\n"
+        "with contextlib.redirect_stdout(io.StringIO()) as out, contextlib.suppress(SystemExit):\n"
+        "    runpy.run_path('main.py', run_name='__main__')\n"
+        "print(out.getvalue().startswith('usage:'), 'torch' in sys.modules)\n"
+    )
+    env = subprocess_env(GPTKIT_DISABLE_PLUGIN_AUTOLOAD="1")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["True", "False"]

@@ -45,6 +45,7 @@ sys.path.insert(0, str(ROOT))  # as a script, the child imports gptkit from this
 
 from conftest import subprocess_env
 
+import commands.train
 import main
 from gptkit import ModelConfig, reset_default_registry
 from gptkit.training.checkpoint import (
@@ -464,7 +465,7 @@ def test_refused_write_of_the_run_config_on_resume_exits_2(monkeypatch: pytest.M
     def refuse(path: Path, text: str) -> None:
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
 
-    monkeypatch.setattr(main, "write_text_atomic", refuse)
+    monkeypatch.setattr(commands.train, "write_text_atomic", refuse)
     status, err = run_in_process(monkeypatch, ["--resume", str(tmp_path / "r"), "--set", "train.max_steps=4"])
     assert (status, err) == (2, f"error: {config}: Permission denied (check the free space and permissions there)\n")
 

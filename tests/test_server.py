@@ -21,7 +21,7 @@ import torch
 
 from gptkit import GPTModel, ModelConfig, default_registry
 from gptkit.generation.generate import generate_tokens
-from gptkit.serving.server import CompletionServer, main, make_server
+from gptkit.serving.server import CompletionServer, make_server
 from gptkit.data.tokenizer import Tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -354,7 +354,7 @@ def test_cli_serves_an_hf_folder(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200", "NO_COLOR": "1", "OMP_NUM_THREADS": "1"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     process = subprocess.Popen(
-        [sys.executable, "-m", "gptkit.serving.server", "--hf-dir", str(folder), "--port", "0", "--quiet"],
+        [sys.executable, "main.py", "serve", "--hf-dir", str(folder), "--port", "0", "--quiet"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT,
     )
     watchdog = threading.Timer(60, process.kill)  # readline below must not wait forever
@@ -377,8 +377,10 @@ def test_cli_serves_an_hf_folder(tmp_path: Path) -> None:
 
 
 def test_cli_missing_run_is_a_user_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import main as cli
+
     missing = tmp_path / "nope"
-    assert main(["--run", str(missing)]) == 2
+    assert cli.run(["serve", "--run", str(missing)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and str(missing) in err and "Traceback" not in err
 

@@ -19,7 +19,7 @@ import torch
 from gptkit.training.checkpoint import latest_checkpoint, load_run_model
 from gptkit.errors import CheckpointError, GptkitError
 from gptkit.generation.generate import stream_text
-from gptkit.dtypes import DTYPES
+from gptkit.dtypes import torch_dtype
 from gptkit.kernels import accelerate
 from gptkit.model.gpt import GPTModel
 from gptkit.plugins import default_registry
@@ -70,9 +70,16 @@ def load_hf(directory: str | Path) -> LoadedModel:
 
 
 def load_model(
-    run_dir: str | Path | None = None, hf_dir: str | Path | None = None, dtype: torch.dtype = torch.float32, kernels: bool = True
+    run_dir: str | Path | None = None,
+    hf_dir: str | Path | None = None,
+    dtype: torch.dtype = torch.float32,
+    kernels: bool = True,
+    device: str | torch.device = "cpu",
 ) -> LoadedModel:
-    """From exactly one of `run_dir` and `hf_dir`, in eval mode and `dtype`; `kernels`: see `gptkit.kernels`."""
+    """From exactly one of `run_dir` and `hf_dir`, in eval mode, `dtype` and on `device`.
+
+    `kernels`: gptkit's CPU speed paths (`gptkit.kernels`), for a model on the CPU.
+    """
     if (run_dir is None) == (hf_dir is None):
         raise ValueError("give exactly one of run_dir and hf_dir")
     loaded = load_run(run_dir) if run_dir is not None else load_hf(hf_dir)  # type: ignore[arg-type]
@@ -81,7 +88,10 @@ def load_model(
             f"{loaded.description}: the model has {loaded.model.cfg.vocab_size} token ids but its tokenizer "
             f"has {loaded.tokenizer.vocab_size}; they do not belong together"
         )
-    loaded.model.to(dtype).eval()
+    try:
+        loaded.model.to(device=device, dtype=dtype).eval()
+    except (RuntimeError, AssertionError) as err:  # a device torch does not know, or was not built for
+        raise GptkitError(f"cannot use device {str(device)!r}: {str(err).splitlines()[0]}") from None
     if kernels:
         # Decoding streams every weight once per token: huge pages stream them ~6% faster.
         accelerate(loaded.model, inference=True)
@@ -114,7 +124,7 @@ def open_session(options: Any) -> Session:
         min_p=options.min_p, repetition_penalty=options.repetition_penalty,
     )
     samplers = build_samplers(specs) if specs else None
-    loaded = load_model(options.run, options.hf_dir, DTYPES[options.dtype])
+    loaded = load_model(options.run, options.hf_dir, torch_dtype(options.dtype))
     generator = torch.Generator().manual_seed(options.seed) if options.seed is not None else None
     return Session(
         loaded,

@@ -34,14 +34,12 @@ generation `gptkit.serving.engine`. Choices where OpenAI's API leaves room:
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import sys
 import time
 import traceback
 from collections.abc import Callable, Generator
 from importlib import resources
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -256,53 +254,3 @@ def serve_forever(model: GPTModel, tokenizer: Tokenizer, *, console: Console | N
         console.print("stopped")
     finally:
         server.server_close()
-
-
-def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--run", metavar="RUN_DIR", help="serve the latest checkpoint of a gptkit run directory")
-    source.add_argument("--hf-dir", metavar="DIR", help="serve a local Hugging Face GPT-2 checkpoint folder")
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
-    parser.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
-    parser.add_argument("--model-name", metavar="NAME", help="the model's name in API replies (default: the folder's name)")
-    parser.add_argument("--device", default="cpu", help="torch device to run the model on (default cpu)")
-    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="weights' precision (default float32)")
-    parser.add_argument("--max-concurrent", type=int, default=2, metavar="N", help="generations running at once (default 2)")
-    parser.add_argument("--max-queue", type=int, default=8, metavar="N", help="requests waiting for a slot before 429 (default 8)")
-    parser.add_argument("--queue-timeout", type=float, default=10.0, metavar="SECONDS", help="longest wait for a slot before 429 (default 10)")
-    parser.add_argument("--max-tokens-cap", type=int, default=512, metavar="N", help="largest max_tokens a request may ask for (default 512)")
-    parser.add_argument("--max-prompt-tokens", type=int, metavar="N", help="longest prompt in tokens (default: the context length)")
-    parser.add_argument("--quiet", action="store_true", help="do not log each request")
-
-
-def cmd_serve(args: argparse.Namespace) -> int:
-    """`main.py serve`: load the model as `generate` and `chat` do, then serve it until Ctrl-C."""
-    from gptkit.generation.loading import DTYPES, load_model
-
-    loaded = load_model(args.run, args.hf_dir, DTYPES[args.dtype])
-    try:
-        model = loaded.model.to(args.device)
-    except (RuntimeError, AssertionError) as err:  # a device torch does not know, or not built for
-        raise GptkitError(f"cannot use device {args.device!r}: {str(err).splitlines()[0]}") from None
-    name = args.model_name or Path(args.run or args.hf_dir).resolve().name
-    serve_forever(
-        model, loaded.tokenizer, host=args.host, port=args.port, model_name=name,
-        max_concurrent=args.max_concurrent, max_queue=args.max_queue, queue_timeout=args.queue_timeout,
-        max_new_tokens_cap=args.max_tokens_cap, max_prompt_tokens=args.max_prompt_tokens, log_requests=not args.quiet,
-    )
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m gptkit.serving.server`: the same as `python main.py serve`."""
-    parser = argparse.ArgumentParser(prog="python -m gptkit.serving.server", description="Serve a web demo and an OpenAI-compatible API.")
-    add_serve_arguments(parser)
-    try:
-        return cmd_serve(parser.parse_args(argv))
-    except GptkitError as err:
-        Console(stderr=True).print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

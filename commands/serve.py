@@ -1,0 +1,51 @@
+"""`python main.py serve (--run RUN_DIR | --hf-dir DIR) [--host H] [--port N] [limits]`.
+
+A web demo and an OpenAI-compatible completions API (gptkit/serving/server.py)
+for a model loaded as `generate` and `chat` load it; it serves until Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from commands.options import add_dtype_option, add_source_options
+
+if TYPE_CHECKING:
+    from gptkit.registry import Registry
+
+HELP = "serve a web demo and an OpenAI-compatible completions API"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_source_options(parser)
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    parser.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    parser.add_argument("--model-name", metavar="NAME", help="the model's name in API replies (default: the folder's name)")
+    parser.add_argument("--device", default="cpu", help="torch device to run the model on (default cpu)")
+    add_dtype_option(parser)
+    parser.add_argument("--max-concurrent", type=int, default=2, metavar="N", help="generations running at once (default 2)")
+    parser.add_argument("--max-queue", type=int, default=8, metavar="N", help="requests waiting for a slot before 429 (default 8)")
+    parser.add_argument("--queue-timeout", type=float, default=10.0, metavar="SECONDS", help="longest wait for a slot before 429 (default 10)")
+    parser.add_argument("--max-tokens-cap", type=int, default=512, metavar="N", help="largest max_tokens a request may ask for (default 512)")
+    parser.add_argument("--max-prompt-tokens", type=int, metavar="N", help="longest prompt in tokens (default: the context length)")
+    parser.add_argument("--quiet", action="store_true", help="do not log each request")
+
+
+def run(args: argparse.Namespace, registry: Registry) -> int:
+    """Load the model, then serve it until Ctrl-C. `registry` goes unused: loading uses the process-wide one, which is it."""
+    from gptkit.dtypes import torch_dtype
+    from gptkit.generation.loading import load_model
+    from gptkit.serving.server import serve_forever
+
+    # On the serving device before the CPU kernels are considered: a GPU model gets none.
+    loaded = load_model(args.run, args.hf_dir, torch_dtype(args.dtype), device=args.device)
+    model = loaded.model
+    name = args.model_name or Path(args.run or args.hf_dir).resolve().name
+    serve_forever(
+        model, loaded.tokenizer, host=args.host, port=args.port, model_name=name,
+        max_concurrent=args.max_concurrent, max_queue=args.max_queue, queue_timeout=args.queue_timeout,
+        max_new_tokens_cap=args.max_tokens_cap, max_prompt_tokens=args.max_prompt_tokens, log_requests=not args.quiet,
+    )
+    return 0
