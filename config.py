@@ -17,15 +17,28 @@ from __future__ import annotations
 
 import copy
 import json
-import tomllib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+import tomllib
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from gptkit import ComponentSpec, ConfigError, ModelConfig, describe_validation_error
-from gptkit.model.config import fill_default_names, preset_values, registry_from, resolve_component
+from gptkit.model.config import (
+    fill_default_names,
+    preset_values,
+    registry_from,
+    resolve_component,
+)
 from gptkit.registry import Registry
 
 DEFAULT_MODEL_PRESET = "cpu-small"

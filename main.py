@@ -24,7 +24,17 @@ from types import ModuleType
 
 from pydantic import ValidationError
 
-from commands import Interrupted, chat, components, console, err_console, generate, serve, show_config, train
+from commands import (
+    Interrupted,
+    chat,
+    components,
+    console,
+    err_console,
+    generate,
+    serve,
+    show_config,
+    train,
+)
 from gptkit.errors import GptkitError
 from gptkit.model.config import describe_validation_error
 
@@ -60,7 +70,9 @@ def run(argv: Sequence[str] | None = None) -> int:
     if not argv or (argv[0] not in COMMANDS and argv[0] not in ("-h", "--help")):
         argv.insert(0, "train")
     args = build_parser().parse_args(argv)
-    from gptkit.plugins import default_registry  # past the parsing: making a registry imports torch
+    from gptkit.plugins import (
+        default_registry,  # past the parsing: making a registry imports torch
+    )
     from gptkit.training.distributed import env_is_main
 
     if not env_is_main():

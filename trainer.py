@@ -18,16 +18,26 @@ import torch
 from torch import nn
 
 from config import RunConfig
-from gptkit import CheckpointError, GPTModel, GptkitError, Registry, hookspecs
-from gptkit.training import distributed
+from gptkit import CheckpointError, GptkitError, GPTModel, Registry, hookspecs
 from gptkit.data.batches import BatchSampler, fixed_batches
-from gptkit.training.checkpoint import load_checkpoint, restore_optimizer_and_rng, save_checkpoint
+from gptkit.data.dataset import PreparedData
 from gptkit.dtypes import torch_dtype
 from gptkit.generation.samplers import build_samplers
 from gptkit.kernels import accelerate, training_memory
-from gptkit.data.dataset import PreparedData
 from gptkit.plugins import check_hook_names
-from gptkit.training.train_state import CallbackContext, EvalMetrics, StepMetrics, TrainState, TrainSummary
+from gptkit.training import distributed
+from gptkit.training.checkpoint import (
+    load_checkpoint,
+    restore_optimizer_and_rng,
+    save_checkpoint,
+)
+from gptkit.training.train_state import (
+    CallbackContext,
+    EvalMetrics,
+    StepMetrics,
+    TrainState,
+    TrainSummary,
+)
 
 # Dense bf16 peak FLOP/s of GPUs we can name; elsewhere set run.peak_flops for an MFU figure.
 KNOWN_PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12}

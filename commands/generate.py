@@ -7,7 +7,12 @@ import sys
 from typing import TYPE_CHECKING
 
 from commands import err_console
-from commands.options import add_compile_option, add_dtype_option, add_sampler_options, add_source_options
+from commands.options import (
+    add_compile_option,
+    add_dtype_option,
+    add_sampler_options,
+    add_source_options,
+)
 
 if TYPE_CHECKING:
     from gptkit.registry import Registry

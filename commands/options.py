@@ -9,7 +9,9 @@ from typing import TYPE_CHECKING
 
 from gptkit.dtypes import INFERENCE_DTYPES
 from gptkit.errors import CheckpointError
-from gptkit.model.config import PRESETS  # pydantic only: the preset names for --help cost no torch
+from gptkit.model.config import (
+    PRESETS,  # pydantic only: the preset names for --help cost no torch
+)
 
 if TYPE_CHECKING:
     from config import RunConfig

@@ -54,7 +54,14 @@ def make_run_dir(cfg: RunConfig) -> Path:
 
 
 def prepare_data(cfg: RunConfig, tokenizer: object) -> PreparedData:
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
 
     from gptkit.data.corpus import default_cache_dir
     from gptkit.data.dataset import prepare_dataset

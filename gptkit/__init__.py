@@ -110,7 +110,14 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
-    from gptkit.errors import CheckpointError, ConfigError, DataError, GptkitError, PluginError, RegistryError
+    from gptkit.errors import (
+        CheckpointError,
+        ConfigError,
+        DataError,
+        GptkitError,
+        PluginError,
+        RegistryError,
+    )
     from gptkit.hookspecs import hookimpl, hookspec
     from gptkit.kernels import accelerate
     from gptkit.layers.attention import MultiHeadAttention
@@ -121,7 +128,14 @@ if TYPE_CHECKING:
     from gptkit.layers.gelu import GELU
     from gptkit.layers.kv_cache import KVCache, LayerKVCache
     from gptkit.layers.layer_norm import LayerNorm
-    from gptkit.model.config import PRESETS, ComponentSpec, ModelConfig, config_json_schema, describe_validation_error, model_preset
+    from gptkit.model.config import (
+        PRESETS,
+        ComponentSpec,
+        ModelConfig,
+        config_json_schema,
+        describe_validation_error,
+        model_preset,
+    )
     from gptkit.model.gpt import GPTModel
     from gptkit.plugins import build_registry, default_registry, reset_default_registry
     from gptkit.registry import Component, ComponentParams, NoParams, Registry

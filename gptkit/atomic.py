@@ -8,7 +8,6 @@ folder is then synced so that the rename itself survives a power cut.
 from __future__ import annotations
 
 import json
-
 import os
 from collections.abc import Callable
 from pathlib import Path

@@ -35,7 +35,13 @@ if TYPE_CHECKING:
     from torch import nn
 
     from gptkit.registry import Registry
-    from gptkit.training.train_state import CallbackContext, EvalMetrics, StepMetrics, TrainerView, TrainSummary
+    from gptkit.training.train_state import (
+        CallbackContext,
+        EvalMetrics,
+        StepMetrics,
+        TrainerView,
+        TrainSummary,
+    )
 
 PROJECT = "gptkit"
 hookspec = pluggy.HookspecMarker(PROJECT)

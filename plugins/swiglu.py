@@ -14,7 +14,6 @@ from torch import nn
 from gptkit import ComponentParams, ModelConfig, Registry, hookimpl
 
 
-
 def swiglu_hidden_dim(emb_dim: int, multiple_of: int = 64) -> int:
     """Two thirds of GPT-2's 4x width, rounded up: three matrices then cost what two did."""
     hidden = int(2 * 4 * emb_dim / 3)

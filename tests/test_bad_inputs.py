@@ -20,11 +20,11 @@ from rich.console import Console
 
 import main
 from gptkit import ModelConfig, reset_default_registry
-from gptkit.training.checkpoint import load_checkpoint, save_checkpoint
 from gptkit.errors import CheckpointError
 from gptkit.model.gpt import GPTModel
 from gptkit.plugins import PLUGIN_DIRS_ENV
 from gptkit.serving.openai_schema import ApiError, parse_request
+from gptkit.training.checkpoint import load_checkpoint, save_checkpoint
 from gptkit.training.train_state import TrainState
 
 TINY = [

@@ -19,8 +19,8 @@ import pytest
 import torch
 
 from gptkit import GPTModel, ModelConfig
-from gptkit.serving.server import CompletionServer, make_server
 from gptkit.data.tokenizer import Tokenizer
+from gptkit.serving.server import CompletionServer, make_server
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [

@@ -19,6 +19,8 @@ from rich.console import Console
 
 import gptkit.hookspecs
 from gptkit import GPTModel, ModelConfig, RegistryError, build_registry
+from gptkit.data.tokenizer import Tokenizer
+from gptkit.generation.samplers import Temperature, TopK
 from gptkit.training.callbacks import (
     ConsoleCallback,
     EarlyStoppingCallback,
@@ -27,9 +29,13 @@ from gptkit.training.callbacks import (
     SamplesCallback,
     loss_plot,
 )
-from gptkit.generation.samplers import Temperature, TopK
-from gptkit.data.tokenizer import Tokenizer
-from gptkit.training.train_state import CallbackContext, EvalMetrics, StepMetrics, TrainState, TrainSummary
+from gptkit.training.train_state import (
+    CallbackContext,
+    EvalMetrics,
+    StepMetrics,
+    TrainState,
+    TrainSummary,
+)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 NAMES = ["console", "metrics", "loss_plot", "samples", "early_stopping"]

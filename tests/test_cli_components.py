@@ -6,10 +6,9 @@ import subprocess
 import sys
 
 import pytest
+from conftest import CHECKOUT_COMPONENTS, REPO_ROOT, subprocess_env
 
 from gptkit import default_registry
-
-from conftest import CHECKOUT_COMPONENTS, REPO_ROOT, subprocess_env
 
 EXPECTED = CHECKOUT_COMPONENTS
 

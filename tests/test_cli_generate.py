@@ -12,15 +12,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import randomize_weights
 from rich.console import Console
 
 import config as run_config
 import main
-from conftest import randomize_weights
 from gptkit import GPTModel, ModelConfig
-from gptkit.training.checkpoint import save_checkpoint
-from gptkit.interop.hf_checkpoint import export_hf
 from gptkit.data.tokenizer import Tokenizer
+from gptkit.interop.hf_checkpoint import export_hf
+from gptkit.training.checkpoint import save_checkpoint
 from gptkit.training.train_state import TrainState
 
 ROOT = Path(__file__).resolve().parent.parent

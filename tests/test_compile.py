@@ -24,13 +24,13 @@ import config as run_config
 import gptkit.generation.generate
 import main
 from gptkit import GPTModel, ModelConfig, hookimpl
-from gptkit.training.checkpoint import load_checkpoint, read_tensors, save_checkpoint
-from gptkit.generation.compiled import CompiledForward
 from gptkit.data.dataset import prepare_dataset
-from gptkit.generation.generate import generate_tokens, stream_text
-from gptkit.plugins import default_registry
-from gptkit.generation.samplers import Greedy
 from gptkit.data.tokenizer import Tokenizer
+from gptkit.generation.compiled import CompiledForward
+from gptkit.generation.generate import generate_tokens, stream_text
+from gptkit.generation.samplers import Greedy
+from gptkit.plugins import default_registry
+from gptkit.training.checkpoint import load_checkpoint, read_tensors, save_checkpoint
 from gptkit.training.train_state import TrainState
 from trainer import Trainer
 

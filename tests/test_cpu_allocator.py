@@ -18,7 +18,6 @@ import sys
 import textwrap
 
 import pytest
-
 from conftest import REPO_ROOT, subprocess_env
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mallopt is glibc's")

@@ -29,10 +29,10 @@ from typing import Any
 import pytest
 import torch
 import torch.distributed as tdist
+from conftest import randomize_weights
 from torch import nn
 
 import config as run_config
-from conftest import randomize_weights
 import gptkit.kernels.bf16_attention as attention_module
 import gptkit.kernels.cpu_allocator as cpu_allocator_module
 import gptkit.kernels.onednn_linear as linear_module

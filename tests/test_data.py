@@ -27,6 +27,7 @@ import pytest
 import torch
 from conftest import EOT, REPO_ROOT, ByteTokenizer, subprocess_env
 
+from gptkit.data.batches import BatchSampler, fixed_batches
 from gptkit.data.corpus import (
     READ_BLOCK_BYTES,
     default_corpus_files,
@@ -37,9 +38,8 @@ from gptkit.data.corpus import (
     split_files,
     stdlib_root,
 )
-from gptkit.data.batches import BatchSampler, fixed_batches
-from gptkit.data.shards import TokenFile
 from gptkit.data.dataset import prepare_dataset
+from gptkit.data.shards import TokenFile
 from gptkit.errors import DataError
 
 if TYPE_CHECKING:

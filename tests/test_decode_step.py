@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import randomize_weights
 from torch import nn
 
-from conftest import randomize_weights
 from gptkit import GPTModel, ModelConfig, accelerate
-from gptkit.kernels.decode_step import StockDecoder
 from gptkit.generation.generate import generate
-from gptkit.layers import TransformerBlock
 from gptkit.generation.samplers import Greedy
+from gptkit.kernels.decode_step import StockDecoder
+from gptkit.layers import TransformerBlock
 
 PROMPT = torch.tensor([[5, 17, 3, 42, 8, 61], [9, 9, 30, 2, 77, 1], [1, 2, 3, 4, 5, 6]])
 

@@ -17,17 +17,17 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as tdist
+from conftest import REPO_ROOT, subprocess_env
 
 import config as run_config
-from conftest import REPO_ROOT, subprocess_env
 from gptkit import ConfigError, GptkitError
+from gptkit.data.batches import BatchSampler, fixed_batches
+from gptkit.data.dataset import prepare_dataset
+from gptkit.data.shards import TokenFile
+from gptkit.data.tokenizer import Tokenizer
+from gptkit.plugins import default_registry
 from gptkit.training import distributed
 from gptkit.training.checkpoint import read_tensors
-from gptkit.data.batches import BatchSampler, fixed_batches
-from gptkit.data.shards import TokenFile
-from gptkit.data.dataset import prepare_dataset
-from gptkit.plugins import default_registry
-from gptkit.data.tokenizer import Tokenizer
 from trainer import Trainer
 
 TINY = [

@@ -48,6 +48,8 @@ from conftest import subprocess_env
 import commands.train
 import main
 from gptkit import ModelConfig, reset_default_registry
+from gptkit.model.gpt import GPTModel
+from gptkit.plugins import PLUGIN_DIRS_ENV
 from gptkit.training.checkpoint import (
     CHECKPOINTS,
     LATEST,
@@ -55,8 +57,6 @@ from gptkit.training.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from gptkit.model.gpt import GPTModel
-from gptkit.plugins import PLUGIN_DIRS_ENV
 from gptkit.training.train_state import TrainState
 
 WATCHED = {str(ROOT / "gptkit" / "checkpoint.py"), str(ROOT / "gptkit" / "atomic.py")}

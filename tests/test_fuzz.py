@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from config import RunConfig, build_raw_config, validate_run_config
-from gptkit.errors import GptkitError
 from gptkit.data.tokenizer import Tokenizer
+from gptkit.errors import GptkitError
 
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -6,9 +6,10 @@ from collections.abc import Sequence
 
 import pytest
 import torch
-
 from conftest import randomize_weights
+
 from gptkit import GPTModel, ModelConfig
+from gptkit.data.tokenizer import Tokenizer, gpt2_encoding
 from gptkit.generation.generate import (
     TextStream,
     generate,
@@ -17,9 +18,8 @@ from gptkit.generation.generate import (
     stream_text,
 )
 from gptkit.generation.loading import Chat
-from gptkit.plugins import default_registry
 from gptkit.generation.samplers import Greedy
-from gptkit.data.tokenizer import Tokenizer, gpt2_encoding
+from gptkit.plugins import default_registry
 
 WINDOW = 16
 LLAMA_LIKE = {"position": "rope", "norm": "rmsnorm", "ffn": "swiglu"}

@@ -22,7 +22,12 @@ from safetensors.torch import load_file
 from gptkit import GPTModel, ModelConfig, model_preset
 from gptkit.errors import GptkitError
 from gptkit.interop.hf_checkpoint import export_hf, import_hf
-from gptkit.interop.hf_convert import from_hf_state_dict, hf_config_dict, model_config_from_hf, to_hf_state_dict
+from gptkit.interop.hf_convert import (
+    from_hf_state_dict,
+    hf_config_dict,
+    model_config_from_hf,
+    to_hf_state_dict,
+)
 
 TOLERANCE = 1e-4
 HELLO_WORLD_IDS = [15496, 995]

@@ -75,8 +75,8 @@ def test_nothing_moves_where_huge_pages_are_off(tmp_path: Path, monkeypatch: pyt
 
 @needs_thp
 def test_models_loaded_for_generation_are_moved(tmp_path: Path) -> None:
-    from gptkit.interop.hf_checkpoint import export_hf
     from gptkit.generation.loading import load_model
+    from gptkit.interop.hf_checkpoint import export_hf
 
     model = small_model()
     loaded = load_model(hf_dir=export_hf(model, tmp_path / "hf")).model

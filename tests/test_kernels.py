@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import randomize_weights
 from torch import nn
 
-from conftest import randomize_weights
 from gptkit import GPTModel, ModelConfig, MultiHeadAttention, accelerate
 from gptkit.kernels import KERNEL_CLASSES, is_accelerated
 from gptkit.kernels.bf16_attention import CPUAttention

@@ -27,11 +27,10 @@ import numpy as np
 import pytest
 from conftest import EOT, REPO_ROOT, ByteTokenizer, subprocess_env
 
-from gptkit.data.corpus import iter_file_pieces, split_files
 from gptkit.data.batches import BatchSampler
-from gptkit.data.shards import TokenFile
+from gptkit.data.corpus import iter_file_pieces, split_files
 from gptkit.data.dataset import prepare_dataset
-from gptkit.data.shards import ShardedTokens
+from gptkit.data.shards import ShardedTokens, TokenFile
 
 if TYPE_CHECKING:
     from gptkit.data.tokenizer import Tokenizer

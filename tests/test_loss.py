@@ -9,7 +9,12 @@ import torch
 import torch.nn.functional as F
 
 from gptkit import GPTModel
-from gptkit.kernels.fused_loss import WEIGHT_GRAD_SLICE, chunk_rows_for, fused_next_token_loss, next_token_loss
+from gptkit.kernels.fused_loss import (
+    WEIGHT_GRAD_SLICE,
+    chunk_rows_for,
+    fused_next_token_loss,
+    next_token_loss,
+)
 
 
 def reference(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, ...]:

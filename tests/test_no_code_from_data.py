@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from gptkit.model.config import ModelConfig
 from gptkit.errors import CheckpointError, GptkitError
-from gptkit.interop.hf_convert import hf_config_dict
 from gptkit.interop.hf_checkpoint import import_hf
+from gptkit.interop.hf_convert import hf_config_dict
+from gptkit.model.config import ModelConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO_ROOT, subprocess_env
 from pydantic import ValidationError
 from torch import nn
 
@@ -34,9 +35,12 @@ from gptkit import (
     describe_validation_error,
     hookimpl,
 )
-from gptkit.plugins import DISABLE_AUTOLOAD_ENV, PLUGIN_DIRS_ENV, checkout_plugin_dir, default_plugin_dirs
-
-from conftest import REPO_ROOT, subprocess_env
+from gptkit.plugins import (
+    DISABLE_AUTOLOAD_ENV,
+    PLUGIN_DIRS_ENV,
+    checkout_plugin_dir,
+    default_plugin_dirs,
+)
 
 DOUBLE = torch.float64
 

@@ -5,10 +5,17 @@ from __future__ import annotations
 import re
 
 import pytest
+from conftest import CHECKOUT_COMPONENTS
 from pydantic import Field
 
-from conftest import CHECKOUT_COMPONENTS
-from gptkit import ComponentParams, ComponentSpec, NoParams, Registry, RegistryError, default_registry
+from gptkit import (
+    ComponentParams,
+    ComponentSpec,
+    NoParams,
+    Registry,
+    RegistryError,
+    default_registry,
+)
 from gptkit.registry import CORE_KINDS
 
 

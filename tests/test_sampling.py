@@ -11,7 +11,6 @@ import torch
 import config as run_config
 from gptkit import ConfigError, GPTModel, ModelConfig, RegistryError, build_registry
 from gptkit.generation.generate import generate
-from gptkit.plugins import default_registry
 from gptkit.generation.samplers import (
     Greedy,
     MinP,
@@ -24,6 +23,7 @@ from gptkit.generation.samplers import (
     draw,
     sampler_specs,
 )
+from gptkit.plugins import default_registry
 
 INF = float("inf")
 NO_TOKENS = torch.zeros(1, 0, dtype=torch.long)

@@ -20,9 +20,9 @@ import pytest
 import torch
 
 from gptkit import GPTModel, ModelConfig, default_registry
+from gptkit.data.tokenizer import Tokenizer
 from gptkit.generation.generate import generate_tokens
 from gptkit.serving.server import CompletionServer, make_server
-from gptkit.data.tokenizer import Tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMPT = "Hello world"

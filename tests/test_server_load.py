@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO_ROOT, subprocess_env
 
 _spec = importlib.util.spec_from_file_location("bench_load_server", REPO_ROOT / "bench" / "load_server.py")

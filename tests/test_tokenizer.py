@@ -11,8 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from gptkit.errors import GptkitError
-from gptkit.interop.hf_tokenizer import write_hf_tokenizer_files
 from gptkit.data.tokenizer import (
     DEFAULT_RANKS_PATH,
     ENDOFTEXT,
@@ -21,6 +19,8 @@ from gptkit.data.tokenizer import (
     Tokenizer,
     load_ranks,
 )
+from gptkit.errors import GptkitError
+from gptkit.interop.hf_tokenizer import write_hf_tokenizer_files
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -12,10 +12,10 @@ import torch
 
 import config as run_config
 from gptkit import build_registry, hookimpl
-from gptkit.training.checkpoint import latest_checkpoint, list_checkpoints
 from gptkit.data.dataset import prepare_dataset
-from gptkit.plugins import default_registry
 from gptkit.data.tokenizer import Tokenizer
+from gptkit.plugins import default_registry
+from gptkit.training.checkpoint import latest_checkpoint, list_checkpoints
 from trainer import Trainer, TrainingStopped
 
 TINY = [
@@ -227,7 +227,11 @@ def test_mfu_uses_the_configured_peak(corpus: Path, tmp_path: Path) -> None:
 
 
 def test_compiled_model_checkpoints_carry_no_prefix(corpus: Path, tmp_path: Path) -> None:
-    from gptkit.training.checkpoint import clean_state_dict, load_model_weights, save_checkpoint
+    from gptkit.training.checkpoint import (
+        clean_state_dict,
+        load_model_weights,
+        save_checkpoint,
+    )
 
     trainer, _ = make_trainer(corpus, tmp_path, ["train.max_steps=1", "train.callbacks=[]"])
     compiled = torch.compile(trainer.model)  # wrapping is enough: its state_dict has the prefix

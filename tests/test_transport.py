@@ -11,7 +11,13 @@ from typing import ClassVar
 import pytest
 
 from gptkit.serving.openai_schema import ApiError
-from gptkit.serving.transport import MAX_BODY_BYTES, ApiHandler, ApiServer, ClientGone, is_loopback
+from gptkit.serving.transport import (
+    MAX_BODY_BYTES,
+    ApiHandler,
+    ApiServer,
+    ClientGone,
+    is_loopback,
+)
 
 TIMEOUT = 10  # seconds any one exchange may take
 TOO_LARGE = b'{"error": {"message": "the request body is %d bytes; at most 65536 are accepted", "type": "invalid_request_error", "param": null, "code": null}}'

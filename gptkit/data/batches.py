@@ -13,8 +13,8 @@ import hashlib
 import numpy as np
 import torch
 
-from gptkit.errors import DataError
 from gptkit.data.shards import TokenSequence
+from gptkit.errors import DataError
 
 
 class BatchSampler:

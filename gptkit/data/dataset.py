@@ -39,7 +39,6 @@ from gptkit.data.corpus import (
     split_files,
     stdlib_root,
 )
-from gptkit.errors import DataError
 from gptkit.data.shards import (
     TOKEN_DTYPE,
     Journal,
@@ -52,6 +51,7 @@ from gptkit.data.shards import (
     remove_stale_tmp,
     split_off_tail,
 )
+from gptkit.errors import DataError
 
 __all__ = ["BatchSampler", "PrepareStats", "PreparedData", "TokenFile", "fixed_batches", "prepare_dataset"]
 

@@ -9,13 +9,12 @@ the package and its SHA-256 is checked before a single line is trusted.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import base64
 import functools
 import hashlib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import tiktoken
 

@@ -38,10 +38,10 @@ from typing import Any
 import torch
 
 from gptkit.generation.compiled import CompiledForward
+from gptkit.generation.samplers import Sampler, draw
 from gptkit.kernels import flat_decoder
 from gptkit.kernels.decode_step import StockDecoder
 from gptkit.model.gpt import GPTModel
-from gptkit.generation.samplers import Sampler, draw
 
 Prompts = torch.Tensor | Sequence[Sequence[int]]
 Forward = Callable[..., torch.Tensor]

@@ -16,14 +16,14 @@ from typing import Any
 
 import torch
 
-from gptkit.training.checkpoint import latest_checkpoint, load_run_model
+from gptkit.dtypes import torch_dtype
 from gptkit.errors import CheckpointError, GptkitError
 from gptkit.generation.generate import stream_text
-from gptkit.dtypes import torch_dtype
+from gptkit.generation.samplers import Sampler, build_samplers, sampler_specs
 from gptkit.kernels import accelerate
 from gptkit.model.gpt import GPTModel
 from gptkit.plugins import default_registry
-from gptkit.generation.samplers import Sampler, build_samplers, sampler_specs
+from gptkit.training.checkpoint import latest_checkpoint, load_run_model
 
 # What a Hugging Face folder gets when no sampler option is given: the trainer's default.
 # The trainer's default chain (config.py's sampling.samplers) without its repetition penalty:
@@ -62,8 +62,8 @@ def load_run(run_dir: str | Path) -> LoadedModel:
 
 def load_hf(directory: str | Path) -> LoadedModel:
     """A Hugging Face GPT-2 checkpoint folder, with GPT-2's tokenizer."""
-    from gptkit.interop.hf_checkpoint import import_hf
     from gptkit.data.tokenizer import Tokenizer
+    from gptkit.interop.hf_checkpoint import import_hf
 
     model = import_hf(Path(directory))
     return LoadedModel(model, Tokenizer(), list(HF_DEFAULT_SAMPLERS), DEFAULT_MAX_NEW_TOKENS, f"{directory} (Hugging Face)")

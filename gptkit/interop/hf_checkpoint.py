@@ -22,7 +22,6 @@ from typing import Any
 
 import torch
 
-from gptkit.model.config import ModelConfig
 from gptkit.atomic import write_json
 from gptkit.errors import CheckpointError, GptkitError
 from gptkit.interop.hf_convert import (
@@ -34,6 +33,7 @@ from gptkit.interop.hf_convert import (
     to_hf_state_dict,
 )
 from gptkit.interop.hf_tokenizer import write_hf_tokenizer_files
+from gptkit.model.config import ModelConfig
 from gptkit.model.gpt import GPTModel
 
 __all__ = ["check_exportable", "export_hf", "from_hf_state_dict", "hf_config_dict", "import_hf", "model_config_from_hf", "to_hf_state_dict"]

@@ -22,10 +22,10 @@ from typing import Any
 import torch
 from pydantic import ValidationError
 
-from gptkit.model.config import ModelConfig, describe_validation_error
-from gptkit.errors import CheckpointError, GptkitError
-from gptkit.model.gpt import GPTModel
 from gptkit.data.tokenizer import ENDOFTEXT_ID
+from gptkit.errors import CheckpointError, GptkitError
+from gptkit.model.config import ModelConfig, describe_validation_error
+from gptkit.model.gpt import GPTModel
 
 # Our own entry in config.json: transformers keeps unknown keys as plain attributes.
 GPTKIT_KEY = "gptkit"

@@ -11,8 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from gptkit.atomic import write_json
-from gptkit.errors import GptkitError
 from gptkit.data.tokenizer import ENDOFTEXT, ENDOFTEXT_ID, load_ranks
+from gptkit.errors import GptkitError
 
 
 def byte_to_unicode() -> dict[int, str]:

@@ -12,18 +12,17 @@ from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from pydantic import Field
+from torch import nn
 
 from gptkit.hookspecs import hookimpl
 from gptkit.layers.causal_mask import causal_mask
 from gptkit.registry import ComponentParams
 
 if TYPE_CHECKING:
+    from gptkit.hookspecs import ModelShape
     from gptkit.layers.embeddings import PositionEncoding
     from gptkit.layers.kv_cache import LayerKVCache
-    from gptkit.hookspecs import ModelShape
     from gptkit.registry import Registry
 
 

@@ -13,9 +13,9 @@ from gptkit.layers.feed_forward import FeedForward
 from gptkit.layers.layer_norm import LayerNorm
 
 if TYPE_CHECKING:
+    from gptkit.hookspecs import ModelShape
     from gptkit.layers.embeddings import PositionEncoding
     from gptkit.layers.kv_cache import LayerKVCache
-    from gptkit.hookspecs import ModelShape
     from gptkit.registry import Registry
 
 

@@ -42,7 +42,9 @@ class GPTModel(nn.Module):
     def __init__(self, cfg: ModelConfig, registry: Registry | None = None) -> None:
         super().__init__()
         if registry is None:
-            from gptkit.plugins import default_registry  # deferred: the registry's plugins import this module
+            from gptkit.plugins import (
+                default_registry,  # deferred: the registry's plugins import this module
+            )
 
             registry = default_registry()
         self.cfg = cfg

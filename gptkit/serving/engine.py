@@ -20,13 +20,15 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 
 import torch
 
-from gptkit.serving.openai_schema import ApiError, CompletionRequest, sampler_chain
 from gptkit.errors import GptkitError
 from gptkit.generation.generate import TextStream, encode_prompt, generate_tokens
 from gptkit.model.gpt import GPTModel
+from gptkit.serving.openai_schema import ApiError, CompletionRequest, sampler_chain
 
 if TYPE_CHECKING:
-    from gptkit.data.tokenizer import Tokenizer  # or any registered tokenizer: encode, decode_bytes, eot_id
+    from gptkit.data.tokenizer import (
+        Tokenizer,  # or any registered tokenizer: encode, decode_bytes, eot_id
+    )
 
 
 @dataclass

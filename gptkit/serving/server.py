@@ -45,14 +45,16 @@ from urllib.parse import urlsplit
 
 from rich.console import Console
 
-from gptkit.serving.openai_schema import ApiError, parse_request
 from gptkit.errors import GptkitError
 from gptkit.model.gpt import GPTModel
 from gptkit.serving.engine import Job, ModelService
+from gptkit.serving.openai_schema import ApiError, parse_request
 from gptkit.serving.transport import ApiHandler, ApiServer, ClientGone, is_loopback
 
 if TYPE_CHECKING:
-    from gptkit.data.tokenizer import Tokenizer  # or any registered tokenizer: encode, decode_bytes, eot_id
+    from gptkit.data.tokenizer import (
+        Tokenizer,  # or any registered tokenizer: encode, decode_bytes, eot_id
+    )
 
 # Everything the page needs is inline or same-origin; nothing else may load.
 PAGE_POLICY = "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; connect-src 'self'; img-src data:"

@@ -373,7 +373,10 @@ def gather_full_state(
 
 def load_full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
     """Give a sharded model's optimizer a full, index-keyed state dict (as checkpoints hold it)."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_optimizer_state_dict,
+    )
 
     names = _param_names(model, optimizer)
     by_name = {

@@ -7,15 +7,14 @@ then follows its own shape towards `min_lr` at `total_steps`.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import math
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from pydantic import Field
 
-from gptkit.registry import ComponentParams
 from gptkit.hookspecs import hookimpl
+from gptkit.registry import ComponentParams
 
 if TYPE_CHECKING:
     from gptkit.registry import Registry

@@ -6,10 +6,15 @@ from typing import TYPE_CHECKING
 
 from pydantic import Field
 
-from gptkit.training.checkpoint import prune_checkpoints
 from gptkit.hookspecs import hookimpl
 from gptkit.registry import ComponentParams
-from gptkit.training.train_state import CallbackContext, StepMetrics, TrainerView, TrainSummary
+from gptkit.training.checkpoint import prune_checkpoints
+from gptkit.training.train_state import (
+    CallbackContext,
+    StepMetrics,
+    TrainerView,
+    TrainSummary,
+)
 
 if TYPE_CHECKING:
     from gptkit.registry import Registry

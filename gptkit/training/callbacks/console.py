@@ -12,14 +12,12 @@ above that console's live display instead of tearing through it.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import functools
 import math
 import shlex
 import time
 from collections.abc import Generator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 from rich.console import Console, RenderableType
@@ -40,7 +38,13 @@ from rich.text import Text
 
 from gptkit.hookspecs import hookimpl
 from gptkit.registry import ComponentParams
-from gptkit.training.train_state import CallbackContext, EvalMetrics, StepMetrics, TrainerView, TrainSummary
+from gptkit.training.train_state import (
+    CallbackContext,
+    EvalMetrics,
+    StepMetrics,
+    TrainerView,
+    TrainSummary,
+)
 
 if TYPE_CHECKING:
     from gptkit.registry import Registry

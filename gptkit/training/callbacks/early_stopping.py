@@ -16,16 +16,19 @@ may stop later than an uninterrupted one, never earlier.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import math
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
 
 from gptkit.hookspecs import hookimpl
 from gptkit.registry import ComponentParams
-from gptkit.training.train_state import CallbackContext, EvalMetrics, StepMetrics, TrainerView
+from gptkit.training.train_state import (
+    CallbackContext,
+    EvalMetrics,
+    StepMetrics,
+    TrainerView,
+)
 
 if TYPE_CHECKING:
     from gptkit.registry import Registry

@@ -9,19 +9,23 @@ display needed.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import Field
 
 from gptkit.atomic import replace_atomically
-from gptkit.training.callbacks.metrics import METRICS_FILE
 from gptkit.hookspecs import hookimpl
 from gptkit.registry import ComponentParams
-from gptkit.training.train_state import CallbackContext, EvalMetrics, TrainerView, TrainSummary
+from gptkit.training.callbacks.metrics import METRICS_FILE
+from gptkit.training.train_state import (
+    CallbackContext,
+    EvalMetrics,
+    TrainerView,
+    TrainSummary,
+)
 
 if TYPE_CHECKING:
     from gptkit.registry import Registry

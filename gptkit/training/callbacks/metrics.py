@@ -13,22 +13,26 @@ as one run.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import json
 import math
 import os
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from pydantic import Field
 
 from gptkit.atomic import replace_atomically
 from gptkit.hookspecs import hookimpl
 from gptkit.registry import ComponentParams
-from gptkit.training.train_state import CallbackContext, EvalMetrics, StepMetrics, TrainerView, TrainSummary
+from gptkit.training.train_state import (
+    CallbackContext,
+    EvalMetrics,
+    StepMetrics,
+    TrainerView,
+    TrainSummary,
+)
 
 if TYPE_CHECKING:
     from gptkit.registry import Registry

@@ -13,9 +13,8 @@ previous mode.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from pydantic import Field
@@ -25,12 +24,18 @@ from rich.text import Text
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from gptkit.training.callbacks.console import shared_console
-from gptkit.training.distributed import is_sharded
 from gptkit.generation.generate import generate
 from gptkit.hookspecs import hookimpl
 from gptkit.registry import ComponentParams
-from gptkit.training.train_state import CallbackContext, EvalMetrics, StepMetrics, TrainerView, TrainSummary
+from gptkit.training.callbacks.console import shared_console
+from gptkit.training.distributed import is_sharded
+from gptkit.training.train_state import (
+    CallbackContext,
+    EvalMetrics,
+    StepMetrics,
+    TrainerView,
+    TrainSummary,
+)
 
 if TYPE_CHECKING:
     from gptkit.registry import Registry
