@@ -2,29 +2,24 @@
 
 `prepare_dataset` turns a text source into train and val token shards (flat
 uint16 files, see `gptkit.data.shards`) plus a JSON manifest, in a cache directory
-keyed by everything that decides the tokens. Text is streamed through the
-tokenizer about a megabyte at a time, with a bounded number of batches in
-flight, and appended to the current shard, so memory stays flat however big
-the corpus or its lines are. Every finished shard is journaled, so a
-preparation that is killed resumes after its last finished shard and ends
+keyed by everything that decides the tokens. `gptkit.data.tokenize` streams the
+text through the tokenizer with flat memory and journals each finished shard, so
+a preparation that is killed resumes after its last finished shard and ends
 with the same bytes an uninterrupted run writes. `gptkit.data.batches` then draws
 the training and validation windows from the memory-mapped tokens.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
 import re
 import time
-from collections import deque
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
@@ -32,7 +27,6 @@ from gptkit.atomic import write_text_atomic
 from gptkit.data.corpus import (
     FileInfo,
     default_corpus_files,
-    iter_file_pieces,
     relative_name,
     resolve_source,
     scan_file,
@@ -42,18 +36,16 @@ from gptkit.data.corpus import (
 from gptkit.data.shards import (
     TOKEN_DTYPE,
     Journal,
-    Position,
     Shard,
-    ShardWriter,
-    TokenFile,
     TokenSequence,
     open_tokens,
     remove_stale_tmp,
     split_off_tail,
 )
+from gptkit.data.tokenize import Progress, TokenizerLike, tokenize_streams
 from gptkit.errors import DataError
 
-__all__ = ["BatchSampler", "PrepareStats", "PreparedData", "TokenFile", "fixed_batches", "prepare_dataset"]
+__all__ = ["PrepareStats", "PreparedData", "prepare_dataset"]
 
 # Bump whenever the bytes written for the same inputs would change (EOT
 # placement, dtype, split rule, file layout), so old caches are not silently
@@ -66,27 +58,6 @@ DEFAULT_CHUNK_BYTES = 1 << 20
 # 100M tokens (200 MB) per shard: a 5 GB corpus is a dozen files, and what a
 # killed run loses is at most one shard's worth of tokenizing.
 DEFAULT_SHARD_TOKENS = 100_000_000
-ENCODE_THREADS = 2
-# Batches handed to the tokenizer before the oldest is written out; their
-# token lists are what memory use scales with (see _tokenize_stream).
-MAX_BATCHES_IN_FLIGHT = 2
-
-Progress = Callable[[int, int], None]
-
-
-class TokenizerLike(Protocol):
-    """What `prepare_dataset` needs from a tokenizer (`gptkit.data.tokenizer.Tokenizer` fits)."""
-
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def vocab_size(self) -> int: ...
-
-    @property
-    def eot_id(self) -> int: ...
-
-    def encode_batch(self, texts: list[str], num_threads: int = ...) -> Sequence[Sequence[int]]: ...
 
 
 @dataclass(frozen=True)
@@ -137,92 +108,6 @@ class PreparedData:
     val: TokenSequence
     stats: PrepareStats
     manifest_path: Path
-
-
-@dataclass(frozen=True)
-class _Batch:
-    """Texts for one tokenizer call; `ends[i]` marks a text that ends its document."""
-
-    texts: list[str]
-    ends: list[bool]
-    n_bytes: int  # source bytes consumed, for progress
-    stop: Position  # where in the stream's files the batch ends
-
-
-def _batches(files: Sequence[Path], start: Position, chunk_bytes: int) -> Iterator[_Batch]:
-    """The stream's text from `start` on, in batches of at least `chunk_bytes` source bytes.
-
-    Batches end only where a piece ends, and the pieces from a piece's end
-    on are the same whether reading started there or earlier, so the
-    batches after any batch boundary are the same in a resumed run.
-    """
-    # Several pieces per batch so every encoding thread has work even when
-    # the batch is one big file.
-    piece_bytes = max(2, chunk_bytes // (4 * ENCODE_THREADS))
-    texts: list[str] = []
-    ends: list[bool] = []
-    n_bytes = 0
-    for index in range(start[0], len(files)):
-        offset = start[1] if index == start[0] else 0
-        for piece in iter_file_pieces(files[index], piece_bytes, offset):
-            texts.append(piece.text)
-            ends.append(piece.last)
-            n_bytes += piece.end - offset
-            offset = piece.end
-            if n_bytes >= chunk_bytes:
-                yield _Batch(texts, ends, n_bytes, (index + 1, 0) if piece.last else (index, piece.end))
-                texts, ends, n_bytes = [], [], 0
-    if texts:
-        yield _Batch(texts, ends, n_bytes, (len(files), 0))
-
-
-def _tokenize_stream(
-    writer: ShardWriter,
-    files: Sequence[Path],
-    start: Position,
-    tokenizer: TokenizerLike,
-    chunk_bytes: int,
-    on_bytes: Callable[[int], None],
-) -> list[Shard]:
-    """Tokenize `files` from `start` into `writer`, each document followed by EOT; returns the new shards.
-
-    Each batch is encoded on a worker thread (tiktoken's Rust core releases
-    the GIL and splits the batch over ENCODE_THREADS threads of its own).
-    While one batch encodes, the next is read and the previous one converted
-    and written here, so Python-side work overlaps the encoding, and while
-    one batch's last long text finishes on one core the next batch keeps the
-    other core busy. At most MAX_BATCHES_IN_FLIGHT batches are in flight.
-    """
-    eot = np.array([tokenizer.eot_id], dtype=TOKEN_DTYPE)
-    in_flight: deque[tuple[Future[Sequence[Sequence[int]]], _Batch]] = deque()
-
-    def write_oldest() -> None:
-        future, batch = in_flight.popleft()
-        parts: list[np.ndarray] = []
-        for ids, end in zip(future.result(), batch.ends, strict=True):
-            # fromiter converts a list of ints about twice as fast as asarray.
-            parts.append(
-                np.fromiter(ids, dtype=TOKEN_DTYPE, count=len(ids))
-                if isinstance(ids, list)
-                else np.asarray(ids, dtype=TOKEN_DTYPE)
-            )
-            if end:
-                parts.append(eot)
-        writer.write(np.concatenate(parts), batch.stop)
-        on_bytes(batch.n_bytes)
-
-    try:
-        with ThreadPoolExecutor(max_workers=MAX_BATCHES_IN_FLIGHT) as pool:
-            for batch in _batches(files, start, chunk_bytes):
-                in_flight.append((pool.submit(tokenizer.encode_batch, batch.texts, num_threads=ENCODE_THREADS), batch))
-                if len(in_flight) >= MAX_BATCHES_IN_FLIGHT:
-                    write_oldest()
-            while in_flight:
-                write_oldest()
-        return writer.finish((len(files), 0))
-    except BaseException:
-        writer.discard()
-        raise
 
 
 def _cache_key(
@@ -282,16 +167,59 @@ def _no_text(source: str | None) -> DataError:
     return DataError(f"data source {source or 'stdlib'!r} contains no text; expected at least one non-empty file")
 
 
-def _position_bytes(sizes: Sequence[int], position: Position) -> int:
-    """Source bytes before `position` in files of these sizes."""
-    return sum(sizes[: position[0]]) + position[1]
-
-
 def _val_tokens_by_position(n_tokens: int, val_fraction: float) -> int:
     """How many of a single file's last tokens form val: the fraction, at least one, never all."""
     if val_fraction <= 0 or n_tokens < 2:
         return 0
     return min(max(round(n_tokens * val_fraction), 1), n_tokens - 1)
+
+
+def _check_arguments(tokenizer: TokenizerLike, val_fraction: float, chunk_bytes: int, shard_tokens: int) -> None:
+    if not 0.0 <= val_fraction < 1.0:
+        raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if chunk_bytes < 1 or shard_tokens < 1:
+        raise DataError(f"chunk_bytes and shard_tokens must be at least 1, got {chunk_bytes} and {shard_tokens}")
+    if tokenizer.vocab_size > np.iinfo(TOKEN_DTYPE).max + 1:
+        raise DataError(
+            f"tokenizer {tokenizer.name!r} has {tokenizer.vocab_size} tokens; "
+            f"token files store uint16 ids, so at most {np.iinfo(TOKEN_DTYPE).max + 1}"
+        )
+
+
+def _streams(infos: Sequence[FileInfo], split: str, val_fraction: float, root: Path) -> tuple[dict[str, list[Path]], list[Path], list[Path]]:
+    """The token streams to write, by name, and the source files of train and val."""
+    if split == "file":
+        train_files, val_files = split_files([i.path for i in infos], val_fraction, root=root)
+        return {"train": train_files, "val": val_files}, train_files, val_files
+    return {"text": [infos[0].path]}, [infos[0].path], []
+
+
+def _manifest(
+    key: str, tokenizer: TokenizerLike, split: str, val_fraction: float, shard_tokens: int, root: Path, text_bytes: int,
+    shards: dict[str, list[Shard]], sources: dict[str, list[Path]],
+) -> dict[str, Any]:
+    def entry(name: str) -> dict[str, Any]:
+        return {
+            "tokens": sum(s.tokens for s in shards[name]),
+            "shards": [{"file": s.file, "tokens": s.tokens, "sha256": s.sha256} for s in shards[name]],
+            "sources": [relative_name(p, root) for p in sources[name]],
+        }
+
+    return {
+        "format_version": FORMAT_VERSION,
+        "key": key,
+        "tokenizer": tokenizer.name,
+        "vocab_size": tokenizer.vocab_size,
+        "eot_id": tokenizer.eot_id,
+        "dtype": np.dtype(TOKEN_DTYPE).name,
+        "split": split,
+        "val_fraction": val_fraction,
+        "shard_tokens": shard_tokens,
+        "root": str(root),
+        "text_bytes": text_bytes,
+        "train": entry("train"),
+        "val": entry("val"),
+    }
 
 
 def prepare_dataset(
@@ -317,15 +245,7 @@ def prepare_dataset(
     `progress(bytes_done, bytes_total)` is called when tokenizing starts and
     after each batch of text is written.
     """
-    if not 0.0 <= val_fraction < 1.0:
-        raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    if chunk_bytes < 1 or shard_tokens < 1:
-        raise DataError(f"chunk_bytes and shard_tokens must be at least 1, got {chunk_bytes} and {shard_tokens}")
-    if tokenizer.vocab_size > np.iinfo(TOKEN_DTYPE).max + 1:
-        raise DataError(
-            f"tokenizer {tokenizer.name!r} has {tokenizer.vocab_size} tokens; "
-            f"token files store uint16 ids, so at most {np.iinfo(TOKEN_DTYPE).max + 1}"
-        )
+    _check_arguments(tokenizer, val_fraction, chunk_bytes, shard_tokens)
     start = time.perf_counter()
     cache_dir = Path(cache_dir)
     files, root = _resolve(source, cache_dir)
@@ -346,44 +266,14 @@ def prepare_dataset(
         stats = PrepareStats(total_bytes, train.n_tokens, val.n_tokens, len(infos), seconds, True, n_shards)
         return PreparedData(train, val, stats, manifest_path)
 
-    if split == "file":
-        train_files, val_files = split_files([i.path for i in infos], val_fraction, root=root)
-        streams = {"train": train_files, "val": val_files}
-    else:
-        train_files, val_files = [infos[0].path], []
-        streams = {"text": train_files}
-    sizes = {info.path: info.size for info in infos}
-
+    streams, train_files, val_files = _streams(infos, split, val_fraction, root)
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_tmp(out_dir)
     journal = Journal.load(
         out_dir / "progress.json", {"key": key, "chunk_bytes": chunk_bytes, "shard_tokens": shard_tokens}
     )
-    resumed = {name: list(journal.streams.get(name, [])) for name in streams}
-    resume_at = {name: shards[-1].stop if shards else (0, 0) for name, shards in resumed.items()}
-    done = resumed_bytes = sum(
-        _position_bytes([sizes[f] for f in streams[name]], resume_at[name]) for name in streams
-    )
-    if progress is not None:
-        progress(done, total_bytes)
-
-    def on_bytes(n: int) -> None:
-        nonlocal done
-        done = min(done + n, total_bytes)
-        if progress is not None:
-            progress(done, total_bytes)
-
-    shards: dict[str, list[Shard]] = {}
-    for name, stream_files in streams.items():
-        if resume_at[name] == (len(stream_files), 0) and resumed[name]:
-            shards[name] = resumed[name]  # finished before the interruption
-            continue
-        writer = ShardWriter(
-            out_dir, name, shard_tokens, first_index=len(resumed[name]), on_shard=functools.partial(journal.add, name)
-        )
-        new = _tokenize_stream(writer, stream_files, resume_at[name], tokenizer, chunk_bytes, on_bytes)
-        shards[name] = resumed[name] + new
-
+    sizes = {info.path: info.size for info in infos}
+    shards, resumed_bytes = tokenize_streams(out_dir, streams, sizes, journal, tokenizer, chunk_bytes, shard_tokens, progress)
     if split == "position":
         n_val = _val_tokens_by_position(sum(s.tokens for s in shards["text"]), val_fraction)
         shards["train"], shards["val"] = split_off_tail(out_dir, shards["text"], n_val, "val")
@@ -391,29 +281,10 @@ def prepare_dataset(
     if n_train + n_val == 0:  # files holding nothing but a byte-order mark
         raise _no_text(source)
 
-    def entry(name: str, sources: Sequence[Path]) -> dict[str, Any]:
-        return {
-            "tokens": sum(s.tokens for s in shards[name]),
-            "shards": [{"file": s.file, "tokens": s.tokens, "sha256": s.sha256} for s in shards[name]],
-            "sources": [relative_name(p, root) for p in sources],
-        }
-
+    manifest = _manifest(
+        key, tokenizer, split, val_fraction, shard_tokens, root, total_bytes, shards, {"train": train_files, "val": val_files}
+    )
     # Written last: its presence is what marks the shards as complete.
-    manifest = {
-        "format_version": FORMAT_VERSION,
-        "key": key,
-        "tokenizer": tokenizer.name,
-        "vocab_size": tokenizer.vocab_size,
-        "eot_id": tokenizer.eot_id,
-        "dtype": np.dtype(TOKEN_DTYPE).name,
-        "split": split,
-        "val_fraction": val_fraction,
-        "shard_tokens": shard_tokens,
-        "root": str(root),
-        "text_bytes": total_bytes,
-        "train": entry("train", train_files),
-        "val": entry("val", val_files),
-    }
     write_text_atomic(manifest_path, json.dumps(manifest, indent=1))
     journal.path.unlink(missing_ok=True)
     if progress is not None:
