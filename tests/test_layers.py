@@ -395,3 +395,11 @@ def test_base_position_encoding_is_nope() -> None:
     assert pos.absolute(0, 3) is None
     assert pos.rotate(q, k, 5) == (q, k)
     assert list(pos.parameters()) == []
+
+
+def test_attention_takes_the_books_positional_order() -> None:
+    # LLMs-from-scratch ch03/ch04: MultiHeadAttention(d_in, d_out, context_length, dropout, num_heads, qkv_bias)
+    att = MultiHeadAttention(8, 12, 16, 0.25, 3, True)
+    assert (att.qkv.in_features, att.d_out, att.context_length) == (8, 12, 16)
+    assert (att.dropout, att.num_heads, att.head_dim) == (0.25, 3, 4)
+    assert att.qkv.bias is not None
