@@ -52,7 +52,7 @@ from torch._inductor.utils import fresh_cache
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from gptkit import GPTModel, model_preset  # noqa: E402
+from gptkit import GPTModel, accelerate, model_preset  # noqa: E402
 from gptkit.generation.generate import generate  # noqa: E402
 from gptkit.generation.samplers import Greedy  # noqa: E402
 
@@ -217,6 +217,7 @@ def main() -> None:
             torch.set_num_threads(threads)
             torch.manual_seed(0)
             model = GPTModel(model_preset(preset))
+            accelerate(model)  # as the trainer and the model loader prepare it
             torch._dynamo.reset()
             pairs = workloads(model, preset, args.new_tokens)
             # A fresh, empty inductor cache (on disk and in memory) for each: what a first run pays.

@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from gptkit import GPTModel, model_preset
+from gptkit.kernels import accelerate
 from gptkit.kernels.decode_step import StockDecoder
 from gptkit.generation.generate import generate
 from gptkit.interop.hf_convert import hf_config_dict, to_hf_state_dict
@@ -151,7 +152,10 @@ def main() -> None:
     torch.manual_seed(0)
     model = GPTModel(model_preset("gpt2")).eval()
     hf = hf_twin(model)  # shares the weights' current memory
-    model_in_huge_pages = move_to_huge_pages(model)  # gptkit's copy moves, as gptkit.generation.loading.load_model does
+    # As gptkit.generation.loading.load_model prepares a model: the CPU kernels switched on
+    # (accelerate(model, inference=True)), which moves gptkit's copy of the weights into huge pages.
+    accelerate(model)
+    model_in_huge_pages = move_to_huge_pages(model)
     prompt = torch.randint(0, model.cfg.vocab_size, (1, PROMPT_TOKENS), generator=torch.Generator().manual_seed(1))
 
     rates = generation_rates(model, hf, prompt, args.new_tokens, args.repeats)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import gptkit.model.gpt as model_module  # noqa: E402
+import gptkit.kernels.fused_loss as model_module  # noqa: E402  (the bf16-aware next_token_loss)
 from gptkit import GPTModel, model_preset  # noqa: E402
 
 BATCH, REPEATS = 8, 5

@@ -14,6 +14,36 @@ from gptkit.kernels.onednn_linear import OneDNNLinear as Linear
 needs_onednn = pytest.mark.skipif(not linear_module._ONEDNN, reason="this PyTorch build has no oneDNN")
 
 
+@pytest.fixture(autouse=True)
+def onednn_preferred(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The path is tested on every CPU, also on Intel's, where gptkit leaves float32 to MKL."""
+    monkeypatch.setattr(linear_module, "PREFER_ONEDNN", linear_module._ONEDNN)
+
+
+@needs_onednn
+def test_onednn_is_preferred_except_on_intel_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert linear_module.prefers_onednn("AuthenticAMD")
+    assert linear_module.prefers_onednn("")  # unknown: oneDNN, as before the vendor was read
+    assert not linear_module.prefers_onednn("GenuineIntel")
+    x, w = torch.randn(4, 8), torch.randn(3, 8)
+    assert linear_module.use_onednn(x, w)
+    monkeypatch.setattr(linear_module, "PREFER_ONEDNN", False)  # as on an Intel CPU
+    assert not linear_module.use_onednn(x, w)
+    layer = Linear(8, 3)
+    torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), rtol=0, atol=0)  # the plain op, exactly
+
+
+def test_cpu_vendor_reads_proc_cpuinfo() -> None:
+    import pathlib
+
+    info = pathlib.Path("/proc/cpuinfo")
+    if not info.exists():
+        assert linear_module.cpu_vendor() == ""
+        return
+    line = next((l for l in info.read_text(errors="replace").splitlines() if l.startswith("vendor_id")), None)
+    assert linear_module.cpu_vendor() == (line.split(":", 1)[1].strip() if line else "")
+
+
 def float64_reference(x: torch.Tensor, layer: nn.Linear, grad_out: torch.Tensor) -> tuple[torch.Tensor, ...]:
     x64 = x.detach().double().requires_grad_()
     w64 = layer.weight.detach().double().requires_grad_()
