@@ -305,6 +305,8 @@ def test_generation_parameters_out_of_range_in_a_server_request(body: bytes, mes
         (["generate", "--run", "r", "--temperature", "nan"], "argument --temperature: expected a finite number, got 'nan'; see python main.py generate --help"),
         (["generate", "--run", "r", "--seed", str(2**64)], f"--seed must be between {-(2**63)} and {2**64 - 1}, got {2**64}"),
         (["generate", "--run", "r", "--max-new-tokens", "3149228960490"], "--max-new-tokens must be at most 1,000,000, got 3149228960490"),
+        (["generate", "--run", "r", "--temperature", "1e-300"], "--temperature 1e-300 is too small to divide the logits by; use at least 1e-30 (0 means greedy decoding)"),
+        (["generate", "--run", "r", "--repetition-penalty", "1e-300"], "--repetition-penalty 1e-300 is too small to divide the logits by; use at least 1e-30"),
         (["config", "--set", "run.device=tpu"], "invalid config:\nrun.device: 'tpu' is not a device gptkit trains on; use auto, cpu, cuda, cuda:N or mps"),
         (["config", "--set", "run.name=../../x"], "invalid config:\nrun.name: '../../x' must be one folder name (no '/', '\\', '.' or '..'), the run's folder inside run.out_dir"),
         (["config", "--set", "model.norm=[/x]y"], "invalid config:\nmodel.norm: unknown norm '[/x]y'; valid norm names: layernorm, rmsnorm"),

@@ -124,6 +124,9 @@ class Session:
 MAX_NEW_TOKENS_LIMIT = 1_000_000
 # What torch.Generator.manual_seed accepts.
 SEED_RANGE = (-(2**63), 2**64 - 1)
+# The temperature and the repetition penalty divide logits: below this, the quotient overflows
+# float32 to inf, the probabilities become nan and the draw returns a token id past the vocabulary.
+SMALLEST_DIVISOR = 1e-30
 
 
 def hugging_face_folder(path: str | Path) -> bool:
@@ -149,6 +152,10 @@ def open_session(options: Any) -> Session:
         raise GptkitError(f"--max-new-tokens must be at most {MAX_NEW_TOKENS_LIMIT:,}, got {options.max_new_tokens}")
     if options.seed is not None and not SEED_RANGE[0] <= options.seed <= SEED_RANGE[1]:
         raise GptkitError(f"--seed must be between {SEED_RANGE[0]} and {SEED_RANGE[1]}, got {options.seed}")
+    for flag, value in (("--temperature", options.temperature), ("--repetition-penalty", options.repetition_penalty)):
+        if value is not None and 0 < value < SMALLEST_DIVISOR:
+            raise GptkitError(f"{flag} {value:g} is too small to divide the logits by; use at least {SMALLEST_DIVISOR:g}" + (
+                " (0 means greedy decoding)" if flag == "--temperature" else ""))
     if options.run is not None and hugging_face_folder(options.run):
         raise GptkitError(f"{options.run} is a Hugging Face checkpoint folder, not a gptkit run directory; use --hf-dir {options.run}")
     specs = sampler_specs(
