@@ -51,9 +51,8 @@ def make_run_dir(cfg: RunConfig) -> tuple[Path, list[Path]]:
     run_dir = Path(cfg.run.out_dir) / name
     if run_dir.exists() and any(run_dir.iterdir()):
         raise GptkitError(f"run directory {run_dir} already exists; pick another run.name or continue it with --resume {run_dir}")
+    # Only what this command makes is removed again: an empty folder already there stays.
     made = [p for p in (run_dir, *run_dir.parents) if not p.exists()][::-1]
-    if not made and run_dir.is_dir():
-        made = [run_dir]  # an empty folder of the same name: ours from here on
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / ".write-test"
