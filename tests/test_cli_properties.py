@@ -51,7 +51,7 @@ from gptkit.training.train_state import TrainState
 ROOT = Path(__file__).resolve().parents[1]
 # Kept under a minute on two busy cores: each example is one in-process command.
 SETTINGS = settings(
-    max_examples=int(os.environ.get("GPTKIT_CLI_EXAMPLES", "120")), deadline=None, database=None,
+    max_examples=int(os.environ.get("GPTKIT_CLI_EXAMPLES", "200")), deadline=None, database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture, HealthCheck.data_too_large],
 )
 MODEL = {"vocab_size": 50257, "emb_dim": 16, "n_heads": 2, "n_layers": 1, "context_length": 16}
