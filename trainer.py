@@ -203,8 +203,9 @@ class Trainer:
         m = self.cfg.model
         try:
             model = GPTModel(m, registry).to(self.device)
-        except (RuntimeError, OverflowError, MemoryError) as err:
-            if not isinstance(err, MemoryError) and not any(w in str(err) for w in ("allocate", "overflow", "out of memory")):
+        except (RuntimeError, OverflowError, MemoryError, TypeError) as err:
+            # torch says "can't allocate memory", or "Overflow when unpacking long" for sizes past int64.
+            if not isinstance(err, MemoryError) and not any(w in str(err).lower() for w in ("allocate", "overflow", "out of memory")):
                 raise  # anything else is no question of size: keep the traceback
             raise GptkitError(
                 f"cannot build a model of model.vocab_size={m.vocab_size}, model.emb_dim={m.emb_dim}, "

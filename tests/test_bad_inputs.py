@@ -497,3 +497,13 @@ def test_resume_of_a_run_made_before_the_components_map(monkeypatch: pytest.Monk
     code, err = run_main(monkeypatch, "--resume", str(run_dir), "--set", "train.max_steps=3")
     assert code == 0, err
     assert json.loads((run_dir / "config.json").read_text())["components"]["norm/layernorm"] == "built-in"
+
+
+def test_a_model_too_large_to_build(monkeypatch: pytest.MonkeyPatch, corpus: Path, tmp_path: Path) -> None:
+    code, err = run_main(monkeypatch, *train_args(corpus, tmp_path / "runs", "--set", f"model.vocab_size={2**70}"))
+    assert code == 2
+    assert err.startswith(
+        f"error: cannot build a model of model.vocab_size={2**70}, model.emb_dim=32, model.n_layers=1, model.context_length=16 on cpu: "
+        "empty(): argument 'size' failed to unpack the object at pos 1 with error \"Overflow when unpacking long long"
+    ), err
+    assert err.count("\n") == 1 and not (tmp_path / "runs").exists()
