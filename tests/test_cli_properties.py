@@ -104,8 +104,11 @@ VALID = {
     "train.lr": "0.01", "train.min_lr": "0.0", "data.val_fraction": "0.2", "run.seed": "7", "model.drop_rate": "0.1",
     "train.weight_decay": "0.0", "train.beta1": "0.8", "train.grad_clip": "null", "run.peak_flops": "1e12",
 }
+# Values the issue reported by hand, drawn often enough to be found in every run.
+REPORTED = [("model.vocab_size", "1000"), ("run.device", "tpu"), ("run.name", "../../x"), ("model.vocab_size", str(2**70))]
 set_values = st.one_of(
     st.sampled_from(sorted(VALID.items())),
+    st.sampled_from(REPORTED),
     st.tuples(st.sampled_from(STRING_KEYS), st.one_of(names, st.sampled_from(["tpu", "cuda:x", "cpu:9", "meta", "mps", "xla"]))),
     st.tuples(st.sampled_from(SIZE_KEYS), st.one_of(huge.map(str), st.sampled_from(["1000", "3", "1"]), free_text)),
     st.tuples(st.sampled_from(FLOAT_KEYS), st.one_of(any_number.map(json_text), free_text)),
