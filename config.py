@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -42,6 +43,7 @@ from gptkit.model.config import (
 from gptkit.registry import Registry
 
 DEFAULT_MODEL_PRESET = "cpu-small"
+DEVICE_NAME = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 
 class Section(BaseModel):
@@ -133,7 +135,8 @@ class SamplingConfig(Section):
 class RunSection(Section):
     out_dir: str = Field("runs", description="Parent of the run directories.")
     name: str | None = Field(None, description="Run directory name; None: a timestamp.")
-    seed: int = 1337
+    # torch's generators take 64-bit seeds; the margin leaves room for the per-process offsets added to it.
+    seed: int = Field(1337, ge=0, lt=2**62, description="Seed of the weights, batches and dropout.")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps.")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("bfloat16", description="Autocast precision (float16: CUDA only).")
     compile: bool = Field(False, description="torch.compile the model.")
@@ -142,6 +145,22 @@ class RunSection(Section):
     parallel: Literal["ddp", "fsdp"] = Field(
         "ddp", description="Under torchrun: ddp (a whole model per process) or fsdp (sharded, for models too big for one device)."
     )
+
+    @field_validator("name")
+    @classmethod
+    def _one_folder(cls, name: str | None) -> str | None:
+        # The run directory is out_dir/name: a name with a separator or ".." would put it elsewhere.
+        if name is not None and (name in (".", "..") or "/" in name or "\\" in name or "\0" in name):
+            raise ValueError(f"'{name}' must be one folder name (no '/', '\\', '.' or '..'), the run's folder inside run.out_dir")
+        return name
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, device: str) -> str:
+        # Checked by name here, without torch: torch's own refusal of a device string is a traceback.
+        if not DEVICE_NAME.fullmatch(device):
+            raise ValueError(f"'{device}' is not a device gptkit trains on; use auto, cpu, cuda, cuda:N or mps")
+        return device
 
     @model_validator(mode="after")
     def _fsdp_precision(self) -> RunSection:
@@ -167,18 +186,38 @@ class RunConfig(Section):
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
+    given = str(path)  # messages quote the path as typed
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config file {given} is a directory; expected a .toml or .json file")
     if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
-    text = path.read_text(encoding="utf-8")
+        raise ConfigError(f"config file {given} does not exist")
+    if path.suffix not in (".toml", ".json"):
+        raise ConfigError(f"config file {given} must end in .toml or .json")
+    kind = path.suffix[1:].upper()
     try:
-        if path.suffix == ".toml":
-            return tomllib.loads(text)
-        if path.suffix == ".json":
-            return json.loads(text)
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"config file {given} is not UTF-8 text: byte {err.object[err.start]:#04x} at byte offset {err.start}") from None
+    try:
+        data = tomllib.loads(text) if kind == "TOML" else json.loads(text)
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as err:
-        raise ConfigError(f"config file {path} is not valid {path.suffix[1:].upper()}: {err}") from None
-    raise ConfigError(f"config file {path} must end in .toml or .json")
+        raise ConfigError(f"config file {given} is not valid {kind}: {err}") from None
+    if not isinstance(data, dict):
+        # Valid JSON, but an array or a number has no sections to merge.
+        raise ConfigError(f"config file {given} holds {json_kind(data)}; expected an object of sections (model, data, train, sampling, run)")
+    return data
+
+
+def json_kind(value: object) -> str:
+    """What JSON calls the type of `value`, with its article."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    return "a string" if isinstance(value, str) else "an array"
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

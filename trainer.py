@@ -52,9 +52,29 @@ def pick_device(name: str, local_rank: int | None = None) -> torch.device:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise GptkitError(f"run.device is '{name}' but no CUDA device is available; use run.device=cpu")
+    if name.startswith("cuda:") and int(name.removeprefix("cuda:")) >= torch.cuda.device_count():
+        raise GptkitError(f"run.device is '{name}' but this machine has {torch.cuda.device_count()} CUDA devices (cuda:0 ...)")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise GptkitError("run.device is 'mps' but no Apple GPU (MPS) is available; use run.device=cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:  # a name config.py let through but this torch does not know
+        raise GptkitError(f"run.device '{name}': {str(err).splitlines()[0]}") from None
     if name == "cuda" and local_rank is not None:
         return torch.device("cuda", local_rank)
-    return torch.device(name)
+    return device
+
+
+def budget_reason(cfg: RunConfig, state: TrainState) -> str | None:
+    """Which budget of `cfg` a run at `state` has used up, or None."""
+    t, s = cfg.train, state
+    if t.max_steps is not None and s.step >= t.max_steps:
+        return f"reached train.max_steps={t.max_steps}"
+    if t.max_tokens is not None and s.tokens_seen >= t.max_tokens:
+        return f"reached train.max_tokens={t.max_tokens}"
+    if t.max_time is not None and s.elapsed >= t.max_time:
+        return f"reached train.max_time={t.max_time:g}s"
+    return None
 
 
 def peak_flops_for(device: torch.device, configured: float | None) -> float | None:
@@ -180,7 +200,18 @@ class Trainer:
 
     def _build_model(self, registry: Registry) -> GPTModel:
         torch.manual_seed(self.cfg.run.seed)  # the same initial weights in every process
-        model = GPTModel(self.cfg.model, registry).to(self.device)
+        m = self.cfg.model
+        try:
+            model = GPTModel(m, registry).to(self.device)
+        except (RuntimeError, OverflowError, MemoryError, TypeError) as err:
+            # torch says "can't allocate memory", or "Overflow when unpacking long" for sizes past int64.
+            if not isinstance(err, MemoryError) and not any(w in str(err).lower() for w in ("allocate", "overflow", "out of memory")):
+                raise  # anything else is no question of size: keep the traceback
+            raise GptkitError(
+                f"cannot build a model of model.vocab_size={m.vocab_size}, model.emb_dim={m.emb_dim}, "
+                f"model.n_layers={m.n_layers}, model.context_length={m.context_length} on {self.device}: "
+                f"{str(err).splitlines()[0] if str(err) else 'out of memory'}"
+            ) from None
         if self.cfg.run.kernels:
             accelerate(model)  # CPU speed paths; nothing changes on other devices
         return model
@@ -355,14 +386,7 @@ class Trainer:
         return mean_loss, grad_norm, lr
 
     def budget_reason(self) -> str | None:
-        t, s = self.cfg.train, self.state
-        if t.max_steps is not None and s.step >= t.max_steps:
-            return f"reached train.max_steps={t.max_steps}"
-        if t.max_tokens is not None and s.tokens_seen >= t.max_tokens:
-            return f"reached train.max_tokens={t.max_tokens}"
-        if t.max_time is not None and s.elapsed >= t.max_time:
-            return f"reached train.max_time={t.max_time:g}s"
-        return None
+        return budget_reason(self.cfg, self.state)
 
     def stop_reason(self, check_interrupt: Callable[[], None] = lambda: None) -> str | None:
         """Why training stops before the next step, or None; raises KeyboardInterrupt on a pending signal.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from commands import err_console
 from commands.options import (
@@ -28,6 +28,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_compile_option(parser)
 
 
+def warn_if_prompt_too_long(prompt: str, tokenizer: Any, context_length: int) -> None:
+    """Say so when the model will not see the whole prompt: generation reads only the last window of it."""
+    from gptkit.generation.generate import encode_prompt
+
+    n = len(encode_prompt(tokenizer, prompt))
+    if n > context_length:
+        err_console.print(
+            f"warning: the prompt is {n} tokens, longer than the model's context of {context_length}; "
+            f"the model sees only its last {context_length} tokens",
+            highlight=False, markup=False, soft_wrap=True,
+        )
+
+
 def run(args: argparse.Namespace, registry: Registry) -> int:
     """Continue --prompt with a trained model, printing the text as it is generated.
 
@@ -39,7 +52,8 @@ def run(args: argparse.Namespace, registry: Registry) -> int:
 
     session = open_session(args)
     loaded = session.loaded
-    err_console.print(f"model: {loaded.description}, {loaded.model.num_parameters() / 1e6:.1f}M parameters", highlight=False)
+    err_console.print(f"model: {loaded.description}, {loaded.model.num_parameters() / 1e6:.1f}M parameters", highlight=False, markup=False)
+    warn_if_prompt_too_long(args.prompt, loaded.tokenizer, loaded.model.cfg.context_length)
     sys.stdout.write(args.prompt)
     sys.stdout.flush()
     try:

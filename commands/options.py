@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gptkit.dtypes import INFERENCE_DTYPES
-from gptkit.errors import CheckpointError
+from gptkit.errors import CheckpointError, ConfigError
 from gptkit.model.config import (
     PRESETS,  # pydantic only: the preset names for --help cost no torch
 )
@@ -18,11 +19,46 @@ if TYPE_CHECKING:
     from gptkit.registry import Registry
 
 
+class Once(argparse.Action):
+    """Store an option's value, refusing the option a second time.
+
+    argparse's plain store keeps the last of several and drops the others without a word:
+    a second --config would silently replace the first instead of adding to it.
+    """
+
+    def __call__(
+        self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object, option_string: str | None = None
+    ) -> None:
+        previous = getattr(namespace, self.dest, None)
+        if previous is not None:
+            raise argparse.ArgumentError(self, f"given twice ('{previous}' and '{values}'); give it once")
+        setattr(namespace, self.dest, values)
+
+
+def integer(text: str) -> int:
+    """An int option's value; the message quotes it as typed (argparse's own shows its repr)."""
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
+
+
+def number(text: str) -> float:
+    """A float option's value, finite: nan or inf would reach the sampling as nonsense probabilities."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got '{text}'")
+    return value
+
+
 def add_config_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", metavar="FILE", help="TOML or JSON run config")
-    parser.add_argument("--preset", metavar="NAME", help=f"model preset: {', '.join(PRESETS)}")
+    parser.add_argument("--config", action=Once, metavar="FILE", help="TOML or JSON run config")
+    parser.add_argument("--preset", action=Once, metavar="NAME", help=f"model preset: {', '.join(PRESETS)}")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one setting, e.g. train.lr=1e-3 (repeatable)")
-    parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint")
+    parser.add_argument("--resume", action=Once, metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint")
 
 
 def add_source_options(parser: argparse.ArgumentParser) -> None:
@@ -38,13 +74,13 @@ def add_dtype_option(parser: argparse.ArgumentParser) -> None:
 
 def add_sampler_options(parser: argparse.ArgumentParser) -> None:
     """The flags `gptkit.generation.loading.open_session` reads."""
-    parser.add_argument("--temperature", type=float, help="0: greedy. Any sampler option replaces the run's chain")
-    parser.add_argument("--top-k", type=int, help="keep the k most likely tokens")
-    parser.add_argument("--top-p", type=float, help="keep the most likely tokens up to this probability mass")
-    parser.add_argument("--min-p", type=float, help="keep tokens at least this fraction as likely as the top one")
-    parser.add_argument("--repetition-penalty", type=float, help="above 1 discourages tokens already seen")
-    parser.add_argument("--max-new-tokens", type=int, help="default: the run's sampling.max_new_tokens, else 200")
-    parser.add_argument("--seed", type=int, help="seed the sampling for a reproducible result")
+    parser.add_argument("--temperature", type=number, help="0: greedy. Any sampler option replaces the run's chain")
+    parser.add_argument("--top-k", type=integer, help="keep the k most likely tokens")
+    parser.add_argument("--top-p", type=number, help="keep the most likely tokens up to this probability mass")
+    parser.add_argument("--min-p", type=number, help="keep tokens at least this fraction as likely as the top one")
+    parser.add_argument("--repetition-penalty", type=number, help="above 1 discourages tokens already seen")
+    parser.add_argument("--max-new-tokens", type=integer, help="default: the run's sampling.max_new_tokens, else 200")
+    parser.add_argument("--seed", type=integer, help="seed the sampling for a reproducible result")
     parser.add_argument("--stop", action="append", default=[], metavar="TEXT", help="end at this text, not printed (repeatable)")
 
 
@@ -55,18 +91,44 @@ def add_compile_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def read_stored_config(run_dir: str) -> dict[str, Any]:
+    """A run directory's config.json as a dict, or a `CheckpointError` saying what is wrong with it."""
+    stored_path = Path(run_dir) / "config.json"
+    if not stored_path.is_file():
+        raise CheckpointError(f"cannot resume {run_dir}: no config.json there (is it a gptkit run directory?)")
+    try:
+        stored = json.loads(stored_path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError is a ValueError
+        raise CheckpointError(f"cannot resume {run_dir}: {stored_path} is not valid JSON ({err}); was it cut short?") from None
+    if not isinstance(stored, dict):
+        raise CheckpointError(f"cannot resume {run_dir}: {stored_path} holds a {type(stored).__name__}, not a run config")
+    return stored
+
+
 def resolve_config(args: argparse.Namespace, registry: Registry) -> RunConfig:
-    """The run config from defaults, preset, file and --set (on top of a stored one when resuming)."""
+    """The run config from defaults, preset, file and --set (on top of a stored one when resuming).
+
+    Resuming reads and checks everything before a byte is written: a refused resume
+    leaves the run directory as it was.
+    """
     import config as run_config
+    from gptkit.training.run_components import COMPONENTS_KEY, missing_components_note
 
     if not getattr(args, "resume", None):
         return run_config.load_run_config(args.config, args.preset, args.set, registry=registry)
-    stored_path = Path(args.resume) / "config.json"
-    if not stored_path.is_file():
-        raise CheckpointError(f"cannot resume {args.resume}: no config.json there (is it a gptkit run directory?)")
-    stored = json.loads(stored_path.read_text(encoding="utf-8"))
-    merged = run_config.build_raw_config(args.config, args.preset, args.set, base=stored)
-    cfg = run_config.validate_run_config(merged, registry)
+    if args.preset is not None:
+        # The stored model would override every preset value: the flag would change nothing.
+        raise ConfigError(
+            f"--preset {args.preset} has no effect with --resume: a resumed run keeps the model it was made with"
+        )
+    stored = read_stored_config(args.resume)
+    sources = stored.pop(COMPONENTS_KEY, None)  # provenance, not a setting
+    merged = run_config.build_raw_config(args.config, None, args.set, base=stored)
+    try:
+        cfg = run_config.validate_run_config(merged, registry)
+    except ConfigError as err:
+        note = missing_components_note({**stored, COMPONENTS_KEY: sources}, registry)
+        raise ConfigError(f"{err}\n{note}" if note else str(err)) from None
     changed = [
         key for key in run_config.config_differences(stored, cfg.model_dump(mode="json"))
         if not key.startswith(run_config.RESUMABLE_PREFIXES)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -11,12 +13,13 @@ from typing import TYPE_CHECKING
 from commands import Interrupted, console
 from commands.options import add_config_options, resolve_config
 from gptkit.atomic import write_text_atomic
-from gptkit.errors import GptkitError
+from gptkit.errors import ConfigError, GptkitError
 
 if TYPE_CHECKING:
     from config import RunConfig
     from gptkit.data.dataset import PreparedData
     from gptkit.registry import Registry
+    from trainer import Trainer
 
 HELP = "train a model (the default command)"
 
@@ -38,19 +41,37 @@ def run(args: argparse.Namespace, registry: Registry) -> int:
         distributed.shutdown_distributed()
 
 
-def make_run_dir(cfg: RunConfig) -> Path:
+def make_run_dir(cfg: RunConfig) -> tuple[Path, list[Path]]:
+    """The new run's directory, made and checked writable; also the folders this made, outermost first.
+
+    Those folders are what a failure before the first checkpoint removes again (`remove_made`),
+    so that a failed start leaves no folder behind to block the same run.name.
+    """
     name = cfg.run.name or time.strftime("run-%Y%m%d-%H%M%S")
     run_dir = Path(cfg.run.out_dir) / name
     if run_dir.exists() and any(run_dir.iterdir()):
         raise GptkitError(f"run directory {run_dir} already exists; pick another run.name or continue it with --resume {run_dir}")
+    # Only what this command makes is removed again: an empty folder already there stays.
+    made = [p for p in (run_dir, *run_dir.parents) if not p.exists()][::-1]
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / ".write-test"
         probe.write_text("ok")
         probe.unlink()
     except OSError as err:
+        remove_made(made)
         raise GptkitError(f"cannot write the run directory {run_dir}: {err.strerror or err}; set run.out_dir to a writable folder") from None
-    return run_dir
+    return run_dir, made
+
+
+def remove_made(made: list[Path]) -> None:
+    """Remove the folders `make_run_dir` made, innermost first; the run folder with what this command wrote in it."""
+    for folder in reversed(made):
+        if folder == made[-1]:
+            shutil.rmtree(folder, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only if empty: another run may have appeared beside ours
 
 
 def prepare_data(cfg: RunConfig, tokenizer: object) -> PreparedData:
@@ -80,39 +101,88 @@ def prepare_data(cfg: RunConfig, tokenizer: object) -> PreparedData:
     return data
 
 
-def train(args: argparse.Namespace, cfg: RunConfig, registry: Registry) -> int:
-    """Train in this process: alone, or as one of torchrun's processes (process 0 creates and writes)."""
-    from gptkit.training import distributed
-    from gptkit.training.checkpoint import latest_checkpoint
-    from trainer import Trainer
+def check_vocabulary(cfg: RunConfig, tokenizer: object) -> None:
+    """A model with fewer token ids than its tokenizer would fail at the first batch holding a larger id."""
+    tokens = int(tokenizer.vocab_size)  # type: ignore[attr-defined]
+    if cfg.model.vocab_size < tokens:
+        raise ConfigError(
+            f"model.vocab_size is {cfg.model.vocab_size}, but tokenizer '{cfg.data.tokenizer.name}' has {tokens} "
+            f"token ids; set model.vocab_size to at least {tokens}"
+        )
 
+
+def stored_config(cfg: RunConfig, registry: Registry) -> str:
+    """config.json: the resolved config and where each of its components came from."""
+    from gptkit.training.run_components import COMPONENTS_KEY, component_sources
+
+    data = cfg.model_dump(mode="json")
+    return json.dumps({**data, COMPONENTS_KEY: component_sources(data, registry)}, indent=2) + "\n"
+
+
+def train(args: argparse.Namespace, cfg: RunConfig, registry: Registry) -> int:
+    """Train in this process: alone, or as one of torchrun's processes (process 0 creates and writes).
+
+    Nothing is written before the data is ready and the trainer is built (checkpoint loaded,
+    batches sized): a command that fails before training leaves the disk as it found it.
+    """
+    from gptkit.training import distributed
+    from gptkit.training.checkpoint import (
+        latest_checkpoint,
+        list_checkpoints,
+        read_train_state,
+    )
+    from trainer import Trainer, budget_reason
+
+    tokenizer = registry.create("tokenizer", cfg.data.tokenizer)
+    check_vocabulary(cfg, tokenizer)
     checkpoint: Path | None = None
+    made: list[Path] = []
     if args.resume:
         run_dir = Path(args.resume)
         checkpoint = distributed.on_main(lambda: latest_checkpoint(run_dir))
-        console.print(f"resuming {run_dir} from {checkpoint.name}")
+        console.print(f"resuming {run_dir} from {checkpoint.name}", markup=False, highlight=False)
+        state, _ = read_train_state(checkpoint)
+        if (reached := budget_reason(cfg, state)) is not None:
+            # Training on would add nothing but a second end record to metrics.jsonl.
+            console.print(
+                f"{run_dir} has already {reached} (step {state.step}); nothing to train. "
+                f"To go on, raise the budget: python main.py --resume {run_dir} --set train.max_steps=N",
+                markup=False, highlight=False, soft_wrap=True,
+            )
+            return 0
     else:
-        run_dir = distributed.on_main(lambda: make_run_dir(cfg))  # one timestamped name for all processes
-    if distributed.current().is_main:
-        write_text_atomic(run_dir / "config.json", json.dumps(cfg.model_dump(mode="json"), indent=2) + "\n")
-    tokenizer = registry.create("tokenizer", cfg.data.tokenizer)
-    data = distributed.main_first(lambda: prepare_data(cfg, tokenizer))  # tokenized once, then read from the cache
-    trainer = Trainer(cfg, run_dir, data, tokenizer, registry, resume_from=checkpoint)
+        run_dir, made = distributed.on_main(lambda: make_run_dir(cfg))  # one timestamped name for all processes
+    is_main = distributed.current().is_main
+    try:
+        data = distributed.main_first(lambda: prepare_data(cfg, tokenizer))  # tokenized once, then read from the cache
+        trainer = Trainer(cfg, run_dir, data, tokenizer, registry, resume_from=checkpoint)
+        if is_main:
+            write_text_atomic(run_dir / "config.json", stored_config(cfg, registry))
+        report_setup(trainer, cfg, run_dir)
+        try:
+            trainer.fit()
+        except KeyboardInterrupt:
+            if made and not list_checkpoints(run_dir):
+                raise Interrupted("interrupted before the first checkpoint; nothing was kept") from None
+            raise Interrupted(f"interrupted; continue with: python main.py --resume {run_dir}") from None
+    except BaseException:
+        if is_main and made and not list_checkpoints(run_dir):
+            remove_made(made)  # nothing to resume from: a failed start leaves nothing behind
+        raise
+    return 0
+
+
+def report_setup(trainer: Trainer, cfg: RunConfig, run_dir: Path) -> None:
     if trainer.batch_note:
-        console.print(f"note: {trainer.batch_note}")
+        console.print(f"note: {trainer.batch_note}", markup=False, highlight=False)
     world = trainer.process.world_size
     where = f"{trainer.device.type} x {world} processes ({cfg.run.parallel})" if world > 1 else str(trainer.device)
     console.print(
         f"model: {trainer.model.num_parameters() / 1e6:.1f}M parameters on {where} ({cfg.run.dtype}); "
-        f"run directory {run_dir}"
+        f"run directory {run_dir}", markup=False, highlight=False,
     )
     if world > 1:
         console.print(
             f"batch: {trainer.global_batch} sequences per step = {trainer.micro_batch} per micro-batch x "
             f"{trainer.accum} accumulation steps x {world} processes ({trainer.tokens_per_step:,} tokens)"
         )
-    try:
-        trainer.fit()
-    except KeyboardInterrupt:
-        raise Interrupted(f"interrupted; continue with: python main.py --resume {run_dir}") from None
-    return 0

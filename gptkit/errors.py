@@ -16,6 +16,10 @@ class GptkitError(Exception):
     """A user mistake: bad config, missing data, wrong checkpoint, broken plugin."""
 
 
+class UsageError(GptkitError):
+    """The command line itself is wrong: an unknown command, option or option value."""
+
+
 class ConfigError(GptkitError):
     """A config value is missing, misspelt, of the wrong type or out of range."""
 

@@ -11,22 +11,30 @@ import errno
 import io
 import json
 import os
+import shlex
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import subprocess_env
 from rich.console import Console
 
+import commands.generate
+import commands.train
 import main
 from gptkit import ModelConfig, reset_default_registry
 from gptkit.errors import CheckpointError
+from gptkit.interop.hf_checkpoint import export_hf
 from gptkit.model.gpt import GPTModel
 from gptkit.plugins import PLUGIN_DIRS_ENV
 from gptkit.serving.openai_schema import ApiError, parse_request
 from gptkit.training.checkpoint import load_checkpoint, save_checkpoint
 from gptkit.training.train_state import TrainState
 
+ROOT = Path(__file__).resolve().parents[1]
 TINY = [
     "--set", "model.emb_dim=32", "--set", "model.n_heads=2", "--set", "model.n_layers=1",
     "--set", "model.context_length=16", "--set", "train.batch_size=2", "--set", "train.eval_batches=1",
@@ -282,3 +290,220 @@ def test_generation_parameters_out_of_range_in_a_server_request(body: bytes, mes
         parse_request(body)
     assert err.value.status == 400
     assert err.value.body() == {"error": {"message": message, "type": "invalid_request_error", "param": param, "code": None}}
+
+
+# --- the command line itself ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["trian"], "unknown command 'trian' (did you mean 'train'?); the commands are train, config, components, generate, chat, serve (with no command, or only options, python main.py trains; python main.py --help describes them)"),
+        (["generat", "--run", "r"], "unknown command 'generat' (did you mean 'generate'?); the commands are train, config, components, generate, chat, serve (with no command, or only options, python main.py trains; python main.py --help describes them)"),
+        (["config", "--config", "a.json", "--config", "b.json"], "argument --config: given twice ('a.json' and 'b.json'); give it once; see python main.py config --help"),
+        (["generate", "--run", "r", "--top-k", "1e3"], "argument --top-k: expected a whole number, got '1e3'; see python main.py generate --help"),
+        (["generate", "--run", "r", "--temperature", "nan"], "argument --temperature: expected a finite number, got 'nan'; see python main.py generate --help"),
+        (["generate", "--run", "r", "--seed", str(2**64)], f"--seed must be between {-(2**63)} and {2**64 - 1}, got {2**64}"),
+        (["generate", "--run", "r", "--max-new-tokens", "3149228960490"], "--max-new-tokens must be at most 1,000,000, got 3149228960490"),
+        (["generate", "--run", "r", "--temperature", "1e-300"], "--temperature 1e-300 is too small to divide the logits by; use at least 1e-30 (0 means greedy decoding)"),
+        (["generate", "--run", "r", "--repetition-penalty", "1e-300"], "--repetition-penalty 1e-300 is too small to divide the logits by; use at least 1e-30"),
+        (["config", "--set", "run.device=tpu"], "invalid config:\nrun.device: 'tpu' is not a device gptkit trains on; use auto, cpu, cuda, cuda:N or mps"),
+        (["config", "--set", "run.name=../../x"], "invalid config:\nrun.name: '../../x' must be one folder name (no '/', '\\', '.' or '..'), the run's folder inside run.out_dir"),
+        (["config", "--set", "model.norm=[/x]y"], "invalid config:\nmodel.norm: unknown norm '[/x]y'; valid norm names: layernorm, rmsnorm"),
+        (["generate", "--run", "[link=x]y"], "run directory [link=x]y does not exist"),
+    ],
+)
+def test_command_line_mistakes_are_one_line_quoting_the_input(monkeypatch: pytest.MonkeyPatch, argv: list[str], message: str) -> None:
+    assert run_main(monkeypatch, *argv) == (2, f"error: {message}\n")
+
+
+@pytest.mark.parametrize(
+    ("name", "body", "message"),
+    [
+        ("list.json", b"[1, 2]", "config file {path} holds an array; expected an object of sections (model, data, train, sampling, run)"),
+        ("number.json", b"3.5", "config file {path} holds a number; expected an object of sections (model, data, train, sampling, run)"),
+        ("null.json", b"null", "config file {path} holds null; expected an object of sections (model, data, train, sampling, run)"),
+        ("latin1.toml", b"[model]\nnorm = 'caf\xe9'\n", "config file {path} is not UTF-8 text: byte 0xe9 at byte offset 19"),
+        ("folder.json", None, "config file {path} is a directory; expected a .toml or .json file"),
+    ],
+)
+def test_config_files_that_hold_no_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, name: str, body: bytes | None, message: str) -> None:
+    path = tmp_path / name
+    path.mkdir() if body is None else path.write_bytes(body)
+    assert run_main(monkeypatch, "config", "--config", str(path)) == (2, f"error: {message.format(path=path)}\n")
+
+
+def test_preset_with_resume_is_refused(monkeypatch: pytest.MonkeyPatch, trained: Path) -> None:
+    config = (trained / "config.json").read_bytes()
+    code, err = run_main(monkeypatch, "--resume", str(trained), "--preset", "gpt2")
+    assert (code, err) == (2, "error: --preset gpt2 has no effect with --resume: a resumed run keeps the model it was made with\n")
+    assert (trained / "config.json").read_bytes() == config
+
+
+# --- training: nothing left behind, nothing rewritten ---------------------------------------------
+
+
+def test_model_vocabulary_smaller_than_the_tokenizer_is_refused_before_training(
+    monkeypatch: pytest.MonkeyPatch, corpus: Path, tmp_path: Path
+) -> None:
+    code, err = run_main(monkeypatch, *train_args(corpus, tmp_path / "runs", "--set", "model.vocab_size=1000"))
+    assert (code, err) == (2, "error: model.vocab_size is 1000, but tokenizer 'gpt2' has 50257 token ids; set model.vocab_size to at least 50257\n")
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("failure", ["missing data", "trainer setup"])
+def test_a_failed_start_leaves_no_run_directory(monkeypatch: pytest.MonkeyPatch, corpus: Path, tmp_path: Path, failure: str) -> None:
+    out = tmp_path / "runs"
+    if failure == "missing data":
+        code, err = run_main(monkeypatch, *train_args(tmp_path / "absent.txt", out))
+        assert (code, err) == (2, f"error: data source '{tmp_path / 'absent.txt'}' does not exist; expected a text file, directory, glob or http(s) URL\n")
+    else:  # past the data, refused while the trainer is built
+        code, err = run_main(monkeypatch, *train_args(corpus, out, "--set", "train.max_steps=null", "--set", "train.max_tokens=64"))
+        assert code == 2 and err.startswith("error: train.scheduler 'cosine' decays over train.max_steps"), err
+    assert list(tmp_path.iterdir()) == []  # not even run.out_dir
+    # The same run.name then starts as if nothing had happened.
+    code, err = run_main(monkeypatch, *train_args(corpus, out, "--set", "train.max_steps=1"))
+    assert code == 0, err
+    assert (out / "r" / "config.json").is_file()
+
+
+def test_refused_resume_does_not_rewrite_the_run_config(monkeypatch: pytest.MonkeyPatch, trained: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "r"
+    shutil.copytree(trained, run_dir)
+    damage(run_dir / "checkpoints" / "step_000002" / "model.safetensors", "truncated")
+    before = {p.relative_to(run_dir): p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    code, err = run_main(monkeypatch, "--resume", str(run_dir), "--set", "train.max_steps=252")
+    assert code == 2 and "is truncated or corrupted" in err, err
+    assert {p.relative_to(run_dir): p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
+
+
+def test_resume_from_a_truncated_run_config(monkeypatch: pytest.MonkeyPatch, trained: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "r"
+    shutil.copytree(trained, run_dir)
+    config = run_dir / "config.json"
+    config.write_bytes(config.read_bytes()[:100])
+    try:
+        json.loads(config.read_text())
+    except json.JSONDecodeError as err:
+        reason = str(err)
+    code, err = run_main(monkeypatch, "--resume", str(run_dir))
+    assert (code, err) == (2, f"error: cannot resume {run_dir}: {config} is not valid JSON ({reason}); was it cut short?\n")
+    code, err = run_main(monkeypatch, "generate", "--run", str(run_dir), "--prompt", "x")
+    assert (code, err) == (2, f"error: {config} is not valid JSON ({reason}); was it cut short?\n")
+
+
+def test_resume_of_a_run_that_reached_its_budget(monkeypatch: pytest.MonkeyPatch, corpus: Path, tmp_path: Path) -> None:
+    args = train_args(corpus, tmp_path, "--set", "train.max_steps=2", "--set", 'train.callbacks=["checkpoint", "metrics"]')
+    code, err = run_main(monkeypatch, *args)
+    assert code == 0, err
+    run_dir = tmp_path / "r"
+    before = {p.relative_to(run_dir): p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    out = io.StringIO()
+    monkeypatch.setattr(commands.train, "console", Console(file=out, width=1000, no_color=True))
+    code, err = run_main(monkeypatch, "--resume", str(run_dir), "--set", "train.max_steps=2")
+    assert (code, err) == (0, "")
+    assert out.getvalue() == (
+        f"resuming {run_dir} from step_000002\n{run_dir} has already reached train.max_steps=2 (step 2); nothing to train. "
+        f"To go on, raise the budget: python main.py --resume {run_dir} --set train.max_steps=N\n"
+    )
+    assert {p.relative_to(run_dir): p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
+    records = [json.loads(line)["type"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert records.count("end") == 1
+
+
+# --- generation ------------------------------------------------------------------------------------
+
+
+class ClosedPipe(io.StringIO):
+    """A stdout whose reader left after 3 characters, as `| head -c 3` does."""
+
+    def write(self, text: str) -> int:
+        if self.tell() + len(text) > 3:
+            raise BrokenPipeError(32, "Broken pipe")
+        return super().write(text)
+
+
+def test_generate_into_a_closed_pipe_ends_quietly(monkeypatch: pytest.MonkeyPatch, trained: Path) -> None:
+    monkeypatch.setattr(sys, "stdout", ClosedPipe())
+    code, err = run_main(monkeypatch, "generate", "--run", str(trained), "--prompt", "x", "--max-new-tokens", "20")
+    assert code == 0 and "error" not in err and "Traceback" not in err, err
+    # And as a shell runs it: no "Exception ignored" from the interpreter's last flush either.
+    shell = f"{shlex.quote(sys.executable)} main.py generate --run {shlex.quote(str(trained))} --prompt x | head -c 5; echo \" ${{PIPESTATUS[0]}}\""
+    result = subprocess.run(["bash", "-c", shell], check=False, cwd=ROOT, capture_output=True, text=True, timeout=120, env=subprocess_env())
+    assert result.stdout.endswith(" 0\n") and "Error" not in result.stderr and "Exception" not in result.stderr, result.stderr
+
+
+def test_a_prompt_longer_than_the_context_is_warned_about(monkeypatch: pytest.MonkeyPatch, trained: Path) -> None:
+    monkeypatch.setattr(sys, "stdout", io.StringIO())
+    notes = io.StringIO()
+    monkeypatch.setattr(commands.generate, "err_console", Console(file=notes, width=1000, no_color=True))
+    code, err = run_main(monkeypatch, "generate", "--run", str(trained), "--prompt", "word" + " word" * 19, "--max-new-tokens", "1")
+    assert code == 0, err
+    err = notes.getvalue()
+    assert "warning: the prompt is 20 tokens, longer than the model's context of 16; the model sees only its last 16 tokens\n" in err
+
+
+def test_generate_from_a_hugging_face_folder_given_as_a_run(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    model = GPTModel(ModelConfig(emb_dim=16, n_heads=2, n_layers=1, context_length=16))
+    folder = export_hf(model, tmp_path / "hf")
+    code, err = run_main(monkeypatch, "generate", "--run", str(folder))
+    assert (code, err) == (2, f"error: {folder} is a Hugging Face checkpoint folder, not a gptkit run directory; use --hf-dir {folder}\n")
+
+
+# --- a component whose plugin is gone ---------------------------------------------------------------
+
+NORM_PLUGIN = """
+from gptkit import hookimpl
+from gptkit.layers.layer_norm import LayerNorm, LayerNormParams
+
+@hookimpl
+def gptkit_register_components(registry):
+    registry.register("norm", "extranorm", LayerNorm, params=LayerNormParams, description="a LayerNorm by another name")
+"""
+
+
+def test_a_component_whose_plugin_was_uninstalled_names_who_registered_it(
+    monkeypatch: pytest.MonkeyPatch, corpus: Path, tmp_path: Path
+) -> None:
+    plugin = tmp_path / "extras" / "extranorm.py"
+    plugin.parent.mkdir()
+    plugin.write_text(NORM_PLUGIN)
+    monkeypatch.setenv(PLUGIN_DIRS_ENV, str(plugin.parent))
+    reset_default_registry()
+    try:
+        code, err = run_main(monkeypatch, *train_args(corpus, tmp_path / "runs", "--set", "model.norm=extranorm", "--set", "train.max_steps=1"))
+        assert code == 0, err
+    finally:
+        monkeypatch.delenv(PLUGIN_DIRS_ENV)
+        reset_default_registry()
+    run_dir = tmp_path / "runs" / "r"
+    stored = json.loads((run_dir / "config.json").read_text())
+    assert stored["components"]["norm/extranorm"] == "extras/extranorm.py"
+    assert stored["components"]["norm/layernorm"] == "built-in" if "norm/layernorm" in stored["components"] else True
+    note = "norm 'extranorm' was registered by extras/extranorm.py when this run was made (is that plugin still installed?)"
+    unknown = "model.norm: unknown norm 'extranorm' (did you mean 'rmsnorm'?); valid norm names: layernorm, rmsnorm"
+    code, err = run_main(monkeypatch, "generate", "--run", str(run_dir))
+    assert (code, err) == (2, f"error: {run_dir / 'config.json'} does not describe a model: {unknown}\n{note}\n")
+    code, err = run_main(monkeypatch, "--resume", str(run_dir), "--set", "train.max_steps=2")
+    assert (code, err) == (2, f"error: invalid config:\n{unknown}\n{note}\n")
+
+
+def test_resume_of_a_run_made_before_the_components_map(monkeypatch: pytest.MonkeyPatch, trained: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "r"
+    shutil.copytree(trained, run_dir)
+    stored = json.loads((run_dir / "config.json").read_text())
+    assert stored.pop("components")["norm/layernorm"] == "built-in"
+    (run_dir / "config.json").write_text(json.dumps(stored))
+    code, err = run_main(monkeypatch, "--resume", str(run_dir), "--set", "train.max_steps=3")
+    assert code == 0, err
+    assert json.loads((run_dir / "config.json").read_text())["components"]["norm/layernorm"] == "built-in"
+
+
+def test_a_model_too_large_to_build(monkeypatch: pytest.MonkeyPatch, corpus: Path, tmp_path: Path) -> None:
+    code, err = run_main(monkeypatch, *train_args(corpus, tmp_path / "runs", "--set", f"model.vocab_size={2**70}"))
+    assert code == 2
+    assert err.startswith(
+        f"error: cannot build a model of model.vocab_size={2**70}, model.emb_dim=32, model.n_layers=1, model.context_length=16 on cpu: "
+        "empty(): argument 'size' failed to unpack the object at pos 1 with error \"Overflow when unpacking long long"
+    ), err
+    assert err.count("\n") == 1 and not (tmp_path / "runs").exists()

@@ -136,5 +136,6 @@ def test_ctrl_c_saves_and_explains_resume(tmp_path: Path, corpus: Path) -> None:
     assert proc.returncode == 130, out + err
     assert "Traceback" not in out + err
     assert f"python main.py --resume {tmp_path / 'runs' / 'c'}" in (out + err).replace("\n", "")
+    assert (out + err).count("--resume") == 1, out + err  # the hint once, not from every layer
     checkpoints = sorted((tmp_path / "runs" / "c" / "checkpoints").glob("step_*"))
     assert checkpoints, "Ctrl-C must leave a checkpoint"

@@ -23,7 +23,12 @@ from gptkit.generation.samplers import Sampler, build_samplers, sampler_specs
 from gptkit.kernels import accelerate
 from gptkit.model.gpt import GPTModel
 from gptkit.plugins import default_registry
-from gptkit.training.checkpoint import latest_checkpoint, load_run_model
+from gptkit.training.checkpoint import (
+    latest_checkpoint,
+    load_run_model,
+    read_run_config,
+)
+from gptkit.training.run_components import missing_components_note
 
 # What a Hugging Face folder gets when no sampler option is given: the trainer's default.
 # The trainer's default chain (config.py's sampling.samplers) without its repetition penalty:
@@ -49,9 +54,14 @@ def load_run(run_dir: str | Path) -> LoadedModel:
         raise CheckpointError(f"run directory {run_dir} does not exist")
     model = load_run_model(run_dir)  # checks config.json and finds the latest checkpoint
     checkpoint = latest_checkpoint(run_dir)
-    stored = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
-    sampling = stored.get("sampling") or {}
-    tokenizer = default_registry().create("tokenizer", (stored.get("data") or {}).get("tokenizer") or "gpt2")
+    stored = read_run_config(run_dir)
+    sampling = stored.get("sampling") if isinstance(stored.get("sampling"), dict) else {}
+    data = stored.get("data") if isinstance(stored.get("data"), dict) else {}
+    try:
+        tokenizer = default_registry().create("tokenizer", data.get("tokenizer") or "gpt2")
+    except GptkitError as err:
+        note = missing_components_note(stored, default_registry())
+        raise CheckpointError(f"{run_dir / 'config.json'}: {err}" + (f"\n{note}" if note else "")) from None
     return LoadedModel(
         model, tokenizer,
         samplers=sampling.get("samplers") or list(HF_DEFAULT_SAMPLERS),
@@ -109,6 +119,25 @@ class Session:
     compile: bool = False  # generate through torch.compile (see gptkit.generation.compiled)
 
 
+# --max-new-tokens reserves a buffer of that many token ids up front: past this, a typo
+# (an extra few zeros) would ask for gigabytes before the first token.
+MAX_NEW_TOKENS_LIMIT = 1_000_000
+# What torch.Generator.manual_seed accepts.
+SEED_RANGE = (-(2**63), 2**64 - 1)
+# The temperature and the repetition penalty divide logits: below this, the quotient overflows
+# float32 to inf, the probabilities become nan and the draw returns a token id past the vocabulary.
+SMALLEST_DIVISOR = 1e-30
+
+
+def hugging_face_folder(path: str | Path) -> bool:
+    """Whether `path` holds a Hugging Face checkpoint (a config.json with model_type and no gptkit model section)."""
+    try:
+        config = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and "model_type" in config and "model" not in config
+
+
 def open_session(options: Any) -> Session:
     """Model, sampler chain and generator from parsed command-line options (an argparse Namespace).
 
@@ -119,6 +148,16 @@ def open_session(options: Any) -> Session:
     """
     if options.max_new_tokens is not None and options.max_new_tokens < 1:
         raise GptkitError(f"--max-new-tokens must be at least 1, got {options.max_new_tokens}")
+    if options.max_new_tokens is not None and options.max_new_tokens > MAX_NEW_TOKENS_LIMIT:
+        raise GptkitError(f"--max-new-tokens must be at most {MAX_NEW_TOKENS_LIMIT:,}, got {options.max_new_tokens}")
+    if options.seed is not None and not SEED_RANGE[0] <= options.seed <= SEED_RANGE[1]:
+        raise GptkitError(f"--seed must be between {SEED_RANGE[0]} and {SEED_RANGE[1]}, got {options.seed}")
+    for flag, value in (("--temperature", options.temperature), ("--repetition-penalty", options.repetition_penalty)):
+        if value is not None and 0 < value < SMALLEST_DIVISOR:
+            raise GptkitError(f"{flag} {value:g} is too small to divide the logits by; use at least {SMALLEST_DIVISOR:g}" + (
+                " (0 means greedy decoding)" if flag == "--temperature" else ""))
+    if options.run is not None and hugging_face_folder(options.run):
+        raise GptkitError(f"{options.run} is a Hugging Face checkpoint folder, not a gptkit run directory; use --hf-dir {options.run}")
     specs = sampler_specs(
         temperature=options.temperature, top_k=options.top_k, top_p=options.top_p,
         min_p=options.min_p, repetition_penalty=options.repetition_penalty,

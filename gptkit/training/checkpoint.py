@@ -318,13 +318,8 @@ def restore_optimizer_and_rng(
         raise CheckpointError(f"{path} does not fit this model's optimizer ({type(err).__name__}: {err})") from None
 
 
-def load_checkpoint(
-    checkpoint: Path,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer | None = None,
-    restore_rng: bool = True,
-) -> tuple[TrainState, dict[str, Any]]:
-    """Restore weights (and optimizer and RNG); return the train state and trainer.json."""
+def read_train_state(checkpoint: Path) -> tuple[TrainState, dict[str, Any]]:
+    """A checkpoint's progress and its whole trainer.json, checked, without touching the tensors."""
     meta_path = checkpoint / "trainer.json"
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
@@ -339,10 +334,35 @@ def load_checkpoint(
             f"{meta_path} is checkpoint format {version!r}; this gptkit reads format {FORMAT_VERSION} "
             "(was it written by another version of gptkit?)"
         )
+    return state, meta
+
+
+def load_checkpoint(
+    checkpoint: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    restore_rng: bool = True,
+) -> tuple[TrainState, dict[str, Any]]:
+    """Restore weights (and optimizer and RNG); return the train state and trainer.json."""
+    state, meta = read_train_state(checkpoint)
     load_model_weights(model, checkpoint / "model.safetensors")
     if optimizer is not None or restore_rng:
         restore_optimizer_and_rng(checkpoint, meta, optimizer.load_state_dict if optimizer is not None else None, restore_rng)
     return state, meta
+
+
+def read_run_config(run_dir: Path) -> dict[str, Any]:
+    """A run directory's config.json as a dict; a `CheckpointError` naming the file when it is not one."""
+    config_path = Path(run_dir) / "config.json"
+    if not config_path.is_file():
+        raise CheckpointError(f"{run_dir} is not a gptkit run directory (no config.json)")
+    try:
+        stored = json.loads(config_path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError is a ValueError
+        raise CheckpointError(f"{config_path} is not valid JSON ({err}); was it cut short?") from None
+    if not isinstance(stored, dict):
+        raise CheckpointError(f"{config_path} holds a {type(stored).__name__}, not a run config")
+    return stored
 
 
 def load_run_model(run_dir: Path, checkpoint: Path | None = None) -> GPTModel:
@@ -351,17 +371,21 @@ def load_run_model(run_dir: Path, checkpoint: Path | None = None) -> GPTModel:
 
     from gptkit.model.config import ModelConfig, describe_validation_error
     from gptkit.model.gpt import GPTModel
+    from gptkit.plugins import default_registry
+    from gptkit.training.run_components import missing_components_note
 
     run_dir = Path(run_dir)
     config_path = run_dir / "config.json"
-    if not config_path.is_file():
-        raise CheckpointError(f"{run_dir} is not a gptkit run directory (no config.json)")
+    stored = read_run_config(run_dir)
+    if not isinstance(stored.get("model"), dict):
+        raise CheckpointError(f"{config_path} does not describe a model: it has no 'model' section")
     try:
-        model_section = json.loads(config_path.read_text(encoding="utf-8"))["model"]
-        cfg = ModelConfig.model_validate(model_section)
-    except (ValueError, KeyError) as err:
-        detail = describe_validation_error(err, "model") if isinstance(err, ValidationError) else str(err)
-        raise CheckpointError(f"{config_path} does not describe a model: {detail}") from None
+        cfg = ModelConfig.model_validate(stored["model"])
+    except ValidationError as err:
+        note = missing_components_note(stored, default_registry())
+        raise CheckpointError(
+            f"{config_path} does not describe a model: {describe_validation_error(err, 'model')}" + (f"\n{note}" if note else "")
+        ) from None
     checkpoint = checkpoint or latest_checkpoint(run_dir)
     # Built for real, not on the meta device: buffers such as RoPE's tables are not
     # in the checkpoint and must be computed by the constructor.

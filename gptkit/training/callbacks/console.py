@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 import math
-import shlex
 import time
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
@@ -215,8 +214,8 @@ class ConsoleCallback:
     def print_failure(self, trainer: TrainerView, error: BaseException) -> None:
         step = trainer.state.step
         if isinstance(error, KeyboardInterrupt):
+            # The command that stopped says how to go on, once: it knows whether a checkpoint was kept.
             self.print(f"Interrupted at step {step:,}.")
-            self.print(f"Resume with: python main.py --resume {shlex.quote(str(self.context.run_dir))}", soft_wrap=True)
         else:
             self.print(f"Training failed at step {step:,}: {type(error).__name__}: {error}", soft_wrap=True)
 
