@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -93,16 +92,14 @@ def add_compile_option(parser: argparse.ArgumentParser) -> None:
 
 def read_stored_config(run_dir: str) -> dict[str, Any]:
     """A run directory's config.json as a dict, or a `CheckpointError` saying what is wrong with it."""
-    stored_path = Path(run_dir) / "config.json"
-    if not stored_path.is_file():
+    from gptkit.training.checkpoint import read_run_config  # deferred: the checkpoint module imports torch
+
+    if not (Path(run_dir) / "config.json").is_file():
         raise CheckpointError(f"cannot resume {run_dir}: no config.json there (is it a gptkit run directory?)")
     try:
-        stored = json.loads(stored_path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError is a ValueError
-        raise CheckpointError(f"cannot resume {run_dir}: {stored_path} is not valid JSON ({err}); was it cut short?") from None
-    if not isinstance(stored, dict):
-        raise CheckpointError(f"cannot resume {run_dir}: {stored_path} holds a {type(stored).__name__}, not a run config")
-    return stored
+        return read_run_config(Path(run_dir))
+    except CheckpointError as err:
+        raise CheckpointError(f"cannot resume {run_dir}: {err}") from None
 
 
 def resolve_config(args: argparse.Namespace, registry: Registry) -> RunConfig:
