@@ -32,7 +32,8 @@ def run(args: argparse.Namespace, registry: Registry) -> int:
 
     `registry` goes unused, as in `generate`: loading uses the process-wide one, which is it.
     """
-    from gptkit.generation.loading import Chat, open_session
+    from gptkit.generation.chat import Chat
+    from gptkit.generation.loading import open_session
 
     session = open_session(args)
     loaded = session.loaded
