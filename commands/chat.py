@@ -1,9 +1,29 @@
-"""`python main.py chat (--run RUN_DIR | --hf-dir DIR) [sampler options]`: one stdin line per turn."""
+"""`python main.py chat (--run RUN_DIR | --hf-dir DIR) [sampler options]`: talk with a model.
+
+At a terminal the line is read with readline: the arrow keys edit it and recall
+earlier lines, and the history is kept in ~/.cache/gptkit/chat_history (under
+$XDG_CACHE_HOME where that is set) from one chat to the next, as Python's own
+prompt and ollama's do: trying the same questions against each new
+checkpoint of a run is what this command is mostly for. Ctrl-C stops a reply and
+returns to the prompt; at the prompt Ctrl-C, Ctrl-D or /exit ends the chat.
+
+From a pipe each line is a turn and stdout reads as a transcript ("User: ..." then
+"Assistant: ..."); nothing is recorded in the history.
+
+Lines starting with "/" are commands, never sent to the model; "//" sends a line
+that starts with "/". What the commands say goes to stderr, so that stdout holds
+only the conversation.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from collections.abc import Callable
+from contextlib import closing
+from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 from commands import err_console
@@ -13,11 +33,21 @@ from commands.options import (
     add_sampler_options,
     add_source_options,
 )
+from gptkit.errors import GptkitError
 
 if TYPE_CHECKING:
+    from gptkit.generation.chat import Chat
     from gptkit.registry import Registry
 
-HELP = "talk with a model, one stdin line per turn"
+HELP = "talk with a model: line editing and history at a terminal, one stdin line per turn from a pipe"
+
+COMMANDS = {
+    "/help": "list these commands",
+    "/reset": "forget the conversation so far (the model starts afresh)",
+    "/exit": "end the chat (so do Ctrl-D, and Ctrl-C at the prompt)",
+}
+ALIASES = {"/quit": "/exit"}
+HISTORY_LINES = 1000  # kept in the history file; older lines are dropped
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,46 +55,189 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_sampler_options(parser)
     add_dtype_option(parser)
     add_compile_option(parser)
+    parser.add_argument(
+        "--stop-newlines", type=int, default=2, metavar="N",
+        help="end a reply at N newlines in a row (default 2: a blank line; 0: no such limit)",
+    )
+
+
+def history_path() -> Path:
+    """Where the line history is kept: $XDG_CACHE_HOME/gptkit/chat_history, else ~/.cache/gptkit/chat_history."""
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "gptkit" / "chat_history"
 
 
 def run(args: argparse.Namespace, registry: Registry) -> int:
-    """Talk with a model: each line on stdin is a turn, each reply streams back; EOF or /exit ends.
+    """Talk with a model: each line is a turn, each reply streams back.
 
     `registry` goes unused, as in `generate`: loading uses the process-wide one, which is it.
     """
-    from gptkit.generation.loading import Chat, open_session
+    if args.stop_newlines < 0:  # checked before the model loads, as the sampler options are
+        raise GptkitError(f"--stop-newlines must be 0 (no limit) or more, got {args.stop_newlines}")
+    from gptkit.generation.chat import Chat
+    from gptkit.generation.loading import open_session
 
     session = open_session(args)
     loaded = session.loaded
     chat = Chat(
         loaded.model, loaded.tokenizer, session.samplers, session.max_new_tokens, args.stop, session.generator,
-        compile=session.compile,
+        compile=session.compile, newline_run=args.stop_newlines,
     )
-    interactive = sys.stdin.isatty()
-    if interactive:
-        err_console.print(f"chatting with {loaded.description}; /exit or Ctrl-D ends", highlight=False)
+    if sys.stdin.isatty():
+        err_console.print(
+            f"chatting with {loaded.description}; /help lists the commands, Ctrl-C stops a reply, Ctrl-D ends",
+            highlight=False, markup=False, soft_wrap=True,
+        )
+        return _interactive(chat)
+    return _piped(chat)
+
+
+def _piped(chat: Chat) -> int:
+    """One stdin line per turn, echoed, so that stdout reads as a transcript; EOF or /exit ends."""
     try:
-        while True:
-            try:
-                line = input(f"{Chat.USER} ") if interactive else sys.stdin.readline()
-            except EOFError:
-                break
-            if not line and not interactive:
-                break  # readline() gives "" only at the end of the input
-            line = line.strip()
-            if line == "/exit":
-                break
-            if not line:
+        while line := sys.stdin.readline():  # "" only at the end of the input
+            text = line.strip()
+            if not text:
                 continue
-            if not interactive:  # a piped conversation reads as a transcript
-                sys.stdout.write(f"{Chat.USER} {line}\n")
-            sys.stdout.write(Chat.ASSISTANT)
-            for piece in chat.reply(line):
-                sys.stdout.write(piece)
-                sys.stdout.flush()
-            sys.stdout.write("\n")
-            sys.stdout.flush()
-    except KeyboardInterrupt:
+            if _is_command(text):
+                if _command(text, chat) == "exit":
+                    break
+                continue
+            text = _unescape(text)
+            sys.stdout.write(f"{chat.USER} {text}\n")
+            _reply(chat, text)
+    except KeyboardInterrupt:  # a script being stopped: no prompt to go back to
         sys.stdout.write("\n")
         return 130
     return 0
+
+
+def _interactive(chat: Chat) -> int:
+    """The prompt loop at a terminal. Every way out leaves the cursor at the start of a line."""
+    history = _LineEditing.start()
+    try:
+        while True:
+            try:
+                line = input(f"{chat.USER} ")
+            except (EOFError, KeyboardInterrupt):
+                # Ctrl-D or Ctrl-C at the prompt: the cursor is still after "User: ".
+                sys.stdout.write("\n")
+                break
+            text = line.strip()
+            if not text:
+                continue
+            if _is_command(text):
+                if _command(text, chat) == "exit":
+                    break
+                continue
+            try:
+                _reply(chat, _unescape(text))
+            except KeyboardInterrupt:
+                # Ctrl-C stops this reply only (the terminal has echoed ^C); the chat goes on.
+                sys.stdout.write("\n")
+                sys.stdout.flush()
+    except KeyboardInterrupt:  # Ctrl-C between reading a line and starting its reply: end cleanly
+        sys.stdout.write("\n")
+    finally:
+        sys.stdout.flush()
+        history.save()
+    return 0
+
+
+def _reply(chat: Chat, text: str) -> None:
+    sys.stdout.write(chat.ASSISTANT)
+    sys.stdout.flush()
+    # closing(): a reply stopped by Ctrl-C is remembered now, not whenever the generator is collected.
+    with closing(chat.reply(text)) as pieces:
+        for piece in pieces:
+            sys.stdout.write(piece)
+            sys.stdout.flush()  # a pipe would otherwise hold the reply back until the end
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+
+
+def _is_command(text: str) -> bool:
+    return text.startswith("/") and not text.startswith("//")
+
+
+def _unescape(text: str) -> str:
+    """ "//etc" is how a line starting with "/" reaches the model (as "/etc")."""
+    return text[1:] if text.startswith("//") else text
+
+
+def _command(text: str, chat: Chat) -> str | None:
+    """Carry out a /command; "exit" when the chat should end."""
+    typed = text.split()[0]
+    word = ALIASES.get(typed.lower(), typed.lower())
+    if word == "/exit":
+        return "exit"
+    if word == "/reset":
+        chat.reset()
+        err_console.print("(the conversation starts afresh)", highlight=False, markup=False)
+    elif word == "/help":
+        width = max(map(len, COMMANDS))
+        lines = [f"  {name.ljust(width)}  {what}" for name, what in COMMANDS.items()]
+        lines += [
+            f"  {'//...'.ljust(width)}  a line starting with \"//\" goes to the model with one \"/\" less",
+            "  the arrow keys edit the line; Up and Down recall earlier lines, Tab completes a command",
+            f"  the line history is kept in {history_path()}; Ctrl-C stops a reply",
+        ]
+        err_console.print("\n".join(lines), highlight=False, markup=False, soft_wrap=True)
+    else:
+        err_console.print(
+            f'unknown command {typed}; /help lists them (start the line with "//" to send it to the model)',
+            highlight=False, markup=False, soft_wrap=True,
+        )
+    return None
+
+
+class _LineEditing:
+    """readline at the prompt, with the history file read at start and written at the end.
+
+    Where Python has no readline (Windows), `input()` still works, without editing or history.
+    """
+
+    def __init__(self, readline: ModuleType | None, path: Path) -> None:
+        self.readline = readline
+        self.path = path
+
+    @classmethod
+    def start(cls) -> _LineEditing:
+        path = history_path()
+        try:
+            import readline
+        except ImportError:
+            return cls(None, path)
+        readline.set_history_length(HISTORY_LINES)
+        try:
+            readline.read_history_file(path)
+        except FileNotFoundError:
+            pass  # the first chat
+        except OSError as err:
+            err_console.print(f"note: cannot read the chat history {path}: {err.strerror}", highlight=False, markup=False)
+        readline.set_completer(_completer(readline, list(COMMANDS)))
+        readline.set_completer_delims(" \t\n")
+        readline.parse_and_bind("tab: complete")
+        return cls(readline, path)
+
+    def save(self) -> None:
+        """Write the history back; a chat never fails at its end for a history it cannot keep."""
+        if self.readline is None:
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.readline.write_history_file(self.path)
+        except OSError as err:
+            err_console.print(f"note: cannot save the chat history to {self.path}: {err.strerror}", highlight=False, markup=False)
+
+
+def _completer(readline: ModuleType, words: list[str]) -> Callable[[str, int], str | None]:
+    """Tab completes a command at the start of the line, and is a no-op anywhere else."""
+
+    def complete(text: str, state: int) -> str | None:
+        at_start = text.startswith("/") and readline.get_begidx() == 0
+        # Failing that, the text itself as the one match: no match at all would make readline complete file names.
+        matches = [w for w in words if at_start and w.startswith(text)] or [text]
+        return matches[state] if state < len(matches) else None
+
+    return complete

@@ -10,6 +10,7 @@ from conftest import randomize_weights
 
 from gptkit import GPTModel, ModelConfig
 from gptkit.data.tokenizer import Tokenizer, gpt2_encoding
+from gptkit.generation.chat import Chat
 from gptkit.generation.generate import (
     TextStream,
     generate,
@@ -17,7 +18,6 @@ from gptkit.generation.generate import (
     generate_tokens,
     stream_text,
 )
-from gptkit.generation.loading import Chat
 from gptkit.generation.samplers import Greedy
 from gptkit.plugins import default_registry
 

@@ -1,4 +1,4 @@
-"""What `main.py generate` and `main.py chat` run: a trained model loaded for use, and a chat.
+"""What `main.py generate` and `main.py chat` run: a trained model loaded for use (the chat itself is in chat.py).
 
 A model comes from a gptkit run directory (its latest checkpoint, tokenizer and
 sampling settings from its config.json) or from a Hugging Face GPT-2 folder
@@ -9,8 +9,7 @@ fitting raises a `GptkitError` whose message says which file and why.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,6 @@ import torch
 
 from gptkit.dtypes import torch_dtype
 from gptkit.errors import CheckpointError, GptkitError
-from gptkit.generation.generate import stream_text
 from gptkit.generation.samplers import Sampler, build_samplers, sampler_specs
 from gptkit.kernels import accelerate
 from gptkit.model.gpt import GPTModel
@@ -172,53 +170,3 @@ def open_session(options: Any) -> Session:
         generator,
         compile=bool(getattr(options, "compile", False)),
     )
-
-
-@dataclass
-class Chat:
-    """A conversation as alternating "User:" / "Assistant:" lines, kept within the context window.
-
-    Each exchange is kept as token ids; a prompt is the newest exchanges that fit
-    in the window after leaving room for the reply, then the new user line. The
-    oldest exchanges are dropped whole, so the model never sees half a turn.
-    """
-
-    model: GPTModel
-    tokenizer: Any
-    samplers: Sequence[Sampler]
-    max_new_tokens: int
-    stop: Sequence[str] = ()
-    generator: torch.Generator | None = None
-    exchanges: list[list[int]] = field(default_factory=list)
-    compile: bool | str = False
-
-    USER = "User:"
-    ASSISTANT = "Assistant:"
-
-    @property
-    def budget(self) -> int:
-        """Prompt tokens allowed: the window less room for the reply (at most half of it)."""
-        window = self.model.cfg.context_length
-        return window - min(self.max_new_tokens, window // 2)
-
-    def prompt_ids(self, line: str) -> list[int]:
-        ids = self.tokenizer.encode(f"{self.USER} {line}\n{self.ASSISTANT}")[-self.budget :]
-        for exchange in reversed(self.exchanges):
-            if len(ids) + len(exchange) > self.budget:
-                break
-            ids = exchange + ids
-        return ids
-
-    def reply(self, line: str) -> Iterator[str]:
-        """Stream the assistant's answer to `line`, then remember the exchange."""
-        stop = [f"\n{self.USER}", *self.stop]
-        pieces: list[str] = []
-        prompt = self.prompt_ids(line)
-        for piece in stream_text(
-            self.model, self.tokenizer, prompt, self.max_new_tokens, self.samplers, stop=stop, generator=self.generator,
-            compile=self.compile,
-        ):
-            pieces.append(piece)
-            yield piece
-        answer = "".join(pieces).rstrip("\n")
-        self.exchanges.append(self.tokenizer.encode(f"{self.USER} {line}\n{self.ASSISTANT}{answer}\n"))
