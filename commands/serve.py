@@ -2,6 +2,9 @@
 
 A web demo and an OpenAI-compatible completions API (gptkit/serving/server.py)
 for a model loaded as `generate` and `chat` load it; it serves until Ctrl-C.
+Requests that give no sampler field, and the page, get the source's own chain
+(a run's `sampling.samplers`), as `generate` without sampler options does; the
+page starts from the source's example prompt and `sampling.max_new_tokens`.
 """
 
 from __future__ import annotations
@@ -47,5 +50,6 @@ def run(args: argparse.Namespace, registry: Registry) -> int:
         model, loaded.tokenizer, host=args.host, port=args.port, model_name=name,
         max_concurrent=args.max_concurrent, max_queue=args.max_queue, queue_timeout=args.queue_timeout,
         max_new_tokens_cap=args.max_tokens_cap, max_prompt_tokens=args.max_prompt_tokens, log_requests=not args.quiet,
+        samplers=loaded.samplers, example_prompt=loaded.prompt, default_max_tokens=loaded.max_new_tokens,
     )
     return 0

@@ -2,7 +2,8 @@
 
 A model comes from a gptkit run directory (its latest checkpoint, tokenizer and
 sampling settings from its config.json) or from a Hugging Face GPT-2 folder
-(GPT-2's tokenizer, temperature 0.8 with top-k 50). Anything missing or not
+(GPT-2's tokenizer, temperature 0.8 with top-k 50). Each also comes with an
+example prompt that fits what the model was trained on, for the demo page. Anything missing or not
 fitting raises a `GptkitError` whose message says which file and why.
 """
 
@@ -34,6 +35,11 @@ from gptkit.training.run_components import missing_components_note
 # OpenAI's GPT-2 does not need it, and Hugging Face's own defaults have none.
 HF_DEFAULT_SAMPLERS: list[dict[str, Any]] = [{"name": "temperature", "value": 0.8}, {"name": "top_k", "k": 50}]
 DEFAULT_MAX_NEW_TOKENS = 200
+# Example prompts: the default corpus is the Python standard library, so a run trained on it
+# is shown Python; OpenAI's GPT-2 learnt English web pages.
+STDLIB_EXAMPLE_PROMPT = "def fibonacci(n):"
+HF_EXAMPLE_PROMPT = "The meaning of life is"
+EXAMPLE_PROMPT_CHARS = 80  # a line from the user's own data is cut here
 
 
 @dataclass
@@ -43,6 +49,34 @@ class LoadedModel:
     samplers: list[Any]  # the source's own sampler chain, as specs
     max_new_tokens: int
     description: str = ""
+    prompt: str = ""  # an example prompt that fits the training data ("" when none is known)
+
+
+def example_prompt(stored: dict[str, Any]) -> str:
+    """A prompt for a run's demo: its `sampling.prompt`, else one from its data source.
+
+    The default source (no `data.path`) is the standard library: a Python prompt. A
+    local file, folder or glob gives the first non-blank line of its first file; a URL
+    is not fetched again to serve a model, and a source that is gone gives none ("").
+    """
+    prompt = (stored.get("sampling") or {}).get("prompt") or ""
+    if prompt:
+        return str(prompt)
+    path = (stored.get("data") or {}).get("path")
+    if path is None:
+        return STDLIB_EXAMPLE_PROMPT
+    if str(path).startswith(("http://", "https://")):
+        return ""
+    from gptkit.data.corpus import resolve_source
+
+    try:
+        first = resolve_source(str(path))[0]
+        with first.open("rb") as f:
+            head = f.read(4096).decode("utf-8", errors="ignore")
+    except (GptkitError, OSError, IndexError):
+        return ""
+    line = next((line.rstrip() for line in head.splitlines() if line.strip()), "")
+    return line[:EXAMPLE_PROMPT_CHARS]
 
 
 def load_run(run_dir: str | Path) -> LoadedModel:
@@ -65,6 +99,7 @@ def load_run(run_dir: str | Path) -> LoadedModel:
         samplers=sampling.get("samplers") or list(HF_DEFAULT_SAMPLERS),
         max_new_tokens=sampling.get("max_new_tokens") or DEFAULT_MAX_NEW_TOKENS,
         description=f"{run_dir} ({checkpoint.name})",
+        prompt=example_prompt(stored),
     )
 
 
@@ -74,7 +109,9 @@ def load_hf(directory: str | Path) -> LoadedModel:
     from gptkit.interop.hf_checkpoint import import_hf
 
     model = import_hf(Path(directory))
-    return LoadedModel(model, Tokenizer(), list(HF_DEFAULT_SAMPLERS), DEFAULT_MAX_NEW_TOKENS, f"{directory} (Hugging Face)")
+    return LoadedModel(
+        model, Tokenizer(), list(HF_DEFAULT_SAMPLERS), DEFAULT_MAX_NEW_TOKENS, f"{directory} (Hugging Face)", prompt=HF_EXAMPLE_PROMPT,
+    )
 
 
 def load_model(

@@ -1,7 +1,8 @@
 """Generations for the server: requests made into jobs, slots that bound how many run, one model lock.
 
-`ModelService` checks a request against the server's limits, tokenises it and
-resolves its seed and samplers (`prepare`), then yields its text token by token
+`ModelService` checks a request against the server's model and limits, tokenises
+it and resolves its seed, length and samplers (`prepare`; fields a request leaves
+out take the run's own chain, `DefaultChain`), then yields its text token by token
 (`run`), taking the model lock around each step so that several generations
 interleave without two threads ever running the model at once. `Slots` bounds
 how many run and how many wait.
@@ -23,7 +24,14 @@ import torch
 from gptkit.errors import GptkitError
 from gptkit.generation.generate import TextStream, encode_prompt, generate_tokens
 from gptkit.model.gpt import GPTModel
-from gptkit.serving.openai_schema import ApiError, CompletionRequest, sampler_chain
+from gptkit.serving.openai_schema import (
+    SAMPLER_FIELDS,
+    ApiError,
+    CompletionRequest,
+    DefaultChain,
+    Sampling,
+    resolve_sampling,
+)
 
 if TYPE_CHECKING:
     from gptkit.data.tokenizer import (
@@ -38,19 +46,23 @@ class Job:
     request: CompletionRequest
     prompt_ids: list[int]
     seed: int
-    samplers: list[Any]
-    sampler_names: list[str]
+    max_tokens: int  # the request's, or the server's cap for max_tokens null
+    sampling: Sampling
     id: str = field(default_factory=lambda: f"cmpl-{uuid.uuid4().hex[:24]}")
     created: int = field(default_factory=lambda: int(time.time()))
     completion_tokens: int = 0
     finish_reason: Literal["stop", "length"] = "length"
 
+    @property
+    def samplers(self) -> list[Any]:
+        return self.sampling.samplers
+
     def settings(self) -> dict[str, Any]:
-        r = self.request
+        """What the generation runs with; a sampler field is None when the run's chain is not expressible in them."""
+        fields = self.sampling.fields or {}
         return {
-            "temperature": r.temperature, "top_k": r.top_k, "top_p": r.top_p, "min_p": r.min_p,
-            "repetition_penalty": r.repetition_penalty, "max_tokens": r.max_tokens,
-            "stop": list(r.stop_strings), "seed": self.seed, "samplers": self.sampler_names,
+            **{name: fields.get(name) for name in SAMPLER_FIELDS}, "max_tokens": self.max_tokens,
+            "stop": list(self.request.stop_strings), "seed": self.seed, "samplers": self.sampling.names,
         }
 
     def usage(self) -> dict[str, int]:
@@ -95,6 +107,7 @@ class ModelService:
     def __init__(
         self, model: GPTModel, tokenizer: Tokenizer, *, model_name: str, max_concurrent: int, max_queue: int,
         queue_timeout: float, max_new_tokens_cap: int, max_prompt_tokens: int | None,
+        default_chain: DefaultChain | None = None,
     ) -> None:
         if max_concurrent < 1 or max_queue < 0 or max_new_tokens_cap < 1:
             raise GptkitError("max_concurrent and max_new_tokens_cap must be >= 1 and max_queue >= 0")
@@ -108,18 +121,26 @@ class ModelService:
         self.slots = Slots(max_concurrent, max_queue, queue_timeout)
         self.model_lock = threading.Lock()
         self.created = int(time.time())
+        self.default_chain = default_chain if default_chain is not None else DefaultChain()
 
     def prepare(self, request: CompletionRequest) -> Job:
-        if request.max_tokens > self.max_new_tokens_cap:
-            raise ApiError(400, f"max_tokens is {request.max_tokens}; this server allows at most {self.max_new_tokens_cap}", param="max_tokens")
+        # One model is served: a request for another would get a completion from a model it did not ask for.
+        if request.model is not None and request.model != self.model_name:
+            raise ApiError(
+                404, f"the model '{request.model}' does not exist on this server; it serves '{self.model_name}' (GET /v1/models)",
+                param="model", code="model_not_found",
+            )
+        # null asks for as many tokens as the server allows, as OpenAI's API reads it.
+        max_tokens = self.max_new_tokens_cap if request.max_tokens is None else request.max_tokens
+        if max_tokens > self.max_new_tokens_cap:
+            raise ApiError(400, f"max_tokens is {max_tokens}; this server allows at most {self.max_new_tokens_cap}", param="max_tokens")
         # "<|endoftext|>" in a prompt is one token, GPT-2's document separator; an empty prompt starts from it.
         ids = encode_prompt(self.tokenizer, request.prompt_text)
         if len(ids) > self.max_prompt_tokens:
             raise ApiError(400, f"the prompt is {len(ids)} tokens; this server allows at most {self.max_prompt_tokens}", param="prompt")
         # Always seeded, and the seed echoed: any reply can be reproduced.
         seed = request.seed if request.seed is not None else secrets.randbelow(2**31)
-        samplers, names = sampler_chain(request)
-        return Job(request, ids, seed, samplers, names)
+        return Job(request, ids, seed, max_tokens, resolve_sampling(request, self.default_chain))
 
     def run(self, job: Job) -> Generator[str, None, None]:
         """Text deltas of `job`, one per generated token ("" when a token completes no text).
@@ -129,7 +150,7 @@ class ModelService:
         prompt = torch.tensor([job.prompt_ids], dtype=torch.long, device=self.device)
         generator = torch.Generator(device=self.device).manual_seed(job.seed)
         tokens = cast(Generator[torch.Tensor, None, None], generate_tokens(
-            self.model, prompt, max_new_tokens=job.request.max_tokens, samplers=job.samplers, generator=generator,
+            self.model, prompt, max_new_tokens=job.max_tokens, samplers=job.samplers, generator=generator,
             eos_id=self.tokenizer.eot_id,
         ))
         text = TextStream(self.tokenizer, job.request.stop_strings)

@@ -21,7 +21,17 @@ generation `gptkit.serving.engine`. Choices where OpenAI's API leaves room:
 
 * Unknown request keys are ignored, as OpenAI's own server does with fields it
   no longer uses; the known ones are validated strictly (a string is not a number).
-  `n` must be 1, `model` is not checked (one model is served, and named in replies).
+  OpenAI's fields this server does not implement (`n` or `best_of` above 1, `echo`,
+  `logprobs`, `suffix`, `logit_bias`, non-zero presence or frequency penalties) are
+  answered 400 naming each; `user` is metadata, accepted and ignored. A `model`
+  other than the one served is answered 404 `model_not_found`, as OpenAI does;
+  leaving `model` out is allowed (the page does).
+* The sampler fields a request leaves out take the run's own chain (its
+  config.json's `sampling.samplers`, repetition penalty included), so the page
+  and an API client with no settings see what the run's samples showed;
+  `max_tokens` null is the server's cap.
+* The page is rendered once, at start-up, with the run's example prompt and its
+  chain's values in its fields.
 * Forward passes are serialised by one lock per model, taken around each step of
   the token iterator: up to `max_concurrent` generations interleave token by token,
   so a long one does not hold a short one up until it ends, and no two threads
@@ -35,10 +45,11 @@ generation `gptkit.serving.engine`. Choices where OpenAI's API leaves room:
 from __future__ import annotations
 
 import contextlib
+import html
 import sys
 import time
 import traceback
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Sequence
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -48,7 +59,14 @@ from rich.console import Console
 from gptkit.errors import GptkitError
 from gptkit.model.gpt import GPTModel
 from gptkit.serving.engine import Job, ModelService
-from gptkit.serving.openai_schema import ApiError, parse_request
+from gptkit.serving.openai_schema import (
+    NEUTRAL_SAMPLING,
+    SAMPLER_FIELDS,
+    ApiError,
+    DefaultChain,
+    parse_request,
+    spec_name,
+)
 from gptkit.serving.transport import ApiHandler, ApiServer, ClientGone, is_loopback
 
 if TYPE_CHECKING:
@@ -147,9 +165,12 @@ class Handler(ApiHandler):
 
     def _info(self) -> None:
         service = self.server.service
+        chain = service.default_chain
         self.send_json(200, {
             "model": service.model_name, "context_length": service.context_length,
             "max_tokens_cap": service.max_new_tokens_cap, "max_prompt_tokens": service.max_prompt_tokens,
+            "example_prompt": self.server.example_prompt, "default_max_tokens": self.server.default_max_tokens,
+            "default_samplers": list(chain.specs), "default_fields": chain.fields,
         })
 
     # -- POST: each has its slot, and ends the reply itself --
@@ -199,9 +220,14 @@ class Handler(ApiHandler):
 class CompletionServer(ApiServer):
     """The server `make_server` builds: `Handler`'s routes over one `ModelService` and the demo page."""
 
-    def __init__(self, address: tuple[str, int], service: ModelService, page: bytes, *, log_requests: bool) -> None:
+    def __init__(
+        self, address: tuple[str, int], service: ModelService, page: bytes, *, log_requests: bool,
+        example_prompt: str = "", default_max_tokens: int = 100,
+    ) -> None:
         self.service = service
-        self.page = page
+        self.example_prompt = example_prompt
+        self.default_max_tokens = min(default_max_tokens, service.max_new_tokens_cap)
+        self.page = render_page(page, service.default_chain, example_prompt, self.default_max_tokens)
         super().__init__(address, Handler, log_requests=log_requests)
 
 
@@ -210,6 +236,29 @@ class CompletionServer(ApiServer):
 
 def _page() -> bytes:
     return resources.files("gptkit.serving").joinpath("web", "index.html").read_bytes()
+
+
+def render_page(template: bytes, chain: DefaultChain, example_prompt: str, max_tokens: int) -> bytes:
+    """The demo page with the run's example prompt and its chain's values filled in.
+
+    Filled into the HTML itself, not fetched by the page afterwards: a user who types
+    at once finds the run's defaults already there, and nothing overwrites what they typed.
+    The page sends no sampler field unless one is changed, so the server applies the
+    run's chain as it stands, whatever the fields can show of it.
+    """
+    fields = chain.fields or NEUTRAL_SAMPLING
+    names = " \u2192 ".join(spec_name(spec) for spec in chain.specs) if chain.specs else "none: plain draws from the model"
+    note = f"the run's sampler chain: {names}"
+    if chain.fields is None:
+        note += " (not expressible in these fields: changing one replaces the chain)"
+    values = {
+        "prompt": example_prompt, "max_tokens": str(max_tokens), "chain": note,
+        **{name: f"{fields[name]:g}" for name in SAMPLER_FIELDS},
+    }
+    page = template.decode("utf-8")
+    for name, value in values.items():
+        page = page.replace("{{" + name + "}}", html.escape(value))
+    return page.encode("utf-8")
 
 
 def make_server(
@@ -225,18 +274,28 @@ def make_server(
     max_prompt_tokens: int | None = None,
     queue_timeout: float = 10.0,
     log_requests: bool = False,
+    samplers: Sequence[Any] | None = None,
+    example_prompt: str = "",
+    default_max_tokens: int = 100,
 ) -> CompletionServer:
     """A server bound to `host:port` (0 picks a free port; see `server.url`), not yet serving.
 
     Run `server.serve_forever()` (in a thread, for tests) and stop it with `server.shutdown()`.
-    `max_prompt_tokens` defaults to the model's context length.
+    `max_prompt_tokens` defaults to the model's context length. `samplers` is the chain
+    (as specs, e.g. a run's `sampling.samplers`) for requests that give no sampler field;
+    None: OpenAI's defaults (temperature 1, no filter). `example_prompt` and
+    `default_max_tokens` (at most the cap) are what the page starts with.
     """
     service = ModelService(
         model, tokenizer, model_name=model_name, max_concurrent=max_concurrent, max_queue=max_queue,
         queue_timeout=queue_timeout, max_new_tokens_cap=max_new_tokens_cap, max_prompt_tokens=max_prompt_tokens,
+        default_chain=DefaultChain.of(samplers),
     )
     try:
-        return CompletionServer((host, port), service, _page(), log_requests=log_requests)
+        return CompletionServer(
+            (host, port), service, _page(), log_requests=log_requests,
+            example_prompt=example_prompt, default_max_tokens=default_max_tokens,
+        )
     except OSError as err:
         raise GptkitError(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
 
