@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from commands.options import add_dtype_option, add_source_options
+from gptkit.errors import GptkitError
 
 if TYPE_CHECKING:
     from gptkit.registry import Registry
@@ -36,12 +37,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="do not log each request")
 
 
+def check_limits(args: argparse.Namespace) -> None:
+    """Refuse a port or limit out of range by its flag, before the model is loaded."""
+    if not 0 <= args.port <= 65535:
+        raise GptkitError(f"--port must be 0 (any free port) to 65535, got {args.port}")
+    for flag, value, least in (
+        ("--max-concurrent", args.max_concurrent, 1),
+        ("--max-queue", args.max_queue, 0),
+        ("--max-tokens-cap", args.max_tokens_cap, 1),
+        ("--max-prompt-tokens", args.max_prompt_tokens, 1),
+    ):
+        if value is not None and value < least:
+            raise GptkitError(f"{flag} must be at least {least}, got {value}")
+    if not 0 < args.queue_timeout < float("inf"):
+        raise GptkitError(f"--queue-timeout must be a positive number of seconds, got {args.queue_timeout}")
+
+
 def run(args: argparse.Namespace, registry: Registry) -> int:
     """Load the model, then serve it until Ctrl-C. `registry` goes unused: loading uses the process-wide one, which is it."""
     from gptkit.dtypes import torch_dtype
     from gptkit.generation.loading import load_model
     from gptkit.serving.server import serve_forever
 
+    check_limits(args)
     # On the serving device before the CPU kernels are considered: a GPU model gets none.
     loaded = load_model(args.run, args.hf_dir, torch_dtype(args.dtype), device=args.device)
     model = loaded.model

@@ -507,3 +507,21 @@ def test_a_model_too_large_to_build(monkeypatch: pytest.MonkeyPatch, corpus: Pat
         "empty(): argument 'size' failed to unpack the object at pos 1 with error \"Overflow when unpacking long long"
     ), err
     assert err.count("\n") == 1 and not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "line"),
+    [
+        (["--port", "70000"], "--port must be 0 (any free port) to 65535, got 70000"),
+        (["--port", "-5"], "--port must be 0 (any free port) to 65535, got -5"),
+        (["--max-concurrent", "0"], "--max-concurrent must be at least 1, got 0"),
+        (["--max-queue", "-1"], "--max-queue must be at least 0, got -1"),
+        (["--max-tokens-cap", "0"], "--max-tokens-cap must be at least 1, got 0"),
+        (["--max-prompt-tokens", "0"], "--max-prompt-tokens must be at least 1, got 0"),
+        (["--queue-timeout", "0"], "--queue-timeout must be a positive number of seconds, got 0.0"),
+    ],
+)
+def test_serve_limits_name_their_flag_before_the_model_loads(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, flags: list[str], line: str) -> None:
+    # The run folder does not exist: a limit check that came after loading would say so instead.
+    code, err = run_main(monkeypatch, "serve", "--run", str(tmp_path / "absent"), *flags)
+    assert (code, err) == (2, f"error: {line}\n")
