@@ -185,9 +185,9 @@ def resolve_source(path: str, cache_dir: Path | None = None) -> list[Path]:
             mp = Path(m)
             matches.extend([mp] if mp.is_file() else _walk_text_files(mp) if mp.is_dir() else [])
         if not matches:
-            raise DataError(f"glob pattern {path!r} matches no files; expected at least one text file")
+            raise DataError(f"glob pattern '{path}' matches no files; expected at least one text file")
         return sorted(set(matches))
-    raise DataError(f"data source {path!r} does not exist; expected a text file, directory, glob or http(s) URL")
+    raise DataError(f"data source '{path}' does not exist; expected a text file, directory, glob or http(s) URL")
 
 
 @dataclass(frozen=True)

@@ -164,7 +164,8 @@ def _resolve(source: str | None, cache_dir: Path) -> tuple[list[Path], Path]:
 
 
 def _no_text(source: str | None) -> DataError:
-    return DataError(f"data source {source or 'stdlib'!r} contains no text; expected at least one non-empty file")
+    name = source or "stdlib"
+    return DataError(f"data source '{name}' contains no text; expected at least one non-empty file")
 
 
 def _val_tokens_by_position(n_tokens: int, val_fraction: float) -> int:
