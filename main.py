@@ -136,6 +136,11 @@ def run(argv: Sequence[str] | None = None) -> int:
     except Interrupted as stop:
         err_console.print(str(stop), soft_wrap=True, markup=False, highlight=False)
         return 130
+    except KeyboardInterrupt:
+        # Ctrl-C before a command's own handling starts (a model still loading, say): the
+        # user stopped it, so it ends as Ctrl-C ends a shell command, without a traceback.
+        err_console.print("interrupted", soft_wrap=True, markup=False, highlight=False)
+        return 130
     except BrokenPipeError:
         # The reader stopped reading (`generate ... | head -c 5`): a normal way to end, not an error.
         quiet_stdout()

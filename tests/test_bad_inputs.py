@@ -525,3 +525,15 @@ def test_serve_limits_name_their_flag_before_the_model_loads(monkeypatch: pytest
     # The run folder does not exist: a limit check that came after loading would say so instead.
     code, err = run_main(monkeypatch, "serve", "--run", str(tmp_path / "absent"), *flags)
     assert (code, err) == (2, f"error: {line}\n")
+
+
+@pytest.mark.parametrize("command", ["generate", "chat"])
+def test_ctrl_c_while_the_model_loads_ends_without_a_traceback(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, command: str) -> None:
+    import gptkit.generation.loading as loading
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loading, "load_model", interrupted)
+    code, err = run_main(monkeypatch, command, "--run", str(tmp_path))
+    assert (code, err) == (130, "interrupted\n")
