@@ -234,3 +234,12 @@ def test_a_plugin_adds_a_sampler_by_name(tmp_path: Path) -> None:
     assert cfg.samplers[0].name == "ban" and cfg.samplers[0].params == {"token": 1}
     with pytest.raises(RegistryError, match=r"sampler 'ban': token: Input should be greater than or equal to 0"):
         registry.create("sampler", {"name": "ban", "token": -1})
+
+
+@pytest.mark.parametrize("value", [1e-40, 1e-300, 5e-324])
+def test_a_tiny_temperature_draws_the_top_token_not_one_past_the_vocabulary(value: float) -> None:
+    torch.manual_seed(0)
+    logits = torch.randn(3, 97) * 30
+    tokens = torch.zeros(3, 1, dtype=torch.long)
+    drawn = draw(logits, tokens, [Temperature(value)], generator=torch.Generator().manual_seed(1))
+    assert torch.equal(drawn, logits.argmax(dim=-1, keepdim=True))

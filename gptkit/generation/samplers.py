@@ -91,6 +91,13 @@ class Temperature:
         self.value = validated("temperature", TemperatureParams, value=value).value
 
     def __call__(self, logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        if self.value < 1e-3:
+            # Small enough for the quotient to overflow to inf, whose softmax is NaN and whose draw
+            # lands past the vocabulary. Softmax does not change under a shift, so shift the top
+            # logit to 0 first and keep it there (a value below float32's range divides as 0): the
+            # rest go to -inf or far below, which is the greedy limit this value means.
+            shifted = logits - logits.amax(dim=-1, keepdim=True)
+            return torch.where(shifted == 0, shifted, shifted / self.value)
         return logits / self.value
 
 
