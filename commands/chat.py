@@ -145,6 +145,7 @@ def _interactive(chat: Chat) -> int:
 
 
 def _reply(chat: Chat, text: str) -> None:
+    forgotten = chat.forgotten
     sys.stdout.write(chat.ASSISTANT)
     sys.stdout.flush()
     # closing(): a reply stopped by Ctrl-C is remembered now, not whenever the generator is collected.
@@ -154,6 +155,14 @@ def _reply(chat: Chat, text: str) -> None:
             sys.stdout.flush()  # a pipe would otherwise hold the reply back until the end
     sys.stdout.write("\n")
     sys.stdout.flush()
+    if chat.forgotten > forgotten:
+        # Dropping the oldest turns is how the conversation fits the window; saying so keeps a
+        # user from wondering why the model forgot what they told it.
+        err_console.print(
+            f"(the model no longer sees the first {chat.forgotten} exchange(s): its context holds "
+            f"{chat.model.cfg.context_length} tokens; /reset starts afresh)",
+            highlight=False, markup=False, soft_wrap=True,
+        )
 
 
 def _is_command(text: str) -> bool:

@@ -258,3 +258,13 @@ def test_ctrl_c_stops_a_reply_and_returns_to_the_prompt(run_dir: Path, tmp_path:
     child.sendintr()  # a second Ctrl-C, at the prompt, ends the chat
     assert ended(child).endswith("\r\n")
     assert child.exitstatus == 0
+
+
+def test_the_chat_says_when_the_oldest_exchanges_no_longer_fit(monkeypatch: pytest.MonkeyPatch, run_dir: Path) -> None:
+    # A 32-token window with room for 8 new tokens: the second or third turn pushes the first out.
+    lines = "".join(f"tell me about the number {i} please\n" for i in range(4))
+    code, _, err = run_chat(monkeypatch, ["--run", str(run_dir), "--max-new-tokens", "8"], lines)
+    assert code == 0
+    assert "the model no longer sees the first 1 exchange(s): its context holds 32 tokens; /reset starts afresh" in err
+    _, _, short = run_chat(monkeypatch, ["--run", str(run_dir), "--max-new-tokens", "8"], "hi\n")
+    assert "no longer sees" not in short

@@ -243,7 +243,11 @@ def test_chat_keeps_the_newest_whole_exchanges_within_the_window() -> None:
         kept = [e for i, e in enumerate(chat.exchanges) if sum(map(len, chat.exchanges[i:])) + len(newest) <= chat.budget]
         assert prompt == [t for e in kept for t in e] + newest
         assert len(prompt) <= chat.budget
+        assert chat.forgotten == len(chat.exchanges) - len(kept)  # what the chat tells the user it dropped
         reply = "".join(chat.reply(line))
         assert "\nUser:" not in reply
         assert chat.exchanges[-1] == tok.encode(f"User: {line}\nAssistant:{reply.rstrip(chr(10))}\n")
     assert len(chat.exchanges) == len(lines)
+    assert chat.forgotten > 0  # the window is small enough that the first exchanges fell out
+    chat.reset()
+    assert chat.forgotten == 0

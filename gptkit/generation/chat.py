@@ -45,6 +45,8 @@ class Chat:
     exchanges: list[list[int]] = field(default_factory=list)
     compile: bool | str = False
     newline_run: int = DEFAULT_NEWLINE_RUN
+    # Of the last prompt: how many of the oldest exchanges no longer fit the window.
+    forgotten: int = 0
 
     USER = "User:"
     ASSISTANT = "Assistant:"
@@ -69,15 +71,19 @@ class Chat:
 
     def prompt_ids(self, line: str) -> list[int]:
         ids = self.tokenizer.encode(f"{self.USER} {line}\n{self.ASSISTANT}")[-self.budget :]
+        kept = 0
         for exchange in reversed(self.exchanges):
             if len(ids) + len(exchange) > self.budget:
                 break
             ids = exchange + ids
+            kept += 1
+        self.forgotten = len(self.exchanges) - kept
         return ids
 
     def reset(self) -> None:
         """Forget every exchange: the next prompt is the new line alone."""
         self.exchanges.clear()
+        self.forgotten = 0
 
     def reply(self, line: str) -> Iterator[str]:
         """Stream the assistant's answer to `line`, then remember the exchange.
