@@ -253,7 +253,27 @@ def components_cases(draw: st.DrawFn) -> Case:
     return Case(["components", draw(names)], [])
 
 
-cases = st.one_of(train_cases(), config_file_cases(), resume_cases(), generate_cases(), command_word_cases(), components_cases())
+SERVE_NUMBER_FLAGS = ["--port", "--max-concurrent", "--max-queue", "--queue-timeout", "--max-tokens-cap", "--max-prompt-tokens"]
+
+
+@st.composite
+def serve_cases(draw: st.DrawFn) -> Case:
+    # Never a real run (nothing is prepared at the path), so a command line that passes every
+    # check still ends before it could listen: at loading, with the path in its message.
+    path = draw(names)
+    argv, quotes = ["serve", "--run", path], [path]
+    for flag in draw(st.lists(st.sampled_from(SERVE_NUMBER_FLAGS), max_size=3, unique=True)):
+        value = draw(st.one_of(
+            st.sampled_from(["70000", "65536", "-5", "0", "-1", "8000", "1e9", "nan", "inf"]), huge.map(str), any_number.map(str), free_text,
+        ))
+        argv += [flag, value]
+        quotes += [flag, value]
+    return Case(argv, quotes)
+
+
+cases = st.one_of(
+    train_cases(), config_file_cases(), resume_cases(), generate_cases(), command_word_cases(), components_cases(), serve_cases()
+)
 
 # --- prepared material ------------------------------------------------------------------------------
 
