@@ -445,7 +445,7 @@ def exercise(corpus: Path, run_dir: Path, device: str) -> None:
 def test_cpu_kernels_stay_off_on_cuda(corpus: Path, tmp_path: Path, spies: dict[str, Spy]) -> None:
     # First on CPU, to show each spy sees its kernel where the kernel belongs.
     exercise(corpus, tmp_path / "cpu", "cpu")
-    if linear_module._ONEDNN:
+    if linear_module.PREFER_ONEDNN:  # oneDNN is not taken on Intel CPUs (see gptkit/kernels/onednn_linear.py)
         assert True in spies["onednn gate"].results and spies["onednn linear"].results and spies["onednn matmul"].results
     assert spies["bf16 attention"].results
     assert spies["malloc policy"].results  # the Trainer's retain_freed_memory on CPU switches it
