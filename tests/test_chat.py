@@ -16,11 +16,13 @@ import pytest
 import torch
 from conftest import randomize_weights, subprocess_env
 from rich.console import Console
+from test_cli_generate import (
+    greedy_text,  # a helper, not a test: nothing is collected twice
+)
 
 import config as run_config
 import main
 from gptkit import GPTModel, ModelConfig
-from gptkit.data.tokenizer import Tokenizer
 from gptkit.generation.chat import Chat
 from gptkit.generation.samplers import Greedy
 from gptkit.training.checkpoint import save_checkpoint
@@ -131,17 +133,7 @@ def run_dir(model: GPTModel, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def greedy_reply(model: GPTModel, prompt: str, n: int) -> str:
     """Greedy text after `prompt`, the whole context recomputed per token, cut where a chat reply ends."""
-    tok = Tokenizer()
-    tokens, new = tok.encode(prompt), []
-    with torch.no_grad():
-        for _ in range(n):
-            nxt = int(model(torch.tensor([tokens[-model.cfg.context_length :]]))[0, -1].argmax())
-            if nxt == tok.eot_id:
-                break
-            new.append(nxt)
-            tokens.append(nxt)
-    text = tok.decode_bytes(new).decode("utf-8", errors="replace")
-    return re.split(r"\nUser:|\n\n", text)[0]
+    return re.split(r"\nUser:|\n\n", greedy_text(model, prompt, n))[0]
 
 
 def run_chat(monkeypatch: pytest.MonkeyPatch, argv: Sequence[str], stdin: str) -> tuple[int, str, str]:

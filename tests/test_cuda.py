@@ -20,8 +20,7 @@ import http.client
 import json
 import os
 import socket
-import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,10 @@ import pytest
 import torch
 import torch.distributed as tdist
 from conftest import randomize_weights
+from test_server import (  # fixtures: an in-process server on 127.0.0.1, GPT-2's tokenizer
+    start,
+    tokenizer,
+)
 from torch import nn
 
 import config as run_config
@@ -43,10 +46,12 @@ from gptkit.generation.generate import generate_tokens
 from gptkit.generation.samplers import Greedy
 from gptkit.kernels import is_accelerated
 from gptkit.kernels.huge_pages import move_to_huge_pages
-from gptkit.serving.server import CompletionServer, make_server
+from gptkit.serving.server import CompletionServer
 from gptkit.training import distributed
 from gptkit.training.checkpoint import load_checkpoint
 from trainer import KNOWN_PEAK_FLOPS, Trainer
+
+__all__ = ["start", "tokenizer"]  # fixtures from test_server, used by name
 
 HAS_CUDA = torch.cuda.is_available()
 pytestmark = [
@@ -117,11 +122,11 @@ def make_trainer(corpus: Path, run_dir: Path, device: str, dtype: str, extra: Se
     cfg = run_config.load_run_config(overrides=[
         *TINY, f"data.path={corpus}", f"data.cache_dir={corpus.parent / 'cache'}", f"run.device={device}", f"run.dtype={dtype}", *extra,
     ])
-    tokenizer = Tokenizer()
-    data = prepare_dataset(cfg.data.path, tokenizer, Path(cfg.data.cache_dir), cfg.data.val_fraction)
+    text_tokenizer = Tokenizer()
+    data = prepare_dataset(cfg.data.path, text_tokenizer, Path(cfg.data.cache_dir), cfg.data.val_fraction)
     run_dir.mkdir(parents=True, exist_ok=True)
     losses = Losses()
-    trainer = Trainer(cfg, run_dir, data, tokenizer, default_registry(), resume_from=resume, extra_callbacks=[losses])
+    trainer = Trainer(cfg, run_dir, data, text_tokenizer, default_registry(), resume_from=resume, extra_callbacks=[losses])
     return Run(trainer, losses)
 
 
@@ -288,22 +293,6 @@ def test_kv_cache_greedy_generation_on_cuda_equals_cpu() -> None:
     assert len({tuple(row) for row in expected}) == 2 and all(len(set(row)) > 3 for row in expected)  # not one token repeated
 
 
-@pytest.fixture()
-def start() -> Iterator[Callable[[GPTModel], CompletionServer]]:
-    running: list[tuple[CompletionServer, threading.Thread]] = []
-
-    def start(model: GPTModel) -> CompletionServer:
-        server = make_server(model, Tokenizer(), host="127.0.0.1", port=0)
-        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        thread.start()
-        running.append((server, thread))
-        return server
-
-    yield start
-    for server, thread in running:
-        server.shutdown()
-        server.server_close()
-        thread.join(10)
 
 
 def complete(server: CompletionServer, body: dict[str, Any]) -> dict[str, Any]:
