@@ -69,8 +69,9 @@ def server() -> Iterator[CompletionServer]:
     thread.join(10)
 
 
-def test_page_streams_generated_text(playwright_api: tuple[Any, Any], server: CompletionServer, tmp_path: Path) -> None:
-    entry, expect = playwright_api
+@contextlib.contextmanager
+def browser_page(entry: Any, url: str) -> Iterator[Any]:
+    """A Chromium page opened at `url`, or a skip if Chromium cannot start."""
     with entry() as playwright:
         try:
             browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
@@ -81,29 +82,35 @@ def test_page_streams_generated_text(playwright_api: tuple[Any, Any], server: Co
         try:
             page = browser.new_page(viewport={"width": 1000, "height": 760})
             page.set_default_timeout(TIMEOUT_MS)
-            page.goto(server.url)
-            # Locator assertions, not wait_for_function: the page's CSP forbids the eval() that needs.
-            expect(page.locator("#model")).to_contain_text("tiny", timeout=TIMEOUT_MS)
-            page.fill("#prompt", "Once upon a time")
-            page.fill("#temperature", "0.7")
-            page.fill("#max_tokens", "40")
-            # Record the output's length at every change, from inside the page, so no update is missed.
-            page.evaluate("""() => {
-                window.lengths = [];
-                const out = document.getElementById('generated');
-                new MutationObserver(() => window.lengths.push(out.textContent.length))
-                    .observe(out, {childList: true, characterData: true, subtree: true});
-            }""")
-            page.click("#generate")
-            expect(page.locator("#settings")).to_contain_text("finished", timeout=TIMEOUT_MS)
-            lengths: list[int] = page.evaluate("window.lengths")
-            text = page.text_content("#generated") or ""
-            settings = page.text_content("#settings") or ""
-            error = page.text_content("#error")
-            shot = tmp_path / "browser.png"
-            page.screenshot(path=str(shot), full_page=True)
+            page.goto(url)
+            yield page
         finally:
             browser.close()
+
+
+def test_page_streams_generated_text(playwright_api: tuple[Any, Any], server: CompletionServer, tmp_path: Path) -> None:
+    entry, expect = playwright_api
+    with browser_page(entry, server.url) as page:
+        # Locator assertions, not wait_for_function: the page's CSP forbids the eval() that needs.
+        expect(page.locator("#model")).to_contain_text("tiny", timeout=TIMEOUT_MS)
+        page.fill("#prompt", "Once upon a time")
+        page.fill("#temperature", "0.7")
+        page.fill("#max_tokens", "40")
+        # Record the output's length at every change, from inside the page, so no update is missed.
+        page.evaluate("""() => {
+            window.lengths = [];
+            const out = document.getElementById('generated');
+            new MutationObserver(() => window.lengths.push(out.textContent.length))
+                .observe(out, {childList: true, characterData: true, subtree: true});
+        }""")
+        page.click("#generate")
+        expect(page.locator("#settings")).to_contain_text("finished", timeout=TIMEOUT_MS)
+        lengths: list[int] = page.evaluate("window.lengths")
+        text = page.text_content("#generated") or ""
+        settings = page.text_content("#settings") or ""
+        error = page.text_content("#error")
+        shot = tmp_path / "browser.png"
+        page.screenshot(path=str(shot), full_page=True)
     growth = [n for n in lengths if n > 0]
     assert len(set(growth)) >= 3, f"the text did not stream in: lengths seen {lengths}"
     assert growth == sorted(growth), f"the text shrank while streaming: {lengths}"
@@ -134,24 +141,6 @@ def serving(model: GPTModel, **options: Any) -> Iterator[CompletionServer]:
         server.server_close()
         thread.join(10)
 
-
-@contextlib.contextmanager
-def browser_page(entry: Any, url: str) -> Iterator[Any]:
-    """A Chromium page at `url` once the page has its model info, or a skip if Chromium cannot start."""
-    with entry() as playwright:
-        try:
-            browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        except Exception as err:  # an unusable browser is an environment problem, not a failure of the page
-            reason = f"cannot launch {CHROMIUM}: {str(err).splitlines()[0]}"
-            print(reason)
-            pytest.skip(reason)
-        try:
-            page = browser.new_page(viewport={"width": 1000, "height": 760})
-            page.set_default_timeout(TIMEOUT_MS)
-            page.goto(url)
-            yield page
-        finally:
-            browser.close()
 
 
 def tiny_model() -> GPTModel:
