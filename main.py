@@ -121,6 +121,9 @@ def run(argv: Sequence[str] | None = None) -> int:
     except UsageError as err:
         print_error(str(err))
         return 2
+    module: ModuleType = args.module
+    for name, value in getattr(module, "PROCESS_ENV", {}).items():
+        os.environ.setdefault(name, value)  # before torch loads: libraries read these once
     from gptkit.plugins import (
         default_registry,  # past the parsing: making a registry imports torch
     )
@@ -129,7 +132,6 @@ def run(argv: Sequence[str] | None = None) -> int:
     if not env_is_main():
         # Under torchrun only process 0 speaks: the others' errors are its own, which it prints.
         console.quiet = err_console.quiet = True
-    module: ModuleType = args.module
     try:
         # The registry is made once, here, so that a broken plugin fails like any other user error.
         return module.run(args, default_registry())
