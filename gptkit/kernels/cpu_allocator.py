@@ -6,7 +6,9 @@ re-allocates the same sizes every time, so every page is faulted in and zeroed b
 kernel again: on a 2-core VM that was a third of a small model's step (about 540,000
 page faults a step for `cpu-small` at 8 x 256 tokens). Asking malloc to serve
 everything from its heap and never give the top of it back makes every step after the
-first one or two fault-free; the peak resident size stays what the peak use was.
+first few fault-free. The heap may grow a few times before then (torch's 64-byte aligned
+requests need a free chunk a little larger than the block freed), so the resident size
+can settle somewhat above the peak use.
 
 Only glibc has `mallopt`; elsewhere (macOS, musl) this does nothing.
 """
