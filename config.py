@@ -85,6 +85,9 @@ class TrainConfig(Section):
     eval_every: int = Field(50, gt=0, description="Validate every N steps (and at the end).")
     eval_batches: int = Field(10, gt=0, description="Fixed validation batches per evaluation.")
     nan_policy: Literal["stop", "skip"] = Field("stop", description="On a NaN/inf loss: stop the run, or skip that batch.")
+    init_from: str | None = Field(
+        None, description="Start from trained weights: a run directory, a checkpoint folder, a Hugging Face folder or a hub name (gpt2, owner/name); the model's shape comes from it."
+    )
     callbacks: list[ComponentSpec] = Field(default_factory=default_callbacks)
 
     @model_validator(mode="before")
@@ -265,13 +268,13 @@ def expand_model_preset(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-def build_raw_config(
+def layered_config(
     config_file: str | Path | None = None,
     preset: str | None = None,
     overrides: Sequence[str] = (),
     base: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Layer the sources into one plain dict, before validation."""
+    """The sources layered into one plain dict, with only what they say (no preset expanded)."""
     data: dict[str, Any] = copy.deepcopy(base or {})  # --set edits nested dicts in place
     if preset is not None:
         data = deep_merge(data, {"model": {"preset": preset}})
@@ -280,7 +283,66 @@ def build_raw_config(
     for item in overrides:
         path, value = parse_override(item)
         set_dotted(data, path, value)
-    return expand_model_preset(data)
+    return data
+
+
+def build_raw_config(
+    config_file: str | Path | None = None,
+    preset: str | None = None,
+    overrides: Sequence[str] = (),
+    base: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Layer the sources into one plain dict, before validation."""
+    return expand_model_preset(layered_config(config_file, preset, overrides, base))
+
+
+# Model settings a run started from trained weights may give: they change how it trains
+# (dropout) or cut what it attends over (a shorter context keeps the first positions),
+# never the shape of a weight the source holds.
+INIT_MAY_SET = ("drop_rate", "context_length")
+
+
+def with_source_model(data: dict[str, Any], source_model: dict[str, Any], source: str, source_tokenizer: Any = None) -> dict[str, Any]:
+    """`data` (layered, unexpanded) with the model section of `--init-from source`.
+
+    A model setting the user gave that contradicts the source fails naming the key: the
+    weights fix the shape. `source_tokenizer` (a run's) applies unless data.tokenizer is given.
+    """
+    given = data.get("model") if isinstance(data.get("model"), dict) else {}
+    if "preset" in given:
+        raise ConfigError(f"model.preset={given['preset']} contradicts --init-from {source}: the model's shape comes from the source; drop the preset")
+    source_cfg = validate_model_section(source_model, source)
+    for key, value in given.items():
+        if key in INIT_MAY_SET:
+            continue
+        try:
+            same = validate_model_section({**source_model, key: value}, source).get(key) == source_cfg.get(key)
+        except ConfigError:
+            same = False
+        if not same:
+            raise ConfigError(
+                f"model.{key}={json.dumps(value)} contradicts --init-from {source}, whose model has "
+                f"{key}={json.dumps(source_cfg.get(key))}; the shape comes from the source's weights "
+                f"(a run started from them may set only {', '.join('model.' + k for k in INIT_MAY_SET)})"
+            )
+    context = given.get("context_length")
+    if isinstance(context, int) and context > source_cfg["context_length"]:
+        raise ConfigError(
+            f"model.context_length={context} is longer than --init-from {source}'s {source_cfg['context_length']} "
+            "positions; it may be shortened (the first positions are kept), not lengthened"
+        )
+    data = {**data, "model": {**source_model, **{k: v for k, v in given.items() if k in INIT_MAY_SET}}}
+    data_section = data.get("data") if isinstance(data.get("data"), dict) else {}
+    if source_tokenizer is not None and "tokenizer" not in data_section:
+        data = {**data, "data": {**data_section, "tokenizer": source_tokenizer}}
+    return data
+
+
+def validate_model_section(model: dict[str, Any], source: str) -> dict[str, Any]:
+    try:
+        return ModelConfig.model_validate(model).model_dump(mode="json")
+    except ValidationError as err:
+        raise ConfigError(f"the model of --init-from {source} is not valid: {describe_validation_error(err, 'model')}") from None
 
 
 def validate_run_config(data: dict[str, Any], registry: Registry | None = None) -> RunConfig:

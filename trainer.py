@@ -31,6 +31,11 @@ from gptkit.training.checkpoint import (
     restore_optimizer_and_rng,
     save_checkpoint,
 )
+from gptkit.training.init_from import (
+    InitSource,
+    load_initial_weights,
+    resolve_init_source,
+)
 from gptkit.training.train_state import (
     CallbackContext,
     EvalMetrics,
@@ -177,6 +182,7 @@ class Trainer:
         self.run_dir = run_dir
         self.process = distributed.current()
         self.device = self._pick_device()
+        self.init_source = self._init_source(resume_from)
         self.model = self._build_model(registry)
         self.flops_per_token = flops_per_token(self.model)  # counted before sharding splits the weights
         self.schedule = self._build_schedule(registry)
@@ -198,6 +204,13 @@ class Trainer:
         distributed.check_device(self.cfg.run.device, self.process)
         return pick_device(self.cfg.run.device, self.process.local_rank if self.process.active else None)
 
+    def _init_source(self, resume_from: Path | None) -> InitSource | None:
+        """Where a new run's first weights come from (train.init_from); a resumed run has its own."""
+        given = self.cfg.train.init_from
+        if given is None or resume_from is not None:
+            return None
+        return distributed.main_first(lambda: resolve_init_source(given))  # a hub name is fetched once
+
     def _build_model(self, registry: Registry) -> GPTModel:
         torch.manual_seed(self.cfg.run.seed)  # the same initial weights in every process
         m = self.cfg.model
@@ -212,6 +225,8 @@ class Trainer:
                 f"model.n_layers={m.n_layers}, model.context_length={m.context_length} on {self.device}: "
                 f"{str(err).splitlines()[0] if str(err) else 'out of memory'}"
             ) from None
+        if self.init_source is not None:
+            load_initial_weights(model, self.init_source)
         if self.cfg.run.kernels:
             accelerate(model)  # CPU speed paths; nothing changes on other devices
         return model

@@ -58,6 +58,11 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", action=Once, metavar="NAME", help=f"model preset: {', '.join(PRESETS)}")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one setting, e.g. train.lr=1e-3 (repeatable)")
     parser.add_argument("--resume", action=Once, metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint")
+    parser.add_argument(
+        "--init-from", action=Once, metavar="SOURCE",
+        help="start a new run from trained weights: a run directory, RUN/checkpoints/step_N, a Hugging Face "
+        "folder or a hub name (gpt2, gpt2-medium, gpt2-large, gpt2-xl, owner/name); same as --set train.init_from=SOURCE",
+    )
 
 
 def add_source_options(parser: argparse.ArgumentParser) -> None:
@@ -109,10 +114,13 @@ def resolve_config(args: argparse.Namespace, registry: Registry) -> RunConfig:
     leaves the run directory as it was.
     """
     import config as run_config
+    from gptkit.training.init_from import INIT_FROM_KEY
     from gptkit.training.run_components import COMPONENTS_KEY, missing_components_note
 
     if not getattr(args, "resume", None):
-        return run_config.load_run_config(args.config, args.preset, args.set, registry=registry)
+        return resolve_new_config(args, registry)
+    if getattr(args, "init_from", None) is not None:
+        raise ConfigError(f"--init-from {args.init_from} has no effect with --resume: a resumed run continues from its own checkpoint")
     if args.preset is not None:
         # The stored model would override every preset value: the flag would change nothing.
         raise ConfigError(
@@ -120,6 +128,7 @@ def resolve_config(args: argparse.Namespace, registry: Registry) -> RunConfig:
         )
     stored = read_stored_config(args.resume)
     sources = stored.pop(COMPONENTS_KEY, None)  # provenance, not a setting
+    stored.pop(INIT_FROM_KEY, None)  # likewise
     merged = run_config.build_raw_config(args.config, None, args.set, base=stored)
     try:
         cfg = run_config.validate_run_config(merged, registry)
@@ -137,3 +146,19 @@ def resolve_config(args: argparse.Namespace, registry: Registry) -> RunConfig:
             "train.grad_clip, run.dtype may change on resume"
         )
     return cfg
+
+
+def resolve_new_config(args: argparse.Namespace, registry: Registry) -> RunConfig:
+    """A new run's config; with `--init-from` (or train.init_from) the model section is the source's."""
+    import config as run_config
+    from gptkit.training.init_from import resolve_init_source
+
+    data = run_config.layered_config(args.config, args.preset, args.set)
+    if getattr(args, "init_from", None) is not None:
+        run_config.set_dotted(data, ["train", "init_from"], args.init_from)
+    train = data.get("train") if isinstance(data.get("train"), dict) else {}
+    given = train.get("init_from")
+    if isinstance(given, str):
+        source = resolve_init_source(given)
+        data = run_config.with_source_model(data, source.model, given, source.tokenizer)
+    return run_config.validate_run_config(run_config.expand_model_preset(data), registry)

@@ -111,12 +111,26 @@ def check_vocabulary(cfg: RunConfig, tokenizer: object) -> None:
         )
 
 
-def stored_config(cfg: RunConfig, registry: Registry) -> str:
-    """config.json: the resolved config and where each of its components came from."""
+def stored_config(cfg: RunConfig, registry: Registry, initial_weights: dict[str, object] | None = None) -> str:
+    """config.json: the resolved config, where each of its components came from and where its first weights did."""
+    from gptkit.training.init_from import INIT_FROM_KEY
     from gptkit.training.run_components import COMPONENTS_KEY, component_sources
 
     data = cfg.model_dump(mode="json")
-    return json.dumps({**data, COMPONENTS_KEY: component_sources(data, registry)}, indent=2) + "\n"
+    data[COMPONENTS_KEY] = component_sources(data, registry)
+    if initial_weights is not None:
+        data[INIT_FROM_KEY] = initial_weights
+    return json.dumps(data, indent=2) + "\n"
+
+
+def initial_weights(trainer: Trainer, run_dir: Path, resumed: bool) -> dict[str, object] | None:
+    """Where the run's first weights came from: measured for a new run, kept as stored for a resumed one."""
+    from gptkit.training.checkpoint import read_run_config
+    from gptkit.training.init_from import INIT_FROM_KEY, provenance
+
+    if resumed:
+        return read_run_config(run_dir).get(INIT_FROM_KEY)
+    return provenance(trainer.init_source) if trainer.init_source is not None else None
 
 
 def train(args: argparse.Namespace, cfg: RunConfig, registry: Registry) -> int:
@@ -157,7 +171,7 @@ def train(args: argparse.Namespace, cfg: RunConfig, registry: Registry) -> int:
         data = distributed.main_first(lambda: prepare_data(cfg, tokenizer))  # tokenized once, then read from the cache
         trainer = Trainer(cfg, run_dir, data, tokenizer, registry, resume_from=checkpoint)
         if is_main:
-            write_text_atomic(run_dir / "config.json", stored_config(cfg, registry))
+            write_text_atomic(run_dir / "config.json", stored_config(cfg, registry, initial_weights(trainer, run_dir, checkpoint is not None)))
         report_setup(trainer, cfg, run_dir)
         try:
             trainer.fit()

@@ -23,7 +23,7 @@ LAYERS: dict[str, set[str]] = {
     "model": {"layers"},
     "kernels": {"layers", "model"},
     "data": {"layers", "model"},
-    "training": {"layers", "model", "data", "generation", "kernels"},
+    "training": {"layers", "model", "data", "generation", "kernels", "interop"},  # --init-from a Hugging Face folder
     "generation": {"layers", "model", "data", "training", "kernels", "interop"},
     "interop": {"layers", "model", "data"},
     "serving": {"layers", "model", "data", "generation", "kernels", "interop"},

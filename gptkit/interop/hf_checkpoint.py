@@ -136,12 +136,12 @@ def import_hf(source: Any) -> GPTModel:
     """
     if isinstance(source, (str, os.PathLike)):
         directory = Path(source)
-        config = _read_config(directory)
+        config = read_hf_config(directory)
         try:
             cfg = model_config_from_hf(config)
         except GptkitError as err:
             raise type(err)(f"{directory / CONFIG_FILE}: {err}") from None
-        state = _read_weights(directory)
+        state = read_hf_weights(directory)
         where = f"in {directory}"
     elif hasattr(source, "config") and hasattr(source, "state_dict"):
         cfg = model_config_from_hf(source.config.to_dict())
@@ -186,7 +186,8 @@ def _build(cfg: ModelConfig, weights: dict[str, torch.Tensor]) -> GPTModel:
     return model.eval()
 
 
-def _read_config(directory: Path) -> dict[str, Any]:
+def read_hf_config(directory: Path) -> dict[str, Any]:
+    """A Hugging Face checkpoint folder's config.json, checked to be a JSON object."""
     if not directory.is_dir():
         hint = ""
         if not directory.exists() and not directory.is_absolute() and len(directory.parts) <= 2:
@@ -207,7 +208,22 @@ def _read_config(directory: Path) -> dict[str, Any]:
     return config
 
 
-def _read_weights(directory: Path) -> dict[str, torch.Tensor]:
+def weight_files(directory: Path) -> list[Path]:
+    """The files `read_hf_weights` reads from `directory`, in order (an index, then its shards)."""
+    if (directory / SAFETENSORS_FILE).exists():
+        return [directory / SAFETENSORS_FILE]
+    if (directory / SAFETENSORS_INDEX_FILE).exists():
+        index = directory / SAFETENSORS_INDEX_FILE
+        try:
+            shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            shards = []  # read_hf_weights names what is wrong with the index
+        return [index, *(directory / shard for shard in shards)]
+    return [directory / PICKLE_FILE] if (directory / PICKLE_FILE).exists() else []
+
+
+def read_hf_weights(directory: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a Hugging Face checkpoint folder under its own (transformers') names."""
     if (directory / SAFETENSORS_FILE).exists():
         return _load_safetensors(directory / SAFETENSORS_FILE)
     if (directory / SAFETENSORS_INDEX_FILE).exists():

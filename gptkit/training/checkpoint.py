@@ -270,8 +270,13 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
 
 def load_model_weights(model: nn.Module, path: Path) -> None:
     """Load a model.safetensors into `model`, naming any missing, unexpected or misshapen keys."""
+    load_state_into(model, read_tensors(path), str(path))
+
+
+def load_state_into(model: nn.Module, tensors: Mapping[str, torch.Tensor], where: str) -> None:
+    """Load `tensors` (saved as checkpoints save them: a tied head once) into `model`; `where` names them in errors."""
     model = getattr(model, "_orig_mod", model)  # a torch.compile wrapper: the model inside holds the weights
-    tensors = {k.replace(COMPILE_PREFIX, ""): v for k, v in read_tensors(path).items()}
+    tensors = {k.replace(COMPILE_PREFIX, ""): v for k, v in tensors.items()}
     expected = model.state_dict()
     # A tied output head shares the embedding's storage, so it was stored once, under the embedding.
     stored = {expected[k].data_ptr() for k in tensors if k in expected}
@@ -289,7 +294,7 @@ def load_model_weights(model: nn.Module, path: Path) -> None:
         if items
     ]
     if problems:
-        raise CheckpointError(f"{path} does not fit this model ({'; '.join(problems)})")
+        raise CheckpointError(f"{where} does not fit this model ({'; '.join(problems)})")
     model.load_state_dict(tensors, strict=False)
 
 
