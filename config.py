@@ -85,6 +85,10 @@ class TrainConfig(Section):
     eval_every: int = Field(50, gt=0, description="Validate every N steps (and at the end).")
     eval_batches: int = Field(10, gt=0, description="Fixed validation batches per evaluation.")
     nan_policy: Literal["stop", "skip"] = Field("stop", description="On a NaN/inf loss: stop the run, or skip that batch.")
+    trainable: list[str] | None = Field(
+        None, description="Glob patterns over parameter names: only these train (None: all), e.g. [\"blocks.11.*\", \"final_norm.*\", \"out_head.*\"]."
+    )
+    freeze: list[str] = Field(default_factory=list, description="Glob patterns over parameter names kept fixed (after train.trainable).")
     init_from: str | None = Field(
         None, description="Start from trained weights: a run directory, a checkpoint folder, a Hugging Face folder or a hub name (gpt2, owner/name); the model's shape comes from it."
     )

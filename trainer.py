@@ -31,6 +31,7 @@ from gptkit.training.checkpoint import (
     restore_optimizer_and_rng,
     save_checkpoint,
 )
+from gptkit.training.freezing import apply_trainable
 from gptkit.training.init_from import (
     InitSource,
     load_initial_weights,
@@ -227,6 +228,7 @@ class Trainer:
             ) from None
         if self.init_source is not None:
             load_initial_weights(model, self.init_source)
+        self.trainable = apply_trainable(model, self.cfg.train.trainable, self.cfg.train.freeze)
         if self.cfg.run.kernels:
             accelerate(model)  # CPU speed paths; nothing changes on other devices
         return model

@@ -192,7 +192,7 @@ def report_setup(trainer: Trainer, cfg: RunConfig, run_dir: Path) -> None:
     world = trainer.process.world_size
     where = f"{trainer.device.type} x {world} processes ({cfg.run.parallel})" if world > 1 else str(trainer.device)
     console.print(
-        f"model: {trainer.model.num_parameters() / 1e6:.1f}M parameters on {where} ({cfg.run.dtype}); "
+        f"model: {trainer.model.num_parameters() / 1e6:.1f}M parameters{trainable_note(trainer)} on {where} ({cfg.run.dtype}); "
         f"run directory {run_dir}", markup=False, highlight=False,
     )
     if world > 1:
@@ -200,3 +200,9 @@ def report_setup(trainer: Trainer, cfg: RunConfig, run_dir: Path) -> None:
             f"batch: {trainer.global_batch} sequences per step = {trainer.micro_batch} per micro-batch x "
             f"{trainer.accum} accumulation steps x {world} processes ({trainer.tokens_per_step:,} tokens)"
         )
+
+
+def trainable_note(trainer: Trainer) -> str:
+    """' (7.1M trainable)' when train.trainable or train.freeze keep some parameters fixed."""
+    t = trainer.trainable
+    return "" if t.trainable == t.total else f" ({t.trainable / 1e6:.1f}M trainable)"

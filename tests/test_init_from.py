@@ -171,3 +171,32 @@ def test_without_a_network_the_message_says_how_to_use_a_local_folder(corpus: Pa
     assert "error: --init-from gpt2: could not fetch 'gpt2' from the Hugging Face hub (" in result.stderr
     assert "(`hf download gpt2 --local-dir DIR`) and pass --init-from DIR" in result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "runs").exists()
+
+
+def test_frozen_parameters_stay_bit_for_bit_and_have_no_optimizer_state(hf_folder: Path, corpus: Path, tmp_path: Path) -> None:
+    recipe = 'train.trainable=["blocks.1.*", "final_norm.*"]'
+    cfg = resolve_config(parse(["--init-from", str(hf_folder), *settings(corpus, tmp_path, recipe, "train.max_steps=2")]), default_registry())
+    data = prepare_dataset(str(corpus), Tokenizer(), tmp_path / "cache", cfg.data.val_fraction)
+    trainer = Trainer(cfg, tmp_path / "run", data, Tokenizer(), default_registry())
+    before = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
+    trainer.fit()
+    after = dict(trainer.model.named_parameters())
+    trained = {name for name in before if name.startswith(("blocks.1.", "final_norm."))}
+    assert trained and all(not torch.equal(before[n], after[n].detach()) for n in trained if n.endswith("weight"))
+    assert all(torch.equal(before[n], after[n].detach()) for n in set(before) - trained)
+    with_state = {id(p) for p in trainer.optimizer.state}
+    assert with_state == {id(after[n]) for n in trained}
+    expected = sum(after[n].numel() for n in trained)
+    assert (trainer.trainable.trainable, trainer.trainable.total) == (expected, trainer.model.num_parameters())
+
+
+def test_a_pattern_that_matches_nothing_names_itself_and_the_names(hf_folder: Path, corpus: Path, tmp_path: Path) -> None:
+    cfg = resolve_config(parse([*settings(corpus, tmp_path, 'train.freeze=["block.*"]')]), default_registry())
+    data = prepare_dataset(str(corpus), Tokenizer(), tmp_path / "cache", cfg.data.val_fraction)
+    with pytest.raises(ConfigError) as refused:
+        Trainer(cfg, tmp_path / "run", data, Tokenizer(), default_registry())
+    # cpu-small: 4 blocks of 12 parameters, the two embeddings, the final norm's two and the tied head's name.
+    assert str(refused.value).startswith(
+        "train.freeze pattern 'block.*' matches no parameter of this model; its 53 names look like: "
+        "tok_emb.weight, pos_emb.weight, blocks.0.norm1.weight, blocks.0.norm1.bias, blocks.0.att.qkv.weight, blocks.0.att.qkv.bias, ..."
+    )
