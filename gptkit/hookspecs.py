@@ -135,6 +135,12 @@ class BlockFactory(Protocol):
     ) -> SelfAttention: ...
 
 
+class HeadFactory(Protocol):
+    """``head``: maps the final hidden states (batch, seq, emb_dim) to (batch, seq, outputs)."""
+
+    def __call__(self, cfg: ModelShape, **params: Any) -> nn.Module: ...
+
+
 Schedule = Callable[[int], float]  # optimizer step (0-based) -> learning rate
 
 
@@ -185,6 +191,7 @@ FACTORY_CONTRACTS: dict[str, type] = {
     "attention": AttentionFactory,
     "ffn": FFNFactory,
     "block": BlockFactory,
+    "head": HeadFactory,
     "scheduler": SchedulerFactory,
     "sampler": SamplerFactory,
     "callback": CallbackFactory,

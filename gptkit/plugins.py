@@ -43,6 +43,7 @@ BUILTIN_PLUGINS = (
     "gptkit.layers.feed_forward",
     "gptkit.layers.embeddings",
     "gptkit.layers.block",
+    "gptkit.layers.heads",
     "gptkit.training.schedulers",
     "gptkit.generation.samplers",
     "gptkit.data.tokenizer",

@@ -31,6 +31,7 @@ CORE_KINDS: tuple[str, ...] = (
     "ffn",
     "position",
     "block",
+    "head",
     "scheduler",
     "sampler",
     "callback",

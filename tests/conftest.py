@@ -44,6 +44,9 @@ CHECKOUT_COMPONENTS = {
     ("position", "none"): "built-in",
     ("position", "rope"): "plugins/rope.py",
     ("block", "pre_ln"): "built-in",
+    ("head", "lm"): "built-in",
+    ("head", "last_token"): "built-in",
+    ("head", "mean_pool"): "built-in",
 }
 
 

@@ -45,7 +45,7 @@ def test_defaults_are_gpt2_124m() -> None:
     assert (cfg.drop_rate, cfg.qkv_bias, cfg.weight_tying) == (0.0, True, True)
     assert cfg.head_dim == 64
     names = {field: getattr(cfg, field).name for field in MODEL_SLOTS}
-    assert names == {"norm": "layernorm", "activation": "gelu", "attention": "mha", "ffn": "mlp", "position": "learned", "block": "pre_ln"}
+    assert names == {"norm": "layernorm", "activation": "gelu", "attention": "mha", "ffn": "mlp", "position": "learned", "block": "pre_ln", "head": "lm"}
 
 
 def test_component_slot_accepts_a_name_and_fills_its_defaults() -> None:

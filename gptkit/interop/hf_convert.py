@@ -38,6 +38,7 @@ GPT2_COMPONENTS: dict[str, str] = {
     "ffn": "mlp",
     "position": "learned",
     "block": "pre_ln",
+    "head": "lm",
 }
 
 # HF activation names gptkit can run, as GELU's `approximate`; and the name each exports as.

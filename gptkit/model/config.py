@@ -34,6 +34,7 @@ MODEL_SLOTS: dict[str, str] = {
     "ffn": "ffn",
     "position": "position",
     "block": "block",
+    "head": "head",
 }
 
 
@@ -116,6 +117,7 @@ class ModelConfig(BaseModel):
     ffn: ComponentSpec = Field("mlp", description="Position-wise feed-forward network.")
     position: ComponentSpec = Field("learned", description="How token positions are encoded.")
     block: ComponentSpec = Field("pre_ln", description="How attention and FFN are wired into a layer.")
+    head: ComponentSpec = Field("lm", description="Output head: lm (next-token logits), or a classifier (last_token, mean_pool).")
 
     @model_validator(mode="before")
     @classmethod

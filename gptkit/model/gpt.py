@@ -53,9 +53,9 @@ class GPTModel(nn.Module):
         self.drop_emb = nn.Dropout(cfg.drop_rate)
         self.blocks = nn.ModuleList(build_block(cfg, registry) for _ in range(cfg.n_layers))
         self.final_norm = registry.create("norm", cfg.norm, cfg.emb_dim)
-        self.out_head = nn.Linear(cfg.emb_dim, cfg.vocab_size, bias=False)
+        self.out_head = registry.create("head", cfg.head, cfg)
         self.reset_parameters()
-        if cfg.weight_tying:
+        if cfg.weight_tying and cfg.head.name == "lm":
             # GPT-2 reads and writes tokens with one matrix: a third fewer parameters
             # in the 124M model, and rare tokens' output rows get the input's gradient.
             self.out_head.weight = self.tok_emb.weight
