@@ -35,6 +35,7 @@ CORE_KINDS: tuple[str, ...] = (
     "sampler",
     "callback",
     "tokenizer",
+    "prompt_style",
 )
 
 
