@@ -1,7 +1,8 @@
-"""Instruction data: reading Alpaca and chat files, the train/val split.
+"""Instruction data: reading Alpaca and chat files, the train/val split, ids and masked labels, batches.
 
-Expected values come from outside the code under test: records written out by
-hand and error messages in full.
+Expected values come from outside the code under test: templates written out by
+hand, ids from `tokenizer.encode` of each piece, error messages in full, a loss
+computed with log-softmax by hand, and example identities carried in the ids.
 """
 
 from __future__ import annotations
@@ -9,13 +10,49 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+import torch.nn.functional as F
 
-from gptkit import DataError
+from gptkit import DataError, GPTModel, ModelConfig
 from gptkit.data.instruction import AlpacaFields, Example, Message, split_examples
+from gptkit.data.instruction_batches import (
+    InstructionBatches,
+    fixed_instruction_batches,
+    pad_batch,
+)
+from gptkit.data.instruction_encoding import (
+    EncodedExample,
+    encode_example,
+    encode_examples,
+    encode_text,
+)
 from gptkit.data.instruction_files import read_examples
+from gptkit.data.prompt_styles import AlpacaStyle, ChatStyle
+from gptkit.data.tokenizer import Tokenizer
 
 EOT_TEXT = "<|endoftext|>"
+ALPACA_PROMPT_WITH_INPUT = (
+    "Below is an instruction that describes a task, paired with an input that provides further context. "
+    "Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\nAdd the numbers.\n\n### Input:\n2 3\n\n### Response:\n"
+)
+
+
+@pytest.fixture(scope="module")
+def gpt2() -> Tokenizer:
+    return Tokenizer()
+
+
+class Bytes:
+    """Ids are UTF-8 bytes, end-of-text 256; only the `encode(text)` the Tokenizer protocol promises."""
+
+    vocab_size = 257
+    eot_id = 256
+
+    def encode(self, text: str) -> list[int]:
+        return list(text.encode("utf-8"))
 
 
 def write(path: Path, text: str) -> Path:
@@ -198,3 +235,224 @@ def test_split_refuses_too_few_examples_and_bad_fractions() -> None:
         with pytest.raises(DataError) as err:
             split_examples(numbered(5), fraction)
         assert str(err.value) == f"val_fraction must be in [0, 1), got {fraction}"
+
+
+# --- ids and labels ---------------------------------------------------------------
+
+
+def test_alpaca_ids_and_masked_positions_match_the_pieces_encoded_by_hand(gpt2: Tokenizer) -> None:
+    example = Example.from_alpaca("Add the numbers.", "2 3", "The sum is 5.")
+    prompt = gpt2.encode(ALPACA_PROMPT_WITH_INPUT, allow_special=True)
+    response = gpt2.encode("The sum is 5.", allow_special=True)
+    eot = gpt2.encode(EOT_TEXT, allow_special=True)
+    assert eot == [gpt2.eot_id]
+
+    encoded = encode_example(example, AlpacaStyle(), gpt2, max_length=1024)
+    assert encoded is not None and not encoded.truncated
+    assert encoded.ids.tolist() == prompt + response + eot
+    # The target of input i is id i + 1: masked while that id is prompt text.
+    expected = [-100] * (len(prompt) - 1) + response + eot
+    assert encoded.labels.tolist() == expected
+    masked = [i for i, label in enumerate(encoded.labels.tolist()) if label == -100]
+    assert masked == list(range(len(prompt) - 1))
+
+    everything = encode_example(example, AlpacaStyle(), gpt2, max_length=1024, train_on_prompt=True)
+    assert everything is not None and everything.labels.tolist() == (prompt + response + eot)[1:]
+
+
+def test_multi_turn_chat_trains_every_assistant_turn(gpt2: Tokenizer) -> None:
+    example = Example((
+        Message("system", "Be brief."),
+        Message("user", "Hi"),
+        Message("assistant", "Hello."),
+        Message("user", "Name?"),
+        Message("assistant", "Kit."),
+    ))
+    pieces = [
+        ("System: Be brief.\nUser: Hi\nAssistant:", False),
+        (" Hello.", True),
+        (EOT_TEXT, True),
+        ("\nUser: Name?\nAssistant:", False),
+        (" Kit.", True),
+        (EOT_TEXT, True),
+    ]
+    ids: list[int] = []
+    trained: list[bool] = []
+    for text, is_response in pieces:
+        piece = gpt2.encode(text, allow_special=True)
+        ids += piece
+        trained += [is_response] * len(piece)
+    encoded = encode_example(example, ChatStyle(), gpt2, max_length=1024)
+    assert encoded is not None and encoded.ids.tolist() == ids
+    assert encoded.labels.tolist() == [t if r else -100 for t, r in zip(ids[1:], trained[1:])]
+    # Both replies are learnt, each with the end-of-text that closes it.
+    learnt = [t for t in encoded.labels.tolist() if t != -100]
+    assert learnt == gpt2.encode(" Hello.") + [gpt2.eot_id] + gpt2.encode(" Kit.") + [gpt2.eot_id]
+
+
+def test_end_of_text_becomes_one_id_with_any_tokenizer(gpt2: Tokenizer) -> None:
+    text = f"a b{EOT_TEXT}\nc{EOT_TEXT}"
+    assert encode_text(text, gpt2) == gpt2.encode(text, allow_special=True)
+    assert encode_text(text, Bytes()) == [97, 32, 98, 256, 10, 99, 256]
+
+
+def test_masked_loss_equals_cross_entropy_computed_by_hand() -> None:
+    tokenizer = Bytes()
+    examples = [Example.from_alpaca("Hi", "", "Yo"), Example((Message("user", "2+2"), Message("assistant", "4")),)]
+    encoded = [encode_example(e, ChatStyle(), tokenizer, max_length=64) for e in examples]
+    x, y = pad_batch([e for e in encoded if e is not None], pad_id=tokenizer.eot_id)
+    torch.manual_seed(0)
+    model = GPTModel(ModelConfig(vocab_size=257, context_length=64, emb_dim=16, n_layers=1, n_heads=2)).eval()
+    with torch.no_grad():
+        logits, loss = model(x, y)
+    total, count = 0.0, 0
+    for b in range(y.shape[0]):
+        for t in range(y.shape[1]):
+            target = int(y[b, t])
+            if target != -100:
+                row = logits[b, t].double()
+                total += float(torch.logsumexp(row, 0) - row[target])
+                count += 1
+    assert count == (3 + 1) + (2 + 1)  # " Yo" and " 4" as bytes, each with its end-of-text
+    expected = total / count
+    assert F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=-100).item() == pytest.approx(expected, rel=1e-5)
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_long_examples_are_truncated_dropped_or_refused() -> None:
+    tokenizer = Bytes()
+    style = ChatStyle()
+    # "User: Hi\nAssistant:" is 19 bytes, then " Yo" and the end-of-text.
+    example = Example((Message("user", "Hi"), Message("assistant", "Yo")), source="chat.jsonl line 4")
+    whole = encode_example(example, style, tokenizer, max_length=23)
+    assert whole is not None and not whole.truncated and len(whole.ids) == 23
+    cut = encode_example(example, style, tokenizer, max_length=21)
+    assert cut is not None and cut.truncated
+    assert cut.ids.tolist() == list(b"User: Hi\nAssistant: Y")
+    assert cut.labels.tolist() == [-100] * 18 + [ord(" "), ord("Y")]
+    # Cut before any response token can be a target: dropped, not kept with every label masked.
+    assert encode_example(example, style, tokenizer, max_length=19) is None
+    assert encode_example(example, style, tokenizer, max_length=19, train_on_prompt=True) is None
+
+    short = Example((Message("user", "Hi"), Message("assistant", "")), source="chat.jsonl line 5")
+    long_prompt = Example((Message("user", "Hello there"), Message("assistant", "Yo")), source="chat.jsonl line 6")
+    kept = encode_examples([example, long_prompt, short], style, tokenizer, max_length=21)
+    assert [e.source for e in kept.examples] == ["chat.jsonl line 4", "chat.jsonl line 5"]
+    assert (kept.truncated, kept.dropped) == (1, ("chat.jsonl line 6",))
+
+    with pytest.raises(DataError) as err:
+        encode_example(example, style, tokenizer, max_length=22, overflow="refuse")
+    assert str(err.value) == (
+        "chat.jsonl line 4 is 23 tokens, longer than max_length 22 (the model's context + 1); "
+        "shorten it, use a longer context, or truncate (overflow='truncate')"
+    )
+    with pytest.raises(DataError) as err:
+        encode_examples([example, example], style, tokenizer, max_length=10)
+    assert str(err.value) == (
+        "all 2 examples were dropped: none has any of its response within its first 10 tokens "
+        "(the model's context + 1); use a longer context or shorter prompts"
+    )
+
+
+# --- batches ----------------------------------------------------------------------
+
+PAD = 256
+
+
+def tagged(n: int) -> list[EncodedExample]:
+    """Example i's ids all equal i (its identity in any batch), i % 4 + 2 of them; even targets masked."""
+    out = []
+    for i in range(n):
+        ids = np.full(i % 4 + 2, i, dtype=np.int32)
+        labels = np.array([i if j % 2 else -100 for j in range(len(ids) - 1)], dtype=np.int32)
+        out.append(EncodedExample(ids, labels, f"#{i}"))
+    return out
+
+
+def rows(x: torch.Tensor, y: torch.Tensor, examples: list[EncodedExample]) -> list[tuple[list[int], list[int]]]:
+    """Each row without its padding, checking the padding is right padding of PAD and -100."""
+    out = []
+    for xr, yr in zip(x.tolist(), y.tolist()):
+        length = len(examples[xr[0]].labels)
+        assert xr[length:] == [PAD] * (len(xr) - length) and yr[length:] == [-100] * (len(yr) - length)
+        out.append((xr[:length], yr[:length]))
+    return out
+
+
+def test_batches_are_padded_on_the_right_to_the_longest_example() -> None:
+    examples = tagged(3)
+    x, y = pad_batch(examples, PAD)
+    assert x.dtype == y.dtype == torch.long
+    assert x.tolist() == [[0, PAD, PAD], [1, 1, PAD], [2, 2, 2]]
+    assert y.tolist() == [[-100, -100, -100], [-100, 1, -100], [-100, 2, -100]]
+
+
+def test_a_steps_batch_is_a_function_of_seed_and_step() -> None:
+    examples = tagged(10)
+    first = InstructionBatches(examples, batch_size=3, seed=5, pad_id=PAD)
+    again = InstructionBatches(examples, batch_size=3, seed=5, pad_id=PAD)
+    for step in (7, 0, 3, 7):  # out of order, as a resumed run asks
+        assert all(torch.equal(a, b) for a, b in zip(first.batch(step), again.batch(step)))
+    other = InstructionBatches(examples, batch_size=3, seed=6, pad_id=PAD)
+    assert [first.indices(s) for s in range(4)] != [other.indices(s) for s in range(4)]
+
+
+def test_batches_do_not_depend_on_how_the_global_batch_is_split() -> None:
+    examples = tagged(11)
+
+    def step_rows(batch_size: int, world_size: int, accum_steps: int, step: int) -> list:
+        batches = InstructionBatches(examples, batch_size, seed=1, pad_id=PAD, world_size=world_size, accum_steps=accum_steps)
+        out = []
+        for micro in range(accum_steps):
+            for rank in range(world_size):
+                out += rows(*batches.batch(step, micro, rank), examples)
+        return out
+
+    for step in (0, 1, 2, 9):
+        whole = step_rows(4, 1, 1, step)
+        assert len(whole) == 4
+        assert step_rows(2, 1, 2, step) == whole  # two micro-steps of two
+        assert step_rows(2, 2, 1, step) == whole  # two processes of two
+        assert step_rows(1, 2, 2, step) == whole  # two processes, two micro-steps of one
+
+
+def test_every_example_is_seen_once_per_epoch_in_a_new_order() -> None:
+    examples = tagged(10)
+    batches = InstructionBatches(examples, batch_size=2, seed=0, pad_id=PAD, world_size=2)
+    steps = batches.steps_for_epochs(3)
+    assert steps == 8  # 30 examples in steps of 4: the last step runs 2 into epoch 4
+    seen = [
+        row[0][0]
+        for step in range(steps)
+        for rank in range(2)
+        for row in rows(*batches.batch(step, 0, rank), examples)
+    ]
+    epochs = [seen[i : i + 10] for i in range(0, 30, 10)]
+    assert all(sorted(epoch) == list(range(10)) for epoch in epochs)
+    assert len({tuple(epoch) for epoch in epochs}) == 3
+    assert batches.steps_for_epochs(1) == 3 and batches.global_batch == 4
+
+
+def test_a_micro_step_or_rank_outside_the_run_is_refused() -> None:
+    batches = InstructionBatches(tagged(4), batch_size=1, seed=0, pad_id=PAD, world_size=2, accum_steps=2)
+    with pytest.raises(DataError) as err:
+        batches.batch(0, 0, rank=2)
+    assert str(err.value) == "rank 2 is outside the 2 processes of this sampler (0 to 1)"
+    with pytest.raises(DataError) as err:
+        batches.batch(0, micro_step=2)
+    assert str(err.value) == "micro_step 2 is outside the 2 micro-steps of a step (0 to 1)"
+    with pytest.raises(DataError) as err:
+        InstructionBatches([], batch_size=1, seed=0, pad_id=PAD)
+    assert str(err.value) == "no training examples to batch; expected at least one"
+
+
+def test_validation_batches_cover_each_example_once_the_same_every_call() -> None:
+    examples = tagged(7)
+    batches = fixed_instruction_batches(examples, batch_size=3, pad_id=PAD)
+    assert [x.shape[0] for x, _ in batches] == [3, 3, 1]
+    assert [r for x, y in batches for r in rows(x, y, examples)] == [rows(*pad_batch([e], PAD), examples)[0] for e in examples]
+    again = fixed_instruction_batches(examples, batch_size=3, pad_id=PAD)
+    assert all(torch.equal(a, b) for pair, other in zip(batches, again) for a, b in zip(pair, other))
+    shares = [fixed_instruction_batches(examples, batch_size=2, pad_id=PAD, rank=r, world_size=2) for r in range(2)]
+    firsts = [row[0][0] for share in shares for x, y in share for row in rows(x, y, examples)]
+    assert firsts == list(range(7))

@@ -15,6 +15,8 @@ from gptkit import (
     hookimpl,
 )
 from gptkit.data.instruction import Example, Message
+from gptkit.data.instruction_encoding import encode_example
+from gptkit.data.tokenizer import Tokenizer
 from gptkit.hookspecs import FACTORY_CONTRACTS, PromptStyleFactory
 from gptkit.registry import CORE_KINDS
 
@@ -142,4 +144,9 @@ def test_a_plugin_registers_a_prompt_style_by_name_and_it_is_used() -> None:
     component = registry.get("prompt_style", "shouting")
     assert (component.source, component.description) == ("shouting plugin", 'A third party\'s style: "Q: ..." and "A: ..." in capitals.')
     shouting = registry.create("prompt_style", "shouting")
-    assert shouting.segments(Example.from_alpaca("hi", "", "yo")) == [("Q: HI\nA:", False), (" YO", True), (EOT, True)]
+    tokenizer = Tokenizer()
+    encoded = encode_example(Example.from_alpaca("hi", "", "yo"), shouting, tokenizer, max_length=64)
+    prompt = tokenizer.encode("Q: HI\nA:")
+    assert encoded is not None
+    assert encoded.ids.tolist() == prompt + tokenizer.encode(" YO") + [tokenizer.eot_id]
+    assert encoded.labels.tolist() == [-100] * (len(prompt) - 1) + tokenizer.encode(" YO") + [tokenizer.eot_id]
