@@ -19,6 +19,7 @@ from gptkit import DataError, GPTModel, ModelConfig
 from gptkit.data.instruction import AlpacaFields, Example, Message, split_examples
 from gptkit.data.instruction_batches import (
     InstructionBatches,
+    epoch_order,
     fixed_instruction_batches,
     pad_batch,
 )
@@ -29,6 +30,7 @@ from gptkit.data.instruction_encoding import (
     encode_text,
 )
 from gptkit.data.instruction_files import read_examples
+from gptkit.data.packed_batches import PackedInstructionBatches
 from gptkit.data.prompt_styles import AlpacaStyle, ChatStyle
 from gptkit.data.tokenizer import Tokenizer
 
@@ -427,6 +429,8 @@ def test_every_example_is_seen_once_per_epoch_in_a_new_order() -> None:
         for rank in range(2)
         for row in rows(*batches.batch(step, 0, rank), examples)
     ]
+    # Example k of the run is permutation(k // n)[k % n].
+    assert seen[:30] == [i for epoch in range(3) for i in epoch_order(10, seed=0, epoch=epoch).tolist()]
     epochs = [seen[i : i + 10] for i in range(0, 30, 10)]
     assert all(sorted(epoch) == list(range(10)) for epoch in epochs)
     assert len({tuple(epoch) for epoch in epochs}) == 3
@@ -456,3 +460,30 @@ def test_validation_batches_cover_each_example_once_the_same_every_call() -> Non
     shares = [fixed_instruction_batches(examples, batch_size=2, pad_id=PAD, rank=r, world_size=2) for r in range(2)]
     firsts = [row[0][0] for share in shares for x, y in share for row in rows(x, y, examples)]
     assert firsts == list(range(7))
+
+
+def test_packed_rows_hold_each_example_once_per_epoch_with_its_own_labels() -> None:
+    examples = tagged(9)  # 21 inputs in all: 3 rows of 8 per epoch, the last with 3 padding positions
+    batches = PackedInstructionBatches(examples, batch_size=2, seed=2, pad_id=PAD, row_length=8, world_size=2)
+    assert batches.rows_per_epoch == 3 and batches.steps_for_epochs(2) == 2
+    packed_x: list[int] = []
+    packed_y: list[int] = []
+    for step in range(2):
+        for rank in range(2):
+            x, y = batches.batch(step, 0, rank)
+            assert x.shape == y.shape == (2, 8) and x.dtype == y.dtype == torch.long
+            packed_x += x.flatten().tolist()
+            packed_y += y.flatten().tolist()
+    for epoch in range(2):
+        # The epoch's examples in the order drawn for it, end to end, then padding to fill the last row.
+        order = epoch_order(9, seed=2, epoch=epoch).tolist()
+        stream_x = [t for i in order for t in examples[i].ids[:-1].tolist()] + [PAD] * 3
+        stream_y = [t for i in order for t in examples[i].labels.tolist()] + [-100] * 3
+        assert packed_x[epoch * 24 : (epoch + 1) * 24] == stream_x
+        assert packed_y[epoch * 24 : (epoch + 1) * 24] == stream_y
+
+    def step_rows(batch_size: int, world_size: int, accum_steps: int) -> list[list[int]]:
+        split = PackedInstructionBatches(examples, batch_size, 2, PAD, 8, world_size=world_size, accum_steps=accum_steps)
+        return [r for m in range(accum_steps) for k in range(world_size) for r in split.batch(1, m, k)[0].tolist()]
+
+    assert step_rows(4, 1, 1) == step_rows(2, 2, 1) == step_rows(1, 2, 2) == step_rows(2, 1, 2)

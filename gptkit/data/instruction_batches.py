@@ -13,7 +13,8 @@ N needs nothing but N, under any split of the same global batch.
 Each batch is padded on the right to its longest example: x with `pad_id` (the
 end-of-text id), y with -100, which the loss ignores. Right padding keeps every
 real token at the position it would have alone (learned positions, RoPE) and,
-attention being causal, no real token attends to padding.
+attention being causal, no real token attends to padding. When padding would be most
+of each row, `gptkit.data.packed_batches` packs examples end to end instead.
 """
 
 from __future__ import annotations
@@ -37,6 +38,16 @@ def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
     tag = f"gptkit-instruction-epoch:{seed}:{epoch}".encode()
     keys = np.frombuffer(hashlib.shake_256(tag).digest(8 * n), dtype="<u8")
     return np.argsort(keys, kind="stable")
+
+
+def run_places(step: int, micro_step: int, rank: int, batch_size: int, world_size: int, accum_steps: int) -> range:
+    """Places in the run's order (counted over every step) of micro-batch `micro_step` of process `rank`."""
+    if not 0 <= rank < world_size:
+        raise DataError(f"rank {rank} is outside the {world_size} processes of this sampler (0 to {world_size - 1})")
+    if not 0 <= micro_step < accum_steps:
+        raise DataError(f"micro_step {micro_step} is outside the {accum_steps} micro-steps of a step (0 to {accum_steps - 1})")
+    first = step * batch_size * world_size * accum_steps + (micro_step * world_size + rank) * batch_size
+    return range(first, first + batch_size)
 
 
 def pad_batch(examples: Sequence[EncodedExample], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -96,13 +107,9 @@ class InstructionBatches:
 
     def indices(self, step: int, micro_step: int = 0, rank: int = 0) -> list[int]:
         """Which examples (positions in `encoded`) micro-batch `micro_step` of process `rank` trains on."""
-        if not 0 <= rank < self.world_size:
-            raise DataError(f"rank {rank} is outside the {self.world_size} processes of this sampler (0 to {self.world_size - 1})")
-        if not 0 <= micro_step < self.accum_steps:
-            raise DataError(f"micro_step {micro_step} is outside the {self.accum_steps} micro-steps of a step (0 to {self.accum_steps - 1})")
         n = len(self.encoded)
-        first = step * self.global_batch + (micro_step * self.world_size + rank) * self.batch_size
-        return [int(self.order(k // n)[k % n]) for k in range(first, first + self.batch_size)]
+        places = run_places(step, micro_step, rank, self.batch_size, self.world_size, self.accum_steps)
+        return [int(self.order(k // n)[k % n]) for k in places]
 
     def batch(self, step: int, micro_step: int = 0, rank: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """(x, y) of shape (batch_size, longest input in this micro-batch)."""
