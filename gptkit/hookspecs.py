@@ -24,7 +24,7 @@ Minimal plugin::
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
+    from gptkit.data.instruction import Example, Message
     from gptkit.registry import Registry
     from gptkit.training.train_state import (
         CallbackContext,
@@ -184,6 +185,26 @@ class TokenizerFactory(Protocol):
     def __call__(self, **params: Any) -> Tokenizer: ...
 
 
+class PromptStyle(Protocol):
+    """How instruction examples are written as text (`gptkit.data.prompt_styles` has the built-ins)."""
+
+    @property
+    def stop(self) -> Sequence[str]:
+        """Strings that end a generated reply: "<|endoftext|>", and a style's next-turn marker."""
+
+    def segments(self, example: Example) -> list[tuple[str, bool]]:
+        """The example's text in order; True marks response text (its closing "<|endoftext|>" too), which is trained on."""
+
+    def prompt(self, messages: Sequence[Message]) -> str:
+        """The conversation so far, ending where the assistant's reply begins, as `segments` would write it."""
+
+
+class PromptStyleFactory(Protocol):
+    """``prompt_style``: a `PromptStyle`, built from its parameters alone."""
+
+    def __call__(self, **params: Any) -> PromptStyle: ...
+
+
 FACTORY_CONTRACTS: dict[str, type] = {
     "norm": NormFactory,
     "activation": ActivationFactory,
@@ -196,6 +217,7 @@ FACTORY_CONTRACTS: dict[str, type] = {
     "sampler": SamplerFactory,
     "callback": CallbackFactory,
     "tokenizer": TokenizerFactory,
+    "prompt_style": PromptStyleFactory,
 }
 
 

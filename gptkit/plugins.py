@@ -47,6 +47,7 @@ BUILTIN_PLUGINS = (
     "gptkit.training.schedulers",
     "gptkit.generation.samplers",
     "gptkit.data.tokenizer",
+    "gptkit.data.prompt_styles",
     "gptkit.training.callbacks.checkpoint",
     "gptkit.training.callbacks.console",
     "gptkit.training.callbacks.metrics",

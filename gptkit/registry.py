@@ -36,6 +36,7 @@ CORE_KINDS: tuple[str, ...] = (
     "sampler",
     "callback",
     "tokenizer",
+    "prompt_style",
 )
 
 
