@@ -55,11 +55,26 @@ class DataConfig(Section):
     val_fraction: float = Field(0.05, gt=0, lt=0.5, description="Share of files (or of the text, for one file) kept for validation.")
     cache_dir: str | None = Field(None, description="Where token files are cached; None: $GPTKIT_CACHE or ~/.cache/gptkit.")
     tokenizer: ComponentSpec = Field(ComponentSpec(name="gpt2"), description="Tokenizer (registry kind 'tokenizer').")
+    format: Literal["text", "instruction", "classification"] = Field(
+        "text", description="text: a corpus to continue; instruction: Alpaca or chat JSON(L) records; classification: CSV or JSONL with a text and a label column."
+    )
+    prompt_style: ComponentSpec = Field(ComponentSpec(name="alpaca"), description="How an instruction example is written as text (registry kind 'prompt_style').")
+    train_on_prompt: bool = Field(False, description="instruction: train on the prompt's tokens too, not only the response's.")
+    packing: bool = Field(False, description="instruction: lay examples end to end in full rows instead of padding each batch.")
+    overflow: Literal["truncate", "refuse"] = Field("truncate", description="An example longer than the context: cut it (and count it), or stop with its name.")
+    text_field: str = Field("text", min_length=1, description="classification: the column holding the text.")
+    label_field: str = Field("label", min_length=1, description="classification: the column holding the label.")
+    labels: list[str] | None = Field(None, description="classification: the label names, in class order; None: the training data's, sorted.")
 
     @field_validator("tokenizer", mode="after")
     @classmethod
     def _known_tokenizer(cls, spec: ComponentSpec, info: ValidationInfo) -> ComponentSpec:
         return resolve_component("tokenizer", spec, registry_from(info))
+
+    @field_validator("prompt_style", mode="after")
+    @classmethod
+    def _known_prompt_style(cls, spec: ComponentSpec, info: ValidationInfo) -> ComponentSpec:
+        return resolve_component("prompt_style", spec, registry_from(info))
 
 
 def default_callbacks() -> list[ComponentSpec]:
@@ -75,6 +90,7 @@ class TrainConfig(Section):
     max_steps: int | None = Field(250, gt=0, description="Stop after this many optimizer steps.")
     max_tokens: int | None = Field(None, gt=0, description="Stop after this many training tokens.")
     max_time: float | None = Field(None, gt=0, description="Stop after this many seconds of training.")
+    max_epochs: float | None = Field(None, gt=0, description="instruction and classification data: stop after this many passes over the examples.")
     lr: float = Field(2e-3, gt=0, description="Peak learning rate.")
     min_lr: float = Field(2e-4, ge=0, description="Learning rate at the end of the decay.")
     scheduler: ComponentSpec = Field(ComponentSpec(name="cosine", warmup_steps=20), description="Learning-rate schedule.")
@@ -111,8 +127,8 @@ class TrainConfig(Section):
 
     @model_validator(mode="after")
     def _bounded(self) -> TrainConfig:
-        if self.max_steps is None and self.max_tokens is None and self.max_time is None:
-            raise ValueError("set at least one budget: train.max_steps, train.max_tokens or train.max_time")
+        if self.max_steps is None and self.max_tokens is None and self.max_time is None and self.max_epochs is None:
+            raise ValueError("set at least one budget: train.max_steps, train.max_tokens, train.max_time or train.max_epochs")
         if self.min_lr > self.lr:
             raise ValueError(f"train.min_lr ({self.min_lr}) is above train.lr ({self.lr})")
         return self
@@ -367,7 +383,7 @@ def load_run_config(
 # rescue a diverged run (the NaN stop names them: a lower peak lr, tighter clipping, bf16).
 # Anything else (model shape, data, optimiser, schedule shape) would make it a different run.
 RESUMABLE_PREFIXES = (
-    "train.max_steps", "train.max_tokens", "train.max_time", "train.callbacks", "train.eval_every",
+    "train.max_steps", "train.max_tokens", "train.max_time", "train.max_epochs", "train.callbacks", "train.eval_every",
     "train.nan_policy", "train.lr", "train.min_lr", "train.grad_clip", "sampling.", "run.device", "run.dtype",
     "run.compile", "run.kernels", "run.peak_flops", "run.out_dir", "run.name", "run.parallel",
 )

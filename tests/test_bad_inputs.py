@@ -94,7 +94,7 @@ def test_wrong_types_and_out_of_range_values_in_run_sections(monkeypatch: pytest
     [
         (["train.min_lr=0.1"], "train: train.min_lr (0.1) is above train.lr (0.002)"),
         (["run.dtype=float16"], "(top level): run.dtype float16 needs a CUDA device (set run.device=cuda); on CPU use bfloat16 or float32"),
-        (["train.max_steps=null"], "train: set at least one budget: train.max_steps, train.max_tokens or train.max_time"),
+        (["train.max_steps=null"], "train: set at least one budget: train.max_steps, train.max_tokens, train.max_time or train.max_epochs"),
         (["run.parallel=fsdp", "run.dtype=float16", "run.device=cuda"], "run: run.parallel fsdp does not support run.dtype float16; use bfloat16"),
     ],
 )

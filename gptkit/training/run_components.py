@@ -34,7 +34,7 @@ def used_components(config: dict[str, Any]) -> list[tuple[str, str]]:
 
     model, data, train, sampling = section("model"), section("data"), section("train"), section("sampling")
     found: list[tuple[str, Any]] = [(kind, model.get(slot)) for slot, kind in MODEL_SLOTS.items()]
-    found += [("tokenizer", data.get("tokenizer")), ("scheduler", train.get("scheduler"))]
+    found += [("tokenizer", data.get("tokenizer")), ("prompt_style", data.get("prompt_style")), ("scheduler", train.get("scheduler"))]
     for kind, specs in (("callback", train.get("callbacks")), ("sampler", sampling.get("samplers"))):
         found += [(kind, spec) for spec in specs] if isinstance(specs, list) else []
     return [(kind, name) for kind, spec in found if (name := _name(spec)) is not None]
