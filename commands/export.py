@@ -77,7 +77,7 @@ def chosen_checkpoint(run: str, choice: str | None) -> Path:
         return named_checkpoint(Path(run), choice)
     if not Path(choice).is_dir():
         raise CheckpointError(
-            f"--checkpoint {choice} is no checkpoint folder; expected step_N (one of {Path(run) / CHECKPOINTS}) "
+            f"--checkpoint {choice} is no checkpoint folder; expected step_N (a checkpoint in {Path(run) / CHECKPOINTS}) "
             "or the path of a checkpoint folder"
         )
     return Path(choice)
@@ -104,11 +104,12 @@ def check_destination(out: str, run: str, checkpoint: Path, overwrite: bool) -> 
         )
     if inside(target, source) or inside(source, target):
         raise GptkitError(f"--out {out} overlaps the checkpoint {checkpoint} it would be made from; choose another folder")
-    existing = next(p for p in (Path(out).absolute(), *Path(out).absolute().parents) if p.exists())
+    given = Path(out)
+    existing = next(p for p in (given, *given.parents) if p.exists())  # a relative path ends at ".", which exists
     if not existing.is_dir():
-        where = "is a file" if existing == Path(out).absolute() else f"is inside {existing}, which is a file"
+        where = "is a file" if existing == given else f"is inside {existing}, which is a file"
         raise GptkitError(f"--out {out} {where}; expected a folder to write the export into")
-    if existing != Path(out).absolute() or not any(existing.iterdir()):
+    if existing != given or not any(existing.iterdir()):
         return
     if not is_gptkit_export(existing):
         # Deleting a folder of the user's own files is never what an export should do, --overwrite or not.

@@ -240,14 +240,17 @@ def test_a_run_with_another_tokenizer_is_refused(monkeypatch: pytest.MonkeyPatch
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bytes"]
 
 
-def test_weights_too_large_for_float16_are_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    big = random_model(0)
+def test_weights_that_are_not_finite_or_too_large_for_float16_are_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    big, broken = random_model(0), random_model(0)
     with torch.no_grad():
         big.tok_emb.weight[0, 0] = 1e6  # past float16's largest, 65504
-    run = write_run(tmp_path / "big", big, MODEL)
-    result = export(monkeypatch, "--run", str(run), "--out", str(tmp_path / "hf"), "--dtype", "float16")
-    assert_refused(result, f"{run} (step_000002) has weights too large for float16 (they become inf); use --dtype bfloat16 or float32")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["big"]
+        broken.blocks[0].ff.fc1.weight[0, 0] = float("nan")
+    runs = {name: write_run(tmp_path / name, weights, MODEL) for name, weights in (("big", big), ("broken", broken))}
+    result = export(monkeypatch, "--run", str(runs["big"]), "--out", str(tmp_path / "hf"), "--dtype", "float16")
+    assert_refused(result, f"{runs['big']} (step_000002) has weights too large for float16 (they become inf); use --dtype bfloat16 or float32")
+    result = export(monkeypatch, "--run", str(runs["broken"]), "--out", str(tmp_path / "hf"))
+    assert_refused(result, f"{runs['broken']} (step_000002) has weights that are nan or inf; export an earlier checkpoint with --checkpoint")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big", "broken"]
 
 
 def test_a_failed_export_leaves_the_disk_as_it_was(
