@@ -9,6 +9,7 @@
     python main.py generate --run RUN_DIR --prompt "def "   stream a continuation
     python main.py chat --run RUN_DIR      talk with the model
     python main.py serve --run RUN_DIR     web demo + OpenAI-compatible API on http://127.0.0.1:8000
+    python main.py export --run RUN_DIR --out DIR   a Hugging Face GPT-2 folder (transformers loads it)
 
 Each command is a module of commands/; this file is their table and the one place
 where a user's mistake becomes a short message and exit code 2, never a traceback.
@@ -34,6 +35,7 @@ from commands import (
     components,
     console,
     err_console,
+    export,
     generate,
     serve,
     show_config,
@@ -43,7 +45,7 @@ from gptkit.errors import GptkitError, UsageError
 from gptkit.model.config import describe_validation_error
 
 # Each verb's module has HELP, add_arguments(parser) and run(args, registry) -> int;
-# a new verb (evaluate, export, finetune) is one more module and one more line.
+# a new verb (evaluate, finetune) is one more module and one more line.
 COMMANDS: dict[str, ModuleType] = {
     "train": train,
     "config": show_config,
@@ -51,6 +53,7 @@ COMMANDS: dict[str, ModuleType] = {
     "generate": generate,
     "chat": chat,
     "serve": serve,
+    "export": export,
 }
 # The system refusing a read or write (full disk, no permission): the user's to fix, not a bug.
 REFUSED_IO = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EPERM, errno.EROFS}

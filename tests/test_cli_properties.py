@@ -38,6 +38,7 @@ from rich.console import Console
 
 import commands
 import commands.components
+import commands.export
 import commands.generate
 import commands.show_config
 import commands.train
@@ -271,8 +272,40 @@ def serve_cases(draw: st.DrawFn) -> Case:
     return Case(argv, quotes)
 
 
+# Folders an export may write into: any name, so long as it stays in the example's directory.
+inside_names = names.filter(lambda n: not n.startswith("/") and ".." not in n.split("/"))
+
+
+@st.composite
+def export_cases(draw: st.DrawFn) -> Case:
+    # Half of them from the working run, so that --checkpoint, --out and --dtype reach the export itself.
+    source = draw(st.one_of(st.just("run"), st.sampled_from(["hf as run", "truncated config", "list config", "truncated checkpoint", "free run"])))
+    prepared = {"run": "model", "hf as run": "hf", "truncated config": "truncated config", "list config": "list config",
+                "truncated checkpoint": "truncated checkpoint"}
+    run = draw(names) if source == "free run" else "m"
+    # The run itself, folders above it and inside its checkpoints, a file, an earlier export, another run's folder.
+    out = draw(st.one_of(inside_names, st.sampled_from(
+        [".", "m", "m/checkpoints", "m/checkpoints/hf", "m/config.json", "m/config.json/x", "earlier", "other", "new/a/b"],
+    )))
+    argv, quotes = ["export", "--run", run, "--out", out], [run, out]
+    runs = {"m": prepared[source]} if source in prepared else {}
+    runs |= {"earlier": "hf", "other": "trained"}
+    if draw(st.booleans()):
+        checkpoint = draw(st.one_of(names, st.sampled_from(["step_2", "step_000002", "step_9", "m/checkpoints/step_000002", "other"])))
+        argv += ["--checkpoint", checkpoint]
+        quotes += [checkpoint, "--checkpoint"]
+    if draw(st.booleans()):
+        argv.append("--overwrite")
+    if draw(st.booleans()):
+        dtype = draw(st.one_of(st.sampled_from(["bfloat16", "float16", "float32"]), names))
+        argv += ["--dtype", dtype]
+        quotes += [dtype, "--dtype"]
+    return Case(argv, quotes, runs=runs)
+
+
 cases = st.one_of(
-    train_cases(), config_file_cases(), resume_cases(), generate_cases(), command_word_cases(), components_cases(), serve_cases()
+    train_cases(), config_file_cases(), resume_cases(), generate_cases(), command_word_cases(), components_cases(), serve_cases(),
+    export_cases(),
 )
 
 # --- prepared material ------------------------------------------------------------------------------
@@ -363,7 +396,7 @@ def captured(pipe_limit: int | None = None) -> Iterator[tuple[io.StringIO, io.St
         mp.setattr(sys, "stdout", out)
         mp.setattr(sys, "stderr", err)
         mp.setattr(sys, "stdin", io.StringIO(""))
-        for module in (main, commands, commands.train, commands.generate, commands.show_config, commands.components):
+        for module in (main, commands, commands.train, commands.generate, commands.show_config, commands.components, commands.export):
             if hasattr(module, "console"):
                 mp.setattr(module, "console", wide_out)
             if hasattr(module, "err_console"):

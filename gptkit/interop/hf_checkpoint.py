@@ -12,6 +12,7 @@ Nothing is ever downloaded.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -36,7 +37,10 @@ from gptkit.interop.hf_tokenizer import write_hf_tokenizer_files
 from gptkit.model.config import ModelConfig
 from gptkit.model.gpt import GPTModel
 
-__all__ = ["check_exportable", "export_hf", "from_hf_state_dict", "hf_config_dict", "import_hf", "model_config_from_hf", "to_hf_state_dict"]
+__all__ = [
+    "check_exportable", "export_hf", "from_hf_state_dict", "hf_config_dict", "import_hf", "is_gptkit_export",
+    "model_config_from_hf", "to_hf_state_dict",
+]
 
 CONFIG_FILE = "config.json"
 SAFETENSORS_FILE = "model.safetensors"
@@ -52,24 +56,38 @@ EXPORT_FILES = frozenset({CONFIG_FILE, SAFETENSORS_FILE, GENERATION_CONFIG_FILE,
 def export_hf(model: GPTModel, directory: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
     """Write `model` as a transformers GPT-2 checkpoint with tokenizer files; return the directory.
 
-    Files are written into a hidden staging folder beside `directory` and moved
-    into place only once all of them are complete, so a failed export leaves no
-    directory that looks loadable. An existing non-empty `directory` is
-    replaced only when it is an earlier gptkit export or `overwrite` is true.
+    The weights are saved in the model's own dtype, which config.json's `torch_dtype`
+    records. Files are written into a hidden staging folder beside `directory` and
+    moved into place only once all of them are complete, so a failed export leaves
+    the disk as it was: no directory that looks loadable, nor the parent folders
+    made for it. An existing non-empty `directory` is replaced only when it is an
+    earlier gptkit export or `overwrite` is true.
     """
     config = hf_config_dict(model.cfg)  # refuses unexportable models before touching the disk
     directory = Path(directory).absolute()
     _check_destination(directory, overwrite)
-    directory.parent.mkdir(parents=True, exist_ok=True)
+    made = _missing_folders(directory.parent)
     staging = directory.parent / f".{directory.name}.partial-{secrets.token_hex(4)}"
-    staging.mkdir()
     try:
+        staging.mkdir(parents=True)
         _write_export(model, config, staging)
         _move_into_place(staging, directory)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        for folder in made:  # innermost first: each is empty again once the one inside it is gone
+            with contextlib.suppress(OSError):
+                folder.rmdir()
         raise
     return directory
+
+
+def _missing_folders(folder: Path) -> list[Path]:
+    """`folder` and those of its parents that do not exist yet, innermost first."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
 
 
 def _check_destination(directory: Path, overwrite: bool) -> None:
@@ -77,7 +95,7 @@ def _check_destination(directory: Path, overwrite: bool) -> None:
         return
     if not directory.is_dir():
         raise GptkitError(f"cannot export to {directory}: it exists and is not a directory")
-    if overwrite or not any(directory.iterdir()) or _is_previous_export(directory):
+    if overwrite or not any(directory.iterdir()) or is_gptkit_export(directory):
         return
     raise GptkitError(
         f"cannot export to {directory}: the directory is not empty and is not an earlier gptkit export; "
@@ -85,8 +103,11 @@ def _check_destination(directory: Path, overwrite: bool) -> None:
     )
 
 
-def _is_previous_export(directory: Path) -> bool:
-    """True when every file there is one an export writes and config.json carries our entry."""
+def is_gptkit_export(directory: str | os.PathLike[str]) -> bool:
+    """True when every file in `directory` is one an export writes and config.json carries our entry."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return False
     names = {entry.name for entry in directory.iterdir()}
     if not names <= EXPORT_FILES or CONFIG_FILE not in names:
         return False  # replacing the folder would delete something we did not write
@@ -105,8 +126,9 @@ def _write_export(model: GPTModel, config: dict[str, Any], directory: Path) -> N
     write_hf_tokenizer_files(directory, model_max_length=model.cfg.context_length)
     generation = {"bos_token_id": config["bos_token_id"], "eos_token_id": config["eos_token_id"]}
     write_json(directory / GENERATION_CONFIG_FILE, generation)
-    write_json(directory / CONFIG_FILE, config)
-
+    # What transformers' own save_pretrained records; from_pretrained(dtype="auto") loads the weights as saved.
+    dtype = str(model.tok_emb.weight.dtype).removeprefix("torch.")
+    write_json(directory / CONFIG_FILE, {**config, "torch_dtype": dtype})
 
 
 def _move_into_place(staging: Path, directory: Path) -> None:

@@ -250,6 +250,21 @@ def latest_checkpoint(run_dir: Path) -> Path:
     return found[-1]
 
 
+def named_checkpoint(run_dir: Path, name: str) -> Path:
+    """The checkpoint `step_N` of a run: the folder of that name, or the one of step N (`step_100` is `step_000100`)."""
+    run_dir = Path(run_dir)
+    found = list_checkpoints(run_dir)
+    if CHECKPOINT_NAME.fullmatch(name):
+        exact = [path for path in found if path.name == name]
+        same_step = [path for path in found if int(path.name.removeprefix("step_")) == int(name.removeprefix("step_"))]
+        if exact or same_step:
+            return (exact or same_step)[0]
+    holds = f"it holds {', '.join(path.name for path in found)}" if found else "it holds none"
+    raise CheckpointError(
+        f"no checkpoint '{name}' in {run_dir / CHECKPOINTS} ({holds}); expected a name such as step_000100 or step_100"
+    )
+
+
 def prune_checkpoints(run_dir: Path, keep_last: int) -> list[Path]:
     """Delete all but the newest `keep_last` checkpoints; returns what was deleted."""
     found = list_checkpoints(run_dir)
