@@ -203,6 +203,12 @@ class RunConfig(Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> RunConfig:
+        classifies = self.model.head.name != "lm"
+        if self.data.format == "classification" and not classifies:
+            # The book's recipe: the language-model head gives way to a classifier on the last token.
+            self.model.head = ComponentSpec(name="last_token")
+        elif classifies and self.data.format != "classification":
+            raise ValueError(f"model.head '{self.model.head.name}' classifies; it needs data.format=classification (or model.head=lm)")
         if self.run.dtype == "float16" and not self.run.device.startswith("cuda"):
             raise ValueError("run.dtype float16 needs a CUDA device (set run.device=cuda); on CPU use bfloat16 or float32")
         return self
@@ -317,9 +323,9 @@ def build_raw_config(
 
 
 # Model settings a run started from trained weights may give: they change how it trains
-# (dropout) or cut what it attends over (a shorter context keeps the first positions),
-# never the shape of a weight the source holds.
-INIT_MAY_SET = ("drop_rate", "context_length")
+# (dropout), cut what it attends over (a shorter context keeps the first positions) or
+# put a fresh classifier in place of the output head; never the shape of a weight kept.
+INIT_MAY_SET = ("drop_rate", "context_length", "head")
 
 
 def with_source_model(data: dict[str, Any], source_model: dict[str, Any], source: str, source_tokenizer: Any = None) -> dict[str, Any]:

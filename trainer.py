@@ -18,9 +18,23 @@ import torch
 from torch import nn
 
 from config import RunConfig
-from gptkit import CheckpointError, GptkitError, GPTModel, Registry, hookspecs
+from gptkit import (
+    CheckpointError,
+    DataError,
+    GptkitError,
+    GPTModel,
+    Registry,
+    hookspecs,
+)
 from gptkit.data.batches import BatchSampler, fixed_batches
+from gptkit.data.classification import ClassificationBatches, fixed_labelled_batches
 from gptkit.data.dataset import PreparedData
+from gptkit.data.example_data import ExampleData
+from gptkit.data.instruction_batches import (
+    InstructionBatches,
+    fixed_instruction_batches,
+)
+from gptkit.data.packed_batches import PackedInstructionBatches
 from gptkit.dtypes import torch_dtype
 from gptkit.generation.samplers import build_samplers
 from gptkit.kernels import accelerate, training_memory
@@ -37,6 +51,7 @@ from gptkit.training.init_from import (
     load_initial_weights,
     resolve_init_source,
 )
+from gptkit.training.objectives import Classification, NextToken, Objective
 from gptkit.training.train_state import (
     CallbackContext,
     EvalMetrics,
@@ -181,12 +196,12 @@ class Trainer:
     ) -> None:
         self.cfg = cfg
         self.run_dir = run_dir
+        self.eot_id = int(tokenizer.eot_id)  # what example batches are padded with
         self.process = distributed.current()
         self.device = self._pick_device()
         self.init_source = self._init_source(resume_from)
         self.model = self._build_model(registry)
         self.flops_per_token = flops_per_token(self.model)  # counted before sharding splits the weights
-        self.schedule = self._build_schedule(registry)
         meta = self._restore_weights(resume_from)
         self.train_model = distributed.prepare(self.model, self.device, cfg.run.parallel)
         self._build_optimizer_and_restore(resume_from, meta)
@@ -194,6 +209,7 @@ class Trainer:
         self.forward_model = self._compile()
         self._size_batches(meta, resume_from)
         self._build_batches(data)
+        self.schedule = self._build_schedule(registry)
         self.amp_dtype = torch_dtype(cfg.run.dtype)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.peak_flops = peak_flops_for(self.device, cfg.run.peak_flops)
@@ -234,7 +250,7 @@ class Trainer:
         return model
 
     def _build_schedule(self, registry: Registry) -> Callable[[int], float]:
-        total = self.cfg.train.max_steps
+        total = self.total_steps
         scheduler = self.cfg.train.scheduler
         if total is None and scheduler.name != "constant":
             raise GptkitError(
@@ -244,6 +260,12 @@ class Trainer:
         return registry.create(
             "scheduler", scheduler, max_lr=self.cfg.train.lr, min_lr=self.cfg.train.min_lr, total_steps=total
         )
+
+    @property
+    def total_steps(self) -> int | None:
+        """The step budget: train.max_steps, or the steps train.max_epochs takes if that ends sooner."""
+        steps = [s for s in (self.cfg.train.max_steps, self.epoch_steps) if s is not None]
+        return min(steps) if steps else None
 
     def _restore_weights(self, resume_from: Path | None) -> dict[str, Any]:
         """The train state and full weights of `resume_from`; returns its trainer.json ({} for a fresh run).
@@ -296,8 +318,19 @@ class Trainer:
             self.batch_note = resumed_batch_note(world, saved_world, self.micro_batch, self.accum, self.global_batch)
         self.tokens_per_step = self.global_batch * self.cfg.model.context_length
 
-    def _build_batches(self, data: PreparedData) -> None:
-        """The samplers that hand out each process's training and validation windows."""
+    def _build_batches(self, data: PreparedData | ExampleData) -> None:
+        """The samplers that hand out each process's training and validation batches, and the objective."""
+        self.epoch_steps: int | None = None
+        if isinstance(data, ExampleData):
+            self._build_example_batches(data)
+        else:
+            self._build_window_batches(data)
+        # Shares differ by a batch when the processes do not divide the set, and a
+        # sharded model needs every process to run as many forwards.
+        self.val_padding = distributed.extra_forwards(self.model, len(self.val_batches))
+
+    def _build_window_batches(self, data: PreparedData) -> None:
+        self.objective: Objective = NextToken(weight_by_tokens=False)
         t, ctx, world = self.cfg.train, self.cfg.model.context_length, self.process.world_size
         self.train_batches = BatchSampler(data.train, self.micro_batch, ctx, self.cfg.run.seed, world_size=world)
         # Fixed windows: every evaluation sees the same text, so val losses are comparable.
@@ -305,15 +338,30 @@ class Trainer:
             data.val, self.micro_batch, ctx, t.eval_batches, self.cfg.run.seed + 1,
             rank=self.process.rank, world_size=world, global_batch=self.eval_batch,
         )
-        self.val_windows = t.eval_batches * self.eval_batch
-        # Shares differ by a window when the processes do not divide eval_batch, and a
-        # sharded model needs every process to run as many forwards.
-        self.val_padding = distributed.extra_forwards(self.model, len(self.val_batches))
+
+    def _build_example_batches(self, data: ExampleData) -> None:
+        """Instruction or classification examples, in epochs; the whole validation split each evaluation."""
+        d, world, rank, seed = self.cfg.data, self.process.world_size, self.process.rank, self.cfg.run.seed
+        pad, ctx = self.eot_id, self.cfg.model.context_length
+        sizes = {"batch_size": self.micro_batch, "seed": seed, "pad_id": pad, "world_size": world, "accum_steps": self.accum}
+        if data.format == "classification":
+            self.objective = Classification(self.model.out_head, len(data.classes))
+            self.train_batches = ClassificationBatches(data.train, **sizes)
+            self.val_batches = fixed_labelled_batches(data.val, self.micro_batch, pad, rank, world)
+        else:
+            self.objective = NextToken(weight_by_tokens=True)
+            packed = PackedInstructionBatches(data.train, row_length=ctx, **sizes) if d.packing else None
+            self.train_batches = packed or InstructionBatches(data.train, **sizes)
+            self.val_batches = fixed_instruction_batches(data.val, self.micro_batch, pad, rank, world)
+        if not data.val:
+            raise DataError("the validation split is empty; raise data.val_fraction or add examples")
+        if self.cfg.train.max_epochs is not None:
+            self.epoch_steps = self.train_batches.steps_for_epochs(self.cfg.train.max_epochs)
 
     def _build_callbacks(self, tokenizer: Any, registry: Registry, extra_callbacks: Sequence[object]) -> None:
         self.context = CallbackContext(
             run_dir=self.run_dir,
-            total_steps=self.cfg.train.max_steps,
+            total_steps=self.total_steps,
             is_main_process=self.process.is_main,
             tokenizer=tokenizer,
             samplers=build_samplers(self.cfg.sampling.samplers, registry),
@@ -357,35 +405,44 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> float:
-        """Mean loss over the validation windows of all processes (each gets the same figure)."""
+        """Mean loss over the validation set of all processes (each gets the same figure)."""
+        return self.evaluate_with_scores()[0]
+
+    @torch.no_grad()
+    def evaluate_with_scores(self) -> tuple[float, dict[str, float]]:
+        """The validation loss and the objective's scores (a classifier's accuracy and F1)."""
         self.model.eval()
         try:
-            total = 0.0
-            for x, y in self.val_batches:
+            sums: dict[str, float] = {}
+            for batch in self.val_batches:
                 with self.autocast():
-                    _, loss = self.forward_model(x.to(self.device), y.to(self.device), keep_logits=False)
-                total += loss.item() * len(x)  # windows are equally long: this sums per-window means
+                    for key, value in self.objective.eval_sums(self.forward_model, batch, self.device).items():
+                        sums[key] = sums.get(key, 0.0) + value
             for _ in range(self.val_padding):
                 with self.autocast():
                     self.forward_model(torch.zeros((1, self.cfg.model.context_length), dtype=torch.long, device=self.device))
-            return distributed.total(total) / self.val_windows
+            return self.objective.finish({key: distributed.total(value) for key, value in sorted(sums.items())})
         finally:
             self.model.train()
 
     def train_step(self, step: int) -> tuple[float, float, float]:
-        """One optimizer step; returns (mean loss over the global batch, grad norm before clipping, lr)."""
+        """One optimizer step; returns (mean loss over the global batch, grad norm before clipping, lr).
+
+        Also counts the step's input tokens (padding included) into `step_tokens`.
+        """
         lr = self.schedule(step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         accum = self.accum
         total_loss = torch.zeros((), device=self.device)
+        self.step_tokens = 0
         for micro in range(accum):
-            x, y = self.train_batches.batch(step, micro, self.process.rank)
+            batch = self.train_batches.batch(step, micro, self.process.rank)
+            self.step_tokens += batch[0].numel() * self.process.world_size
             # Processes average their gradients on the last micro-step only.
             with distributed.gradient_sync(self.train_model, enabled=micro == accum - 1):
                 with self.autocast():
-                    # The loss straight from the last hidden states: no (batch, seq, vocab) logits kept.
-                    _, loss = self.forward_model(x.to(self.device), y.to(self.device), keep_logits=False)
+                    loss = self.objective.loss(self.forward_model, batch, self.device)
                 # Mean over micro-batches, so accumulation changes the batch, not the lr scale.
                 self.scaler.scale(loss / accum).backward()
             total_loss += loss.detach()
@@ -403,6 +460,8 @@ class Trainer:
         return mean_loss, grad_norm, lr
 
     def budget_reason(self) -> str | None:
+        if self.epoch_steps is not None and self.state.step >= self.epoch_steps:
+            return f"reached train.max_epochs={self.cfg.train.max_epochs:g} ({self.epoch_steps} steps)"
         return budget_reason(self.cfg, self.state)
 
     def stop_reason(self, check_interrupt: Callable[[], None] = lambda: None) -> str | None:
@@ -422,14 +481,14 @@ class Trainer:
         return reason
 
     def run_evaluation(self) -> None:
-        val_loss = self.evaluate()
+        val_loss, scores = self.evaluate_with_scores()
         s = self.state
         improved = val_loss < s.best_val_loss
         s.best_val_loss = min(s.best_val_loss, val_loss)
         s.evals_without_improvement = 0 if improved else s.evals_without_improvement + 1
         s.last_val_loss = val_loss
         self.hooks.hook.gptkit_evaluate(
-            trainer=self, metrics=EvalMetrics(s.step, val_loss, s.best_val_loss, improved)
+            trainer=self, metrics=EvalMetrics(s.step, val_loss, s.best_val_loss, improved, scores)
         )
 
     def _run_step(self) -> float:
@@ -446,9 +505,9 @@ class Trainer:
         seconds = time.perf_counter() - started
         s = self.state
         s.step += 1
-        s.tokens_seen += self.tokens_per_step
+        s.tokens_seen += self.step_tokens
         s.elapsed += seconds
-        tokens_per_sec = self.tokens_per_step / seconds
+        tokens_per_sec = self.step_tokens / seconds
         mfu = tokens_per_sec * self.flops_per_token / (self.peak_flops * self.process.world_size) if self.peak_flops else None
         self.hooks.hook.gptkit_step_end(
             trainer=self, metrics=StepMetrics(s.step, loss, lr, grad_norm, tokens_per_sec, mfu, s.tokens_seen, s.elapsed)

@@ -18,6 +18,7 @@ from gptkit.errors import ConfigError, GptkitError
 if TYPE_CHECKING:
     from config import RunConfig
     from gptkit.data.dataset import PreparedData
+    from gptkit.data.example_data import ExampleData
     from gptkit.registry import Registry
     from trainer import Trainer
 
@@ -74,7 +75,9 @@ def remove_made(made: list[Path]) -> None:
                 folder.rmdir()  # only if empty: another run may have appeared beside ours
 
 
-def prepare_data(cfg: RunConfig, tokenizer: object) -> PreparedData:
+def prepare_data(cfg: RunConfig, tokenizer: object, registry: Registry) -> PreparedData | ExampleData:
+    if cfg.data.format != "text":
+        return prepare_examples(cfg, tokenizer, registry)
     from rich.progress import (
         BarColumn,
         DownloadColumn,
@@ -99,6 +102,36 @@ def prepare_data(cfg: RunConfig, tokenizer: object) -> PreparedData:
     how = "cached" if s.cached else f"tokenized at {s.mb_per_s:.1f} MB/s"
     console.print(f"data: {s.n_files} files, {s.text_mb:.1f} MB, {data.train.n_tokens:,} train / {data.val.n_tokens:,} val tokens ({how})")
     return data
+
+
+def prepare_examples(cfg: RunConfig, tokenizer: object, registry: Registry) -> ExampleData:
+    """Instruction or classification examples; a classifier learns its label names and count here."""
+    from gptkit.data.example_data import (
+        prepare_classification_data,
+        prepare_instruction_data,
+    )
+
+    d, ctx, seed = cfg.data, cfg.model.context_length, cfg.run.seed
+    if d.format == "instruction":
+        style = registry.create("prompt_style", d.prompt_style)
+        data = prepare_instruction_data(d.path, style, tokenizer, ctx, d.val_fraction, seed, d.train_on_prompt, d.overflow)
+    else:
+        data = prepare_classification_data(d.path, tokenizer, ctx, d.val_fraction, seed, d.text_field, d.label_field, d.labels, d.overflow)
+        set_classes(cfg, list(data.classes))
+    console.print(f"data: {d.path}: {data.summary()}", markup=False, highlight=False)
+    return data
+
+
+def set_classes(cfg: RunConfig, classes: list[str]) -> None:
+    """Record the label names in data.labels and their count in the classifier head (config.json keeps both)."""
+    from gptkit import ComponentSpec
+
+    head = cfg.model.head
+    given = head.params.get("num_classes")
+    if given is not None and given != len(classes):
+        raise ConfigError(f"model.head.num_classes is {given}, but the data has {len(classes)} labels: {', '.join(classes)}")
+    cfg.data.labels = classes
+    cfg.model.head = ComponentSpec(name=head.name, **{**head.params, "num_classes": len(classes)})
 
 
 def check_vocabulary(cfg: RunConfig, tokenizer: object) -> None:
@@ -168,7 +201,7 @@ def train(args: argparse.Namespace, cfg: RunConfig, registry: Registry) -> int:
         run_dir, made = distributed.on_main(lambda: make_run_dir(cfg))  # one timestamped name for all processes
     is_main = distributed.current().is_main
     try:
-        data = distributed.main_first(lambda: prepare_data(cfg, tokenizer))  # tokenized once, then read from the cache
+        data = distributed.main_first(lambda: prepare_data(cfg, tokenizer, registry))  # tokenized once, then read from the cache
         trainer = Trainer(cfg, run_dir, data, tokenizer, registry, resume_from=checkpoint)
         if is_main:
             write_text_atomic(run_dir / "config.json", stored_config(cfg, registry, initial_weights(trainer, run_dir, checkpoint is not None)))

@@ -79,7 +79,7 @@ def test_a_model_setting_that_contradicts_the_source_is_named(hf_folder: Path, c
         resolve_config(parse(["--init-from", str(hf_folder), "--set", "model.n_layers=4"]), default_registry())
     assert str(refused.value) == (
         f"model.n_layers=4 contradicts --init-from {hf_folder}, whose model has n_layers=2; the shape comes from "
-        "the source's weights (a run started from them may set only model.drop_rate, model.context_length)"
+        "the source's weights (a run started from them may set only model.drop_rate, model.context_length, model.head)"
     )
     same = resolve_config(parse(["--init-from", str(hf_folder), "--set", "model.n_layers=2", "--set", "model.norm=layernorm"]), default_registry())
     assert same.model.n_layers == 2

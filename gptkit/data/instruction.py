@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from gptkit.errors import DataError
 
 ROLES: tuple[str, ...] = ("system", "user", "assistant")
+T = TypeVar("T")  # what split_examples splits: instruction examples, or labelled texts
 
 
 @dataclass(frozen=True)
@@ -76,8 +78,8 @@ def example_key(example: Example) -> bytes:
 
 
 def split_examples(
-    examples: Sequence[Example], val_fraction: float, seed: int = 0
-) -> tuple[list[Example], list[Example]]:
+    examples: Sequence[T], val_fraction: float, seed: int = 0, key: Callable[[T], bytes] = example_key  # type: ignore[assignment]
+) -> tuple[list[T], list[T]]:
     """Split into (train, val), each in the original order, holding out round(n * val_fraction).
 
     Which examples are held out is decided by a SHA-256 of the seed and each
@@ -95,7 +97,7 @@ def split_examples(
             f"holding out a validation set needs at least 2 examples, got {n}; add examples or set val_fraction=0"
         )
     n_val = min(max(1, round(n * val_fraction)), n - 1)
-    scores = [hashlib.sha256(f"{seed}:".encode() + example_key(e)).digest() for e in examples]
+    scores = [hashlib.sha256(f"{seed}:".encode() + key(e)).digest() for e in examples]
     held_out = set(sorted(range(n), key=lambda i: (scores[i], i))[:n_val])
     train = [e for i, e in enumerate(examples) if i not in held_out]
     return train, [e for i, e in enumerate(examples) if i in held_out]

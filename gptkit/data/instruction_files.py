@@ -44,13 +44,14 @@ def read_examples(path: str | Path) -> list[Example]:
     return [parse_record(load_line(path, n, line), f"{path} line {n}") for n, line in numbered_lines(text)]
 
 
-def read_utf8(path: Path) -> str:
+def read_utf8(path: Path, what: str = "instruction data file", expected: str = EXPECTED_LAYOUT) -> str:
+    """The file's text; `what` and `expected` word the messages for the kind of data it should hold."""
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        raise DataError(f"instruction data file {path} does not exist") from None
+        raise DataError(f"{what} {path} does not exist") from None
     except OSError as exc:
-        raise DataError(f"cannot read {path}: {exc.strerror}; expected {EXPECTED_LAYOUT}") from None
+        raise DataError(f"cannot read {path}: {exc.strerror}; expected {expected}") from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:

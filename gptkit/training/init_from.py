@@ -172,6 +172,10 @@ def load_initial_weights(model: torch.nn.Module, source: InitSource) -> None:
     from gptkit.training.checkpoint import load_state_into
 
     weights = crop_positions(source_weights(source), model.cfg.context_length)  # type: ignore[union-attr]
+    if model.cfg.head.name != "lm":  # type: ignore[union-attr]
+        # A classifier head replaces the output head: it starts fresh, as Raschka's does.
+        fresh = {k: v for k, v in model.state_dict().items() if k.startswith("out_head.")}
+        weights = {**{k: v for k, v in weights.items() if not k.startswith("out_head.")}, **fresh}
     load_state_into(model, weights, f"--init-from {source.given}")
 
 

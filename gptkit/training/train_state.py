@@ -41,6 +41,7 @@ class EvalMetrics:
     val_loss: float
     best_val_loss: float
     improved: bool
+    scores: dict[str, float] = field(default_factory=dict)  # e.g. a classifier's accuracy and f1
 
 
 @dataclass(frozen=True)

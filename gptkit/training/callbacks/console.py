@@ -160,7 +160,8 @@ class ConsoleCallback:
             return
         self.val_loss = metrics.val_loss
         mark = "  (new best)" if metrics.improved else f"  (best {fmt_loss(metrics.best_val_loss)})"
-        self.print(f"step {metrics.step:,}: val loss {fmt_loss(metrics.val_loss)}{mark}")
+        scores = "".join(f"  {name} {value:.1%}" for name, value in metrics.scores.items())
+        self.print(f"step {metrics.step:,}: val loss {fmt_loss(metrics.val_loss)}{mark}{scores}")
 
     # Wrappers: the summary comes after every other callback's last words (final
     # sample, loss plot), and the live display stops even when one of them raises.

@@ -45,6 +45,7 @@ class History:
     train_loss: list[float] = field(default_factory=list)
     val_steps: list[int] = field(default_factory=list)
     val_loss: list[float] = field(default_factory=list)
+    scores: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # a classifier's accuracy, f1
 
 
 def read_history(path: Path) -> History:
@@ -65,6 +66,10 @@ def read_history(path: Path) -> History:
             elif kind == "eval" and isinstance(rec.get("val_loss"), (int, float)):
                 history.val_steps.append(step)
                 history.val_loss.append(float(rec["val_loss"]))
+                scores = rec.get("scores") if isinstance(rec.get("scores"), dict) else {}
+                for name, value in scores.items():
+                    if isinstance(value, (int, float)):
+                        history.scores.setdefault(str(name), []).append((step, float(value)))
     return history
 
 
@@ -107,6 +112,14 @@ def plot_losses(history: History, path: Path, title: str, smoothing: float, log_
     ax.set_title(title)
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(loc="upper right")
+    if history.scores:
+        # Accuracy and F1 live in [0, 1], not on the loss's scale: a second axis on the right.
+        right = ax.twinx()
+        for (name, points), color in zip(sorted(history.scores.items()), ("tab:green", "tab:red", "tab:purple")):
+            right.plot([s for s, _ in points], [v for _, v in points], "s--", color=color, markersize=4, linewidth=1, label=f"val {name}")
+        right.set_ylim(0, 1.02)
+        right.set_ylabel("validation score")
+        right.legend(loc="center right")
     replace_atomically(path, lambda tmp: fig.savefig(tmp, format="png"))
 
 

@@ -141,7 +141,8 @@ class MetricsCallback:
         state = trainer.state
         self.record({"type": "eval", **asdict(metrics), "tokens_seen": state.tokens_seen, "elapsed": state.elapsed})
         best = " (new best)" if metrics.improved else f" (best {metrics.best_val_loss:.4f})"
-        self.write_log(f"eval step {metrics.step} val_loss {metrics.val_loss:.4f}{best}")
+        scores = "".join(f" {name} {value:.4f}" for name, value in metrics.scores.items())
+        self.write_log(f"eval step {metrics.step} val_loss {metrics.val_loss:.4f}{best}{scores}")
 
     @hookimpl(tryfirst=True)
     def gptkit_train_end(self, trainer: TrainerView, summary: TrainSummary) -> None:
