@@ -10,6 +10,8 @@
     python main.py chat --run RUN_DIR      talk with the model
     python main.py serve --run RUN_DIR     web demo + OpenAI-compatible API on http://127.0.0.1:8000
     python main.py export --run RUN_DIR --out DIR   a Hugging Face GPT-2 folder (transformers loads it)
+    python main.py classify --run RUN_DIR --text "..."   the label of a text (a classification run)
+    python main.py --init-from gpt2 --set data.format=instruction --set data.path=FILE   finetune
 
 Each command is a module of commands/; this file is their table and the one place
 where a user's mistake becomes a short message and exit code 2, never a traceback.
@@ -32,6 +34,7 @@ from rich.markup import escape
 from commands import (
     Interrupted,
     chat,
+    classify,
     components,
     console,
     err_console,
@@ -54,6 +57,7 @@ COMMANDS: dict[str, ModuleType] = {
     "chat": chat,
     "serve": serve,
     "export": export,
+    "classify": classify,
 }
 # The system refusing a read or write (full disk, no permission): the user's to fix, not a bug.
 REFUSED_IO = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EPERM, errno.EROFS}

@@ -303,9 +303,24 @@ def export_cases(draw: st.DrawFn) -> Case:
     return Case(argv, quotes, runs=runs)
 
 
+@st.composite
+def classify_cases(draw: st.DrawFn) -> Case:
+    # No classification run among the prepared ones: every working source is refused as "not a classifier".
+    source = draw(st.sampled_from(["run", "hf as run", "truncated config", "list config", "truncated checkpoint", "free run"]))
+    prepared = {"run": "model", "hf as run": "hf", "truncated config": "truncated config", "list config": "list config",
+                "truncated checkpoint": "truncated checkpoint"}
+    run = draw(names) if source == "free run" else "m"
+    argv, quotes = ["classify", "--run", run], [run]
+    for text in draw(st.lists(free_text, min_size=1, max_size=2)):
+        argv += ["--text", text]
+    if draw(st.booleans()):
+        argv.append("--all")
+    return Case(argv, quotes, runs={"m": prepared[source]} if source in prepared else {})
+
+
 cases = st.one_of(
     train_cases(), config_file_cases(), resume_cases(), generate_cases(), command_word_cases(), components_cases(), serve_cases(),
-    export_cases(),
+    export_cases(), classify_cases(),
 )
 
 # --- prepared material ------------------------------------------------------------------------------
