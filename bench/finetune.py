@@ -62,7 +62,7 @@ DTYPES: dict[str, torch.dtype | None] = {"float32": None, "bfloat16": torch.bflo
 SHORT = {"float32": "fp32", "bfloat16": "bf16"}
 FAMILIES = ("gptkit", "hf")
 SPEEDUP_TARGETS = {"float32": 1.1, "bfloat16": 1.5}  # gptkit tokens/s over HF's, same dtype
-LOSS_TOLERANCE = 1e-4  # float32, absolute: the two sides differ only in summation order
+LOSS_TOLERANCE = 1e-4  # float32, absolute: the two sides differ only in kernels and summation order
 MEMORY_STEPS = 3  # as bench/train.py's memory children
 
 
