@@ -43,7 +43,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -58,14 +57,14 @@ from torch import nn
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
+from _common import run_json_child
 from reference_gpt import GPT, GPTConfig, from_gptkit
 
 from config import RunConfig
 from gptkit import GPTModel, ModelConfig, model_preset
-from gptkit.kernels.cpu_allocator import retain_freed_memory
-from gptkit.kernels import accelerate
-from gptkit.kernels import onednn_linear as linear_module
 from gptkit.interop.hf_convert import hf_config_dict, to_hf_state_dict
+from gptkit.kernels import accelerate, training_memory
+from gptkit.kernels import onednn_linear as linear_module
 from trainer import make_optimizer
 
 RESULTS_DIR = ROOT / "bench" / "results"
@@ -205,7 +204,8 @@ def random_batch(cfg: ModelConfig, work: Workload, seed: int = 1) -> tuple[torch
 def allocator_policy(v: Variant) -> contextlib.AbstractContextManager[bool]:
     """The malloc policy `v` runs under (see --allocator); held for a whole turn, never one step."""
     retain = {"per-variant": v.retain_memory, "retain-all": True, "default-all": False}[ALLOCATOR]
-    return retain_freed_memory(retain)
+    # Retaining is what the Trainer holds around its steps on a CPU; otherwise glibc's defaults.
+    return training_memory(torch.device("cpu")) if retain else contextlib.nullcontext(False)
 
 
 def step(v: Variant, x: torch.Tensor, y: torch.Tensor) -> tuple[dict[str, float], float]:
@@ -396,11 +396,18 @@ def proc_status_mib(key: str) -> float:
 
 def memory_child(work: Workload, name: str, steps: int) -> dict[str, float]:
     """Run in a fresh process: build one variant, take `steps` steps, report RSS."""
+    cfg = work.model_config()
+    return peak_rss(lambda: native_variant(cfg, name), lambda: random_batch(cfg, work), steps)
+
+
+def peak_rss(
+    build: Callable[[], Variant], batch: Callable[[], tuple[torch.Tensor, torch.Tensor]], steps: int
+) -> dict[str, float]:
+    """In a fresh process: the resident set before `build()`, and its peak over `steps` steps on `batch()`."""
     before = proc_status_mib("VmRSS")
     torch.manual_seed(0)
-    cfg = work.model_config()
-    v = native_variant(cfg, name)
-    x, y = random_batch(cfg, work)
+    v = build()
+    x, y = batch()
     with allocator_policy(v):
         for _ in range(steps):
             step(v, x, y)
@@ -414,18 +421,8 @@ def memory_child(work: Workload, name: str, steps: int) -> dict[str, float]:
 
 
 def run_child(flags: Sequence[str], threads: int, what: str, keep_log: bool = False) -> Any:
-    """Run this script with `flags` in a fresh interpreter; the JSON its last stdout line holds.
-
-    `keep_log` lets the child's stderr through to the terminal (its progress);
-    otherwise it is captured and shown only if the child fails.
-    """
-    cmd = [sys.executable, __file__, *flags, "--threads", str(threads), "--allocator", ALLOCATOR]
-    done = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": str(threads)}, stdout=subprocess.PIPE,
-                          stderr=None if keep_log else subprocess.PIPE, text=True, check=False)
-    if done.returncode:
-        log = "its log is above" if keep_log else done.stderr[-2000:]
-        raise RuntimeError(f"{what} failed (exit code {done.returncode}): {log}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    """This script with `flags` under this run's --allocator, in a fresh interpreter (`run_json_child`)."""
+    return run_json_child(__file__, [*flags, "--allocator", ALLOCATOR], threads, what, keep_log)
 
 
 def time_in_child(work: Workload, args: argparse.Namespace, threads: int) -> dict[str, Any]:
