@@ -114,6 +114,9 @@ class SamplesCallback:
         """
         if not self.context.is_main_process and not is_sharded(trainer.model):
             return None
+        head = (self.context.config.get("model") or {}).get("head") or {}
+        if isinstance(head, dict) and head.get("name", "lm") != "lm":
+            return None  # a classifier's head gives labels, not tokens: there is no text to sample
         text = self.generate_text(trainer.model)
         self.last_step = step  # on every process that generated: the end-of-run sample must match
         if not self.context.is_main_process:
