@@ -170,3 +170,9 @@ def test_classification_data_mistakes_are_named(monkeypatch: pytest.MonkeyPatch,
     code, _, err = run_main(monkeypatch, ["--set", "model.head=last_token"])
     assert code == 2 and "model.head 'last_token' classifies; it needs data.format=classification (or model.head=lm)" in err
     assert not (tmp_path / "runs").exists()  # a refused start leaves nothing behind
+
+
+def test_a_prompt_style_that_is_not_registered_is_named_with_the_valid_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    code, _, err = run_main(monkeypatch, ["--set", "data.format=instruction", "--set", "data.prompt_style=alpacca"])
+    assert code == 2, err
+    assert "data.prompt_style: unknown prompt_style 'alpacca' (did you mean 'alpaca'?); valid prompt_style names: alpaca, chat" in err
