@@ -29,6 +29,7 @@ _EXPORTS: dict[str, str] = {
     "KVCache": "gptkit.layers.kv_cache",
     "LayerKVCache": "gptkit.layers.kv_cache",
     "TransformerBlock": "gptkit.layers.block",
+    "ClassificationHead": "gptkit.layers.heads",
     # the model
     "ModelConfig": "gptkit.model.config",
     "ComponentSpec": "gptkit.model.config",
@@ -37,6 +38,15 @@ _EXPORTS: dict[str, str] = {
     "config_json_schema": "gptkit.model.config",
     "describe_validation_error": "gptkit.model.config",
     "GPTModel": "gptkit.model.gpt",
+    # finetuning data and starting points
+    "Example": "gptkit.data.instruction",
+    "Message": "gptkit.data.instruction",
+    "read_examples": "gptkit.data.instruction_files",
+    "read_labelled": "gptkit.data.classification",
+    "resolve_init_source": "gptkit.training.init_from",
+    "load_initial_weights": "gptkit.training.init_from",
+    "apply_trainable": "gptkit.training.freezing",
+    "classify_texts": "gptkit.generation.classify",
     # the speed switch
     "accelerate": "gptkit.kernels",
     # registry and plugins
@@ -60,39 +70,48 @@ _EXPORTS: dict[str, str] = {
 
 # Spelt out, so that tools reading the file see the public names (a test keeps it equal to _EXPORTS).
 __all__ = [
+    "GELU",
+    "PRESETS",
     "CheckpointError",
+    "ClassificationHead",
     "Component",
     "ComponentParams",
     "ComponentSpec",
     "ConfigError",
     "DataError",
+    "Example",
     "FeedForward",
-    "GELU",
     "GPTModel",
     "GptkitError",
     "KVCache",
     "LayerKVCache",
     "LayerNorm",
     "LearnedPositionEmbedding",
+    "Message",
     "ModelConfig",
     "MultiHeadAttention",
     "NoParams",
-    "PRESETS",
     "PluginError",
     "PositionEncoding",
     "Registry",
     "RegistryError",
     "TransformerBlock",
     "accelerate",
+    "apply_trainable",
     "build_registry",
     "causal_mask",
+    "classify_texts",
     "config_json_schema",
     "default_registry",
     "describe_validation_error",
     "hookimpl",
     "hookspec",
+    "load_initial_weights",
     "model_preset",
+    "read_examples",
+    "read_labelled",
     "reset_default_registry",
+    "resolve_init_source",
 ]
 
 
@@ -110,6 +129,9 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
+    from gptkit.data.classification import read_labelled
+    from gptkit.data.instruction import Example, Message
+    from gptkit.data.instruction_files import read_examples
     from gptkit.errors import (
         CheckpointError,
         ConfigError,
@@ -118,6 +140,7 @@ if TYPE_CHECKING:
         PluginError,
         RegistryError,
     )
+    from gptkit.generation.classify import classify_texts
     from gptkit.hookspecs import hookimpl, hookspec
     from gptkit.kernels import accelerate
     from gptkit.layers.attention import MultiHeadAttention
@@ -126,6 +149,7 @@ if TYPE_CHECKING:
     from gptkit.layers.embeddings import LearnedPositionEmbedding, PositionEncoding
     from gptkit.layers.feed_forward import FeedForward
     from gptkit.layers.gelu import GELU
+    from gptkit.layers.heads import ClassificationHead
     from gptkit.layers.kv_cache import KVCache, LayerKVCache
     from gptkit.layers.layer_norm import LayerNorm
     from gptkit.model.config import (
@@ -139,3 +163,5 @@ if TYPE_CHECKING:
     from gptkit.model.gpt import GPTModel
     from gptkit.plugins import build_registry, default_registry, reset_default_registry
     from gptkit.registry import Component, ComponentParams, NoParams, Registry
+    from gptkit.training.freezing import apply_trainable
+    from gptkit.training.init_from import load_initial_weights, resolve_init_source
