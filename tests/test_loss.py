@@ -100,3 +100,22 @@ def test_model_keep_logits_false_gives_the_same_loss_and_gradients() -> None:
     assert fused.item() == pytest.approx(loss.item(), rel=1e-6)
     for name, p in model.named_parameters():
         torch.testing.assert_close(p.grad, expected[name], rtol=1e-4, atol=1e-7, msg=name)
+
+
+def test_ignored_positions_get_no_gradient_and_do_not_change_the_loss() -> None:
+    torch.manual_seed(0)
+    hidden = torch.randn(2, 12, 16, requires_grad=True)
+    weight = torch.randn(40, 16, requires_grad=True)
+    targets = torch.randint(0, 40, (2, 12))
+    targets[0, :7] = -100  # a prompt
+    targets[1, 9:] = -100  # padding
+    loss = fused_next_token_loss(hidden, weight, targets)
+    loss.backward()
+    # The reference: float64 logits of every position, the ignored ones left out by cross_entropy.
+    ref_hidden, ref_weight = hidden.detach().double().requires_grad_(), weight.detach().double().requires_grad_()
+    expected = F.cross_entropy(F.linear(ref_hidden, ref_weight).flatten(0, 1), targets.flatten(), ignore_index=-100)
+    expected.backward()
+    torch.testing.assert_close(loss.double(), expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(hidden.grad.double(), ref_hidden.grad, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(weight.grad.double(), ref_weight.grad, rtol=1e-5, atol=1e-6)
+    assert hidden.grad is not None and not hidden.grad[targets == -100].any()

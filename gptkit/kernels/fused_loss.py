@@ -147,8 +147,18 @@ def fused_next_token_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: t
     and the summed loss is float32. Memory: one
     (tokens, vocab) gradient buffer instead of logits, log-probabilities and
     their gradients. Backward may be called once (the gradients are scaled in place).
+
+    Positions whose target is -100 are left out before the head: an instruction batch's
+    prompt and padding (often most of its tokens) cost no head matmul, forward or backward,
+    and their hidden states get a zero gradient, as they would from the full logits.
     """
-    return _FusedLoss.apply(hidden.reshape(-1, hidden.shape[-1]), weight, targets.reshape(-1), _compute_dtype(hidden))
+    dtype = _compute_dtype(hidden)
+    hidden, targets = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)
+    keep = targets != IGNORE_INDEX
+    if not bool(keep.all()):
+        rows = keep.nonzero().squeeze(-1)
+        hidden, targets = hidden.index_select(0, rows), targets.index_select(0, rows)
+    return _FusedLoss.apply(hidden, weight, targets, dtype)
 
 
 class FusedLossGPTModel(GPTModel):
