@@ -11,6 +11,7 @@
     python main.py serve --run RUN_DIR     web demo + OpenAI-compatible API on http://127.0.0.1:8000
     python main.py export --run RUN_DIR --out DIR   a Hugging Face GPT-2 folder (transformers loads it)
     python main.py classify --run RUN_DIR --text "..."   the label of a text (a classification run)
+    python main.py evaluate --run RUN_DIR --task perplexity --data FILE   score a model
     python main.py --init-from gpt2 --set data.format=instruction --set data.path=FILE   finetune
 
 Each command is a module of commands/; this file is their table and the one place
@@ -38,6 +39,7 @@ from commands import (
     components,
     console,
     err_console,
+    evaluate,
     export,
     generate,
     serve,
@@ -58,6 +60,7 @@ COMMANDS: dict[str, ModuleType] = {
     "serve": serve,
     "export": export,
     "classify": classify,
+    "evaluate": evaluate,
 }
 # The system refusing a read or write (full disk, no permission): the user's to fix, not a bug.
 REFUSED_IO = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EPERM, errno.EROFS}

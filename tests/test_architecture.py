@@ -27,6 +27,7 @@ LAYERS: dict[str, set[str]] = {
     "generation": {"layers", "model", "data", "training", "kernels", "interop"},
     "interop": {"layers", "model", "data"},
     "serving": {"layers", "model", "data", "generation", "kernels", "interop"},
+    "evaluation": {"layers", "model", "data"},
 }
 
 

@@ -1,0 +1,1 @@
+"""Scoring a model: perplexity on held-out text, multiple-choice benchmarks."""
