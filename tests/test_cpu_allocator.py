@@ -10,10 +10,11 @@ a fair model and is not what is promised: torch asks for 64-byte aligned memory,
 freed between two small live chunks is exactly its own size. Seen here, that case grew
 the heap up to eight times before a coalesced region served it. Freed blocks of a step
 sit next to each other and coalesce, so a step reaches its steady state within a few
-steps and then re-uses the same pages every step (seen over 60 runs of this script:
-at most one step's worth of growth; over 40 runs with no default-policy steps first,
-at most three, the last at step 5). The test asserts that steady state and bounds the
-growth.
+steps and then re-uses the same pages every step (seen over 30 runs of this script,
+on a loaded machine: at most 1.4 steps' worth of growth). The test asserts that steady
+state and bounds the growth. The blocks are larger than glibc's dynamic mmap threshold
+can grow (32 MiB): smaller ones, after a few frees, come from the heap even under the
+default policy, and the default would no longer show.
 """
 
 from __future__ import annotations
@@ -28,8 +29,10 @@ from conftest import REPO_ROOT, subprocess_env
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mallopt is glibc's")
 MIB = 1 << 20
-STEP_BLOCKS = [16 * MIB, 32 * MIB, 8 * MIB, 8 * MIB]  # alive together, like activations
-STEP_PAGES = sum(STEP_BLOCKS) // 4096  # 16,384 pages of 4 KiB
+# Alive together, like activations. Each is above glibc's largest dynamic mmap threshold
+# (32 MiB), so under the default policy every one is a fresh mmap, whatever was freed before.
+STEP_BLOCKS = [40 * MIB, 48 * MIB, 36 * MIB]
+STEP_PAGES = sum(STEP_BLOCKS) // 4096  # 31,744 pages of 4 KiB
 ROUNDS = 12
 # Larger than anything freed before, so after the policy is restored no free chunk in the
 # heap can serve it and glibc's default (a fresh mmap) shows.
@@ -70,7 +73,7 @@ def test_a_steps_freed_blocks_are_reused_without_faults_and_policy_is_restored()
     assert all(f > STEP_PAGES // 2 for f in out["default"]), out
     assert out["active"]
     # The heap grows for the first steps only (bounded: four steps' worth in all, where
-    # at most three were seen), then every step reuses the retained pages.
+    # at most 1.4 were seen), then every step reuses the retained pages.
     assert sum(out["inside"]) <= 4 * STEP_PAGES, out
     assert all(f < 100 for f in out["inside"][ROUNDS // 2 :]), out
     assert all(f > LARGER_BLOCK // 4096 // 2 for f in out["after"]), out
