@@ -369,7 +369,11 @@ class Trainer:
         )
         self.hooks = pluggy.PluginManager(hookspecs.PROJECT)
         self.hooks.add_hookspecs(hookspecs)
-        callbacks = [(f"callback {s.name}", registry.create("callback", s, self.context)) for s in self.cfg.train.callbacks]
+        specs = self.cfg.train.callbacks
+        names = [s.name for s in specs]
+        # The same callback may be listed twice (two evaluate tasks): each registers under its place.
+        labels = [f"callback {n}" if names.count(n) == 1 else f"callback {n} ({i + 1})" for i, n in enumerate(names)]
+        callbacks = [(label, registry.create("callback", s, self.context)) for label, s in zip(labels, specs)]
         for label, callback in [*callbacks, *((f"extra callback {i}", c) for i, c in enumerate(extra_callbacks))]:
             self.hooks.register(callback, name=label)
             check_hook_names(self.hooks, callback, label)  # a misspelt hook would never be called
@@ -482,6 +486,8 @@ class Trainer:
 
     def run_evaluation(self) -> None:
         val_loss, scores = self.evaluate_with_scores()
+        for extra in self.hooks.hook.gptkit_eval_scores(trainer=self):
+            scores.update(extra or {})
         s = self.state
         improved = val_loss < s.best_val_loss
         s.best_val_loss = min(s.best_val_loss, val_loss)

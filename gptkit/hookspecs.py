@@ -255,6 +255,15 @@ def gptkit_step_end(trainer: TrainerView, metrics: StepMetrics) -> None:
 
 
 @hookspec
+def gptkit_eval_scores(trainer: TrainerView) -> dict[str, float]:
+    """During each validation pass: figures of the callback's own (a benchmark's accuracy, a text's loss).
+
+    Every callback's answers are merged into `EvalMetrics.scores`, which `gptkit_evaluate`
+    then reports to the display, metrics.jsonl and the loss plot.
+    """
+
+
+@hookspec
 def gptkit_evaluate(trainer: TrainerView, metrics: EvalMetrics) -> None:
     """After each validation pass, with a `gptkit.training.train_state.EvalMetrics`."""
 

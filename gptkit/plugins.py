@@ -54,6 +54,7 @@ BUILTIN_PLUGINS = (
     "gptkit.training.callbacks.loss_plot",
     "gptkit.training.callbacks.samples",
     "gptkit.training.callbacks.early_stopping",
+    "gptkit.training.callbacks.evaluate",
 )
 DISABLE_AUTOLOAD_ENV = "GPTKIT_DISABLE_PLUGIN_AUTOLOAD"
 PLUGIN_DIRS_ENV = "GPTKIT_PLUGIN_DIRS"

@@ -23,7 +23,8 @@ LAYERS: dict[str, set[str]] = {
     "model": {"layers"},
     "kernels": {"layers", "model"},
     "data": {"layers", "model"},
-    "training": {"layers", "model", "data", "generation", "kernels", "interop"},  # --init-from a Hugging Face folder
+    # interop: --init-from a Hugging Face folder; evaluation: the evaluate callback
+    "training": {"layers", "model", "data", "generation", "kernels", "interop", "evaluation"},
     "generation": {"layers", "model", "data", "training", "kernels", "interop"},
     "interop": {"layers", "model", "data"},
     "serving": {"layers", "model", "data", "generation", "kernels", "interop"},

@@ -135,3 +135,34 @@ def test_bad_evaluation_inputs_are_named(monkeypatch: pytest.MonkeyPatch, hf_fol
     code, _, err = run_main(monkeypatch, ["evaluate", "--hf-dir", str(hf_folder), "--task", "perplexity", "--data", str(text_file), "--stride", "33", "--out", str(tmp_path / "r.json")])
     assert code == 2 and "--stride must be between 1 and the context length 32, got 33" in err
     assert not (tmp_path / "r.json").exists()
+
+
+def test_the_evaluate_callback_reports_what_the_evaluate_command_computes(monkeypatch: pytest.MonkeyPatch, text_file: Path, tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(text_file.read_text() * 10)  # enough for validation windows of 32 tokens
+    questions = tmp_path / "q.jsonl"
+    questions.write_text("".join(json.dumps(r) + "\n" for r in hellaswag_records()))
+    callbacks = [
+        "checkpoint", "metrics", "loss_plot",
+        {"name": "evaluate", "task": "multiple-choice", "data": str(questions)},
+        {"name": "evaluate", "task": "perplexity", "data": str(text_file), "stride": 16, "label": "notes"},
+    ]
+    settings = [
+        "model.emb_dim=32", "model.n_heads=2", "model.n_layers=2", f"model.context_length={CONTEXT}", "run.dtype=float32",
+        "train.batch_size=2", "train.max_steps=4", "train.eval_every=2", "train.eval_batches=1", f"data.path={corpus}",
+        f"data.cache_dir={tmp_path / 'cache'}", f"run.out_dir={tmp_path}", "run.name=r", f"train.callbacks={json.dumps(callbacks)}",
+    ]
+    code, out, err = run_main(monkeypatch, [arg for item in settings for arg in ("--set", item)])
+    assert code == 0, out + err
+    evals = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines() if '"eval"' in line]
+    assert [e["step"] for e in evals] == [2, 4] and all(set(e["scores"]) == {"mc_acc", "mc_acc_norm", "notes_loss"} for e in evals)
+    final = evals[-1]["scores"]
+    for task, data, extra in (("multiple-choice", questions, []), ("perplexity", text_file, ["--stride", "16"])):
+        out_file = tmp_path / f"{task}.json"
+        code, _, err = run_main(monkeypatch, ["evaluate", "--run", str(tmp_path / "r"), "--task", task, "--data", str(data), "--out", str(out_file), *extra])
+        assert code == 0, err
+        got = json.loads(out_file.read_text())
+        if task == "perplexity":
+            assert final["notes_loss"] == pytest.approx(got["loss"], abs=1e-5)
+        else:
+            assert (final["mc_acc"], final["mc_acc_norm"]) == (got["acc"], got["acc_norm"])

@@ -104,6 +104,9 @@ def plot_losses(history: History, path: Path, title: str, smoothing: float, log_
             ax.plot(steps, smooth, color="tab:blue", linewidth=1.8, label=f"train (EMA {smoothing:g})")
     if history.val_loss:
         ax.plot(history.val_steps, history.val_loss, "o-", color="tab:orange", markersize=4, linewidth=1, label="val")
+    losses = {name: points for name, points in history.scores.items() if name.endswith("loss")}
+    for (name, points), color in zip(sorted(losses.items()), ("tab:brown", "tab:pink", "tab:gray")):
+        ax.plot([s for s, _ in points], [v for _, v in points], "d--", color=color, markersize=4, linewidth=1, label=name)
     log = use_log_scale(history) if log_scale is None else log_scale
     if log:
         ax.set_yscale("log")
@@ -112,10 +115,11 @@ def plot_losses(history: History, path: Path, title: str, smoothing: float, log_
     ax.set_title(title)
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(loc="upper right")
-    if history.scores:
+    fractions = {name: points for name, points in history.scores.items() if not name.endswith("loss")}
+    if fractions:
         # Accuracy and F1 live in [0, 1], not on the loss's scale: a second axis on the right.
         right = ax.twinx()
-        for (name, points), color in zip(sorted(history.scores.items()), ("tab:green", "tab:red", "tab:purple")):
+        for (name, points), color in zip(sorted(fractions.items()), ("tab:green", "tab:red", "tab:purple", "tab:olive")):
             right.plot([s for s, _ in points], [v for _, v in points], "s--", color=color, markersize=4, linewidth=1, label=f"val {name}")
         right.set_ylim(0, 1.02)
         right.set_ylabel("validation score")
