@@ -57,8 +57,9 @@ def alpaca_run(long_model: GPTModel, tmp_path_factory: pytest.TempPathFactory) -
     return write_run(tmp_path_factory.mktemp("runs") / "alpaca", long_model, LONG, styled_overrides("alpaca"))
 
 
-def greedy_styled_reply(model: GPTModel, ids: Sequence[int], n: int, stops: Sequence[str]) -> tuple[str, int]:
-    """Greedy text after `ids` up to the first stop string or <|endoftext|>, without its leading space, and how many tokens that took."""
+def greedy_styled_reply(model: GPTModel, ids: Sequence[int], n: int, stops: Sequence[str]) -> tuple[str, int, str]:
+    """Greedy text after `ids` up to the first stop string or <|endoftext|>, without its leading space;
+    how many tokens that took (the one that ended it included); and "stop", or "length" when `n` ran out."""
     tok = Tokenizer()
     tokens, new = list(ids), []
     text = ""
@@ -67,13 +68,13 @@ def greedy_styled_reply(model: GPTModel, ids: Sequence[int], n: int, stops: Sequ
             nxt = int(model(torch.tensor([tokens[-model.cfg.context_length :]]))[0, -1].argmax())
             tokens.append(nxt)
             if nxt == tok.eot_id:
-                return text.lstrip(), len(new) + 1
+                return text.lstrip(), len(new) + 1, "stop"
             new.append(nxt)
             text = tok.decode_bytes(new).decode("utf-8", errors="replace")
             hits = [text.index(s) for s in stops if s in text]
             if hits:
-                return text[: min(hits)].lstrip(), len(new)
-    return text.lstrip(), len(new)
+                return text[: min(hits)].lstrip(), len(new), "stop"
+    return text.lstrip(), len(new), "length"
 
 
 def expected_reply(model: GPTModel, style: PromptStyle, messages: Sequence[Message], n: int = N) -> str:
