@@ -225,7 +225,7 @@ def bad(message: str, param: str | None, status: int = 400, code: str | None = N
          bad("messages.0.content: the content contains '<|endoftext|>', which the prompt style writes to end each reply; remove it", "messages.0.content")),
         ({"messages": [USER, {"role": "assistant", "content": "hello"}]},
          bad("messages: a prompt ends with the message the reply answers (a user or system message); got roles: user, assistant", "messages")),
-        ({"messages": [{"role": "user", "content": "word " * 70}]}, bad("the conversation is 76 tokens; this server allows at most 64", "messages")),
+        ({"messages": [{"role": "user", "content": "word " * 70}]}, bad("the conversation is 76 tokens; this server allows at most 64", "messages", code="context_length_exceeded")),
         ({"messages": [USER], "max_completion_tokens": 600}, bad("max_completion_tokens is 600; this server allows at most 512", "max_completion_tokens")),
         ({"messages": [USER], "max_tokens": 600}, bad("max_tokens is 600; this server allows at most 512", "max_tokens")),
         ({"messages": [USER], "max_tokens": 5, "max_completion_tokens": 5},

@@ -187,7 +187,11 @@ class ModelService:
             # "<|endoftext|>" in a prompt is one token, GPT-2's document separator; an empty prompt starts from it.
             ids, stop, what, param = encode_prompt(self.tokenizer, request.prompt_text), request.stop_strings, "the prompt", "prompt"
         if len(ids) > self.max_prompt_tokens:
-            raise ApiError(400, f"{what} is {len(ids)} tokens; this server allows at most {self.max_prompt_tokens}", param=param)
+            # OpenAI's code for it: a chat client can tell it from other refusals and drop its oldest turns.
+            raise ApiError(
+                400, f"{what} is {len(ids)} tokens; this server allows at most {self.max_prompt_tokens}", param=param,
+                code="context_length_exceeded",
+            )
         # Always seeded, and the seed echoed: any reply can be reproduced.
         seed = request.seed if request.seed is not None else secrets.randbelow(2**31)
         job_id = new_id("chatcmpl" if isinstance(request, ChatCompletionRequest) else "cmpl")

@@ -52,12 +52,10 @@ generation `gptkit.serving.engine`. Choices where OpenAI's API leaves room:
 from __future__ import annotations
 
 import contextlib
-import html
 import sys
 import time
 import traceback
 from collections.abc import Callable, Generator, Sequence
-from importlib import resources
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -69,24 +67,19 @@ from gptkit.serving.chat_schema import ChatCompletionRequest
 from gptkit.serving.engine import Job, ModelService, ServedStyle
 from gptkit.serving.openai_replies import ChatReplies, Replies, TextReplies, model_card
 from gptkit.serving.openai_schema import (
-    NEUTRAL_SAMPLING,
-    SAMPLER_FIELDS,
     ApiError,
     CompletionRequest,
     GenerationFields,
     parse_request,
 )
-from gptkit.serving.request_sampling import DefaultChain, spec_name
+from gptkit.serving.page import PAGE_POLICY, page_template, render_page
+from gptkit.serving.request_sampling import DefaultChain
 from gptkit.serving.transport import ApiHandler, ApiServer, ClientGone, is_loopback
 
 if TYPE_CHECKING:
     from gptkit.data.tokenizer import (
         Tokenizer,  # or any registered tokenizer: encode, decode_bytes, eot_id
     )
-
-# Everything the page needs is inline or same-origin; nothing else may load.
-PAGE_POLICY = "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; connect-src 'self'; img-src data:"
-
 
 # --- the routes -------------------------------------------------------------------
 
@@ -228,38 +221,13 @@ class CompletionServer(ApiServer):
         self.service = service
         self.example_prompt = example_prompt
         self.default_max_tokens = min(default_max_tokens, service.max_new_tokens_cap)
-        self.page = render_page(page, service.default_chain, example_prompt, self.default_max_tokens)
+        # A model finetuned on instructions is talked to: its page opens in chat mode.
+        mode = "chat" if service.chat_style.own else "complete"
+        self.page = render_page(page, service.default_chain, example_prompt, self.default_max_tokens, mode)
         super().__init__(address, Handler, log_requests=log_requests)
 
 
 # --- entry points -------------------------------------------------------------
-
-
-def _page() -> bytes:
-    return resources.files("gptkit.serving").joinpath("web", "index.html").read_bytes()
-
-
-def render_page(template: bytes, chain: DefaultChain, example_prompt: str, max_tokens: int) -> bytes:
-    """The demo page with the run's example prompt and its chain's values filled in.
-
-    Filled into the HTML itself, not fetched by the page afterwards: a user who types
-    at once finds the run's defaults already there, and nothing overwrites what they typed.
-    The page sends no sampler field unless one is changed, so the server applies the
-    run's chain as it stands, whatever the fields can show of it.
-    """
-    fields = chain.fields or NEUTRAL_SAMPLING
-    names = " \u2192 ".join(spec_name(spec) for spec in chain.specs) if chain.specs else "none: plain draws from the model"
-    note = f"the run's sampler chain: {names}"
-    if chain.fields is None:
-        note += " (not expressible in these fields: changing one replaces the chain)"
-    values = {
-        "prompt": example_prompt, "max_tokens": str(max_tokens), "chain": note,
-        **{name: f"{fields[name]:g}" for name in SAMPLER_FIELDS},
-    }
-    page = template.decode("utf-8")
-    for name, value in values.items():
-        page = page.replace("{{" + name + "}}", html.escape(value))
-    return page.encode("utf-8")
 
 
 def make_server(
@@ -297,7 +265,7 @@ def make_server(
     )
     try:
         return CompletionServer(
-            (host, port), service, _page(), log_requests=log_requests,
+            (host, port), service, page_template(), log_requests=log_requests,
             example_prompt=example_prompt, default_max_tokens=default_max_tokens,
         )
     except OSError as err:
