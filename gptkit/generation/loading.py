@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from gptkit.dtypes import torch_dtype
-from gptkit.errors import CheckpointError, GptkitError, RegistryError
+from gptkit.errors import CheckpointError, GptkitError
 from gptkit.generation.samplers import Sampler, build_samplers, sampler_specs
 from gptkit.kernels import accelerate
 from gptkit.model.gpt import GPTModel
@@ -98,10 +98,10 @@ def load_run(run_dir: str | Path) -> LoadedModel:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise CheckpointError(f"run directory {run_dir} does not exist")
-    stored = read_run_config(run_dir)
-    refuse_classifier(run_dir, stored)  # before the weights load: a classifier's would load, then fail to generate
     model = load_run_model(run_dir)  # checks config.json and finds the latest checkpoint
+    refuse_classifier(run_dir, model)
     checkpoint = latest_checkpoint(run_dir)
+    stored = read_run_config(run_dir)
     sampling = stored.get("sampling") if isinstance(stored.get("sampling"), dict) else {}
     data = stored.get("data") if isinstance(stored.get("data"), dict) else {}
     tokenizer = run_component(run_dir, stored, "tokenizer", data.get("tokenizer") or "gpt2")
@@ -123,13 +123,9 @@ def load_run(run_dir: str | Path) -> LoadedModel:
     )
 
 
-def refuse_classifier(run_dir: Path, stored: dict[str, Any]) -> None:
+def refuse_classifier(run_dir: Path, model: GPTModel) -> None:
     """A `GptkitError` if the run's `model.head` is not the language-model head: a classifier gives no next tokens."""
-    model = stored.get("model")
-    try:
-        head, _ = split_spec(model.get("head") or "lm") if isinstance(model, dict) else ("lm", {})
-    except RegistryError:
-        return  # a malformed head is load_run_model's to report, with the file's other problems
+    head, _ = split_spec(model.cfg.head)  # validated: load_run_model built the model from it
     if head != "lm":
         raise GptkitError(f"{run_dir} is a classifier (model.head {head}); use python main.py classify")
 
