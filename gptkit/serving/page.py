@@ -14,13 +14,22 @@ from importlib import resources
 from gptkit.serving.openai_schema import NEUTRAL_SAMPLING, SAMPLER_FIELDS
 from gptkit.serving.request_sampling import DefaultChain, spec_name
 
+SCRIPTS = ("chat.js",)  # inlined into index.html
 # Everything the page needs is inline or same-origin; nothing else may load.
 PAGE_POLICY = "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; connect-src 'self'; img-src data:"
 
 
 def page_template() -> bytes:
-    """index.html as the package holds it, its placeholders unfilled."""
-    return resources.files("gptkit.serving").joinpath("web", "index.html").read_bytes()
+    """index.html with its scripts inlined (each `{{script NAME}}` line is web/NAME), the other placeholders unfilled.
+
+    The page is served as one file, so it needs nothing else to load; its chat mode
+    lives in a file of its own so that neither is too long to read.
+    """
+    web = resources.files("gptkit.serving").joinpath("web")
+    page = web.joinpath("index.html").read_text(encoding="utf-8")
+    for name in SCRIPTS:
+        page = page.replace("{{script " + name + "}}", web.joinpath(name).read_text(encoding="utf-8"))
+    return page.encode("utf-8")
 
 
 def render_page(template: bytes, chain: DefaultChain, example_prompt: str, max_tokens: int, mode: str = "complete") -> bytes:
