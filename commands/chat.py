@@ -10,6 +10,11 @@ returns to the prompt; at the prompt Ctrl-C, Ctrl-D or /exit ends the chat.
 From a pipe each line is a turn and stdout reads as a transcript ("User: ..." then
 "Assistant: ..."); nothing is recorded in the history.
 
+A run finetuned on instructions (config.json's `data.format = "instruction"`) is
+shown each turn in its prompt style, as its training data was written, after an
+optional `--system` message; its replies end where the style's do. Any other
+model is shown "User:" / "Assistant:" lines and a reply ends at a blank line too.
+
 Lines starting with "/" are commands, never sent to the model; "//" sends a line
 that starts with "/". What the commands say goes to stderr, so that stdout holds
 only the conversation.
@@ -24,7 +29,7 @@ from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from commands import err_console
 from commands.options import (
@@ -36,7 +41,8 @@ from commands.options import (
 from gptkit.errors import GptkitError
 
 if TYPE_CHECKING:
-    from gptkit.generation.chat import Chat
+    from gptkit.generation.chat import Conversation
+    from gptkit.generation.loading import Session
     from gptkit.registry import Registry
 
 HELP = "talk with a model: line editing and history at a terminal, one stdin line per turn from a pipe"
@@ -56,8 +62,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_dtype_option(parser)
     add_compile_option(parser)
     parser.add_argument(
-        "--stop-newlines", type=int, default=2, metavar="N",
-        help="end a reply at N newlines in a row (default 2: a blank line; 0: no such limit)",
+        "--stop-newlines", type=int, default=None, metavar="N",
+        help="end a reply at N newlines in a row (0: no such limit; default 2, a blank line, "
+        "except for a run with a prompt style, whose model learnt where its replies end)",
+    )
+    parser.add_argument(
+        "--system", metavar="TEXT",
+        help="a system message before the conversation (a run with a prompt style only)",
     )
 
 
@@ -72,27 +83,45 @@ def run(args: argparse.Namespace, registry: Registry) -> int:
 
     `registry` goes unused, as in `generate`: loading uses the process-wide one, which is it.
     """
-    if args.stop_newlines < 0:  # checked before the model loads, as the sampler options are
+    if args.stop_newlines is not None and args.stop_newlines < 0:  # checked before the model loads, as the sampler options are
         raise GptkitError(f"--stop-newlines must be 0 (no limit) or more, got {args.stop_newlines}")
-    from gptkit.generation.chat import Chat
     from gptkit.generation.loading import open_session
 
     session = open_session(args)
-    loaded = session.loaded
-    chat = Chat(
-        loaded.model, loaded.tokenizer, session.samplers, session.max_new_tokens, args.stop, session.generator,
-        compile=session.compile, newline_run=args.stop_newlines,
-    )
+    chat = _conversation(args, session)
     if sys.stdin.isatty():
         err_console.print(
-            f"chatting with {loaded.description}; /help lists the commands, Ctrl-C stops a reply, Ctrl-D ends",
+            f"chatting with {session.loaded.description}; /help lists the commands, Ctrl-C stops a reply, Ctrl-D ends",
             highlight=False, markup=False, soft_wrap=True,
         )
-        return _interactive(chat)
-    return _piped(chat)
+    if not chat.multi_turn:
+        err_console.print(
+            "(this run's prompt style takes one message at a time: each line is answered on its own)",
+            highlight=False, markup=False, soft_wrap=True,
+        )
+    return _interactive(chat) if sys.stdin.isatty() else _piped(chat)
 
 
-def _piped(chat: Chat) -> int:
+def _conversation(args: argparse.Namespace, session: Session) -> Conversation[Any]:
+    """A chat in the run's prompt style if it has one, else in "User:" / "Assistant:" lines."""
+    from gptkit.generation.chat import DEFAULT_NEWLINE_RUN, Chat, StyledChat
+
+    loaded = session.loaded
+    common = (loaded.model, loaded.tokenizer, session.samplers, session.max_new_tokens, args.stop, session.generator)
+    if loaded.prompt_style is not None:
+        return StyledChat(
+            *common, compile=session.compile, newline_run=args.stop_newlines or 0, style=loaded.prompt_style, system=args.system,
+        )
+    if args.system is not None:
+        raise GptkitError(
+            f"--system needs a run finetuned on instructions (data.format instruction, with a prompt style); "
+            f"{loaded.description} continues text"
+        )
+    newline_run = DEFAULT_NEWLINE_RUN if args.stop_newlines is None else args.stop_newlines
+    return Chat(*common, compile=session.compile, newline_run=newline_run)
+
+
+def _piped(chat: Conversation[Any]) -> int:
     """One stdin line per turn, echoed, so that stdout reads as a transcript; EOF or /exit ends."""
     try:
         while line := sys.stdin.readline():  # "" only at the end of the input
@@ -112,7 +141,7 @@ def _piped(chat: Chat) -> int:
     return 0
 
 
-def _interactive(chat: Chat) -> int:
+def _interactive(chat: Conversation[Any]) -> int:
     """The prompt loop at a terminal. Every way out leaves the cursor at the start of a line."""
     history = _LineEditing.start()
     try:
@@ -144,9 +173,14 @@ def _interactive(chat: Chat) -> int:
     return 0
 
 
-def _reply(chat: Chat, text: str) -> None:
+def _reply(chat: Conversation[Any], text: str) -> None:
+    try:
+        chat.check(text)
+    except GptkitError as err:  # this line cannot be sent; the chat goes on
+        err_console.print(f"(not sent: {err})", highlight=False, markup=False, soft_wrap=True)
+        return
     forgotten = chat.forgotten
-    sys.stdout.write(chat.ASSISTANT)
+    sys.stdout.write(chat.reply_prefix)
     sys.stdout.flush()
     # closing(): a reply stopped by Ctrl-C is remembered now, not whenever the generator is collected.
     with closing(chat.reply(text)) as pieces:
@@ -174,7 +208,7 @@ def _unescape(text: str) -> str:
     return text[1:] if text.startswith("//") else text
 
 
-def _command(text: str, chat: Chat) -> str | None:
+def _command(text: str, chat: Conversation[Any]) -> str | None:
     """Carry out a /command; "exit" when the chat should end."""
     typed = text.split()[0]
     word = ALIASES.get(typed.lower(), typed.lower())

@@ -1,7 +1,9 @@
 """`python main.py serve (--run RUN_DIR | --hf-dir DIR) [--host H] [--port N] [limits]`.
 
-A web demo and an OpenAI-compatible completions API (gptkit/serving/server.py)
-for a model loaded as `generate` and `chat` load it; it serves until Ctrl-C.
+A web demo and an OpenAI-compatible completions and chat API
+(gptkit/serving/server.py) for a model loaded as `generate` and `chat` load it;
+it serves until Ctrl-C. Chat requests are written in the run's prompt style when
+it was finetuned on instructions, else in the built-in `chat` style.
 Requests that give no sampler field, and the page, get the source's own chain
 (a run's `sampling.samplers`), as `generate` without sampler options does; the
 page starts from the source's example prompt and `sampling.max_new_tokens`.
@@ -19,7 +21,7 @@ from gptkit.errors import GptkitError
 if TYPE_CHECKING:
     from gptkit.registry import Registry
 
-HELP = "serve a web demo and an OpenAI-compatible completions API"
+HELP = "serve a web demo and an OpenAI-compatible completions and chat API"
 # Set before torch loads (main.py does it for the command it runs). Each connection is served
 # on a thread of its own, and MKL (float32 linears on Intel CPUs) keeps a buffer pool per thread
 # it ran on: under tests/test_server_load.py's 8 clients the server grew ~25 MiB in 60 s with
@@ -62,6 +64,7 @@ def run(args: argparse.Namespace, registry: Registry) -> int:
     """Load the model, then serve it until Ctrl-C. `registry` goes unused: loading uses the process-wide one, which is it."""
     from gptkit.dtypes import torch_dtype
     from gptkit.generation.loading import load_model
+    from gptkit.serving.engine import ServedStyle
     from gptkit.serving.server import serve_forever
 
     check_limits(args)
@@ -74,5 +77,6 @@ def run(args: argparse.Namespace, registry: Registry) -> int:
         max_concurrent=args.max_concurrent, max_queue=args.max_queue, queue_timeout=args.queue_timeout,
         max_new_tokens_cap=args.max_tokens_cap, max_prompt_tokens=args.max_prompt_tokens, log_requests=not args.quiet,
         samplers=loaded.samplers, example_prompt=loaded.prompt, default_max_tokens=loaded.max_new_tokens,
+        chat_style=ServedStyle.of(loaded.prompt_style, loaded.prompt_style_spec),
     )
     return 0

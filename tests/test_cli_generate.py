@@ -34,9 +34,9 @@ def random_model(seed: int) -> GPTModel:
     return randomize_weights(model, seed)  # type: ignore[return-value]
 
 
-def write_run(run_dir: Path, model: GPTModel, model_section: dict[str, object]) -> Path:
-    """A run directory as training leaves it: config.json and one checkpoint."""
-    overrides = [f"model.{k}={json.dumps(v)}" for k, v in model_section.items()]
+def write_run(run_dir: Path, model: GPTModel, model_section: dict[str, object], overrides: Sequence[str] = ()) -> Path:
+    """A run directory as training leaves it: config.json and one checkpoint; `overrides` are more --set values."""
+    overrides = [f"model.{k}={json.dumps(v)}" for k, v in model_section.items()] + list(overrides)
     overrides += ['sampling.samplers=["greedy"]', f"sampling.max_new_tokens={MAX_NEW}"]
     cfg = run_config.load_run_config(overrides=overrides)
     run_dir.mkdir(parents=True)

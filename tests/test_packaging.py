@@ -19,8 +19,8 @@ def test_wheel_holds_only_gptkit_with_assets(tmp_path: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     top_level = {name.split("/", 1)[0] for name in names}
     assert {t for t in top_level if not t.endswith(".dist-info")} == {"gptkit"}
-    for needed in ("gptkit/data/assets/gpt2.tiktoken", "gptkit/serving/web/index.html", "gptkit/layers/attention.py",
-                   "gptkit/training/callbacks/console.py"):
+    for needed in ("gptkit/data/assets/gpt2.tiktoken", "gptkit/serving/web/index.html", "gptkit/serving/web/chat.js",
+                   "gptkit/layers/attention.py", "gptkit/training/callbacks/console.py"):
         assert needed in names, needed
     # Every package directory of the source tree made it into the wheel.
     source_packages = {p.parent.relative_to(ROOT).as_posix() for p in (ROOT / "gptkit").rglob("__init__.py")}

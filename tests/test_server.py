@@ -50,7 +50,8 @@ def start(tokenizer: Tokenizer) -> Iterator[Callable[..., CompletionServer]]:
     running: list[tuple[CompletionServer, threading.Thread]] = []
 
     def start(model: GPTModel, **options: Any) -> CompletionServer:
-        server = make_server(model, tokenizer, host="127.0.0.1", port=0, **options)
+        # options["tokenizer"]: another tokenizer than GPT-2's, for a model of its own vocabulary.
+        server = make_server(model, options.pop("tokenizer", tokenizer), host="127.0.0.1", port=0, **options)
         thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         thread.start()
         running.append((server, thread))
@@ -347,14 +348,13 @@ def test_health_counts_running_and_waiting_generations(start: Callable[..., Comp
 # --- the command line -------------------------------------------------------------
 
 
-def test_cli_serves_an_hf_folder(tmp_path: Path) -> None:
-    from gptkit.interop.hf_checkpoint import export_hf
-
-    folder = export_hf(tiny_model(), tmp_path / "tiny-gpt2")
+@contextlib.contextmanager
+def serve_cli(*args: str) -> Iterator[int]:
+    """`python main.py serve ARGS --port 0 --quiet` in a subprocess; yields its port once it listens, then stops it."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200", "NO_COLOR": "1", "OMP_NUM_THREADS": "1"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     process = subprocess.Popen(
-        [sys.executable, "main.py", "serve", "--hf-dir", str(folder), "--port", "0", "--quiet"],
+        [sys.executable, "main.py", "serve", *args, "--port", "0", "--quiet"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT,
     )
     watchdog = threading.Timer(60, process.kill)  # readline below must not wait forever
@@ -364,16 +364,24 @@ def test_cli_serves_an_hf_folder(tmp_path: Path) -> None:
         line = process.stdout.readline()  # blocks until the server prints its URL (or dies)
         match = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
         assert match, line + process.stdout.read() if process.poll() is not None else line
-        conn = http.client.HTTPConnection("127.0.0.1", int(match.group(1)), timeout=TIMEOUT)
-        conn.request("GET", "/v1/models")
-        assert json.loads(conn.getresponse().read())["data"][0]["id"] == "tiny-gpt2"
-        conn.close()
+        yield int(match.group(1))
     finally:
         watchdog.cancel()
         process.terminate()
         process.wait(TIMEOUT)
         with contextlib.suppress(Exception):
             process.stdout.close()  # type: ignore[union-attr]
+
+
+def test_cli_serves_an_hf_folder(tmp_path: Path) -> None:
+    from gptkit.interop.hf_checkpoint import export_hf
+
+    folder = export_hf(tiny_model(), tmp_path / "tiny-gpt2")
+    with serve_cli("--hf-dir", str(folder)) as port:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
+        conn.request("GET", "/v1/models")
+        assert json.loads(conn.getresponse().read())["data"][0]["id"] == "tiny-gpt2"
+        conn.close()
 
 
 def test_cli_missing_run_is_a_user_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -3,8 +3,11 @@
 A model comes from a gptkit run directory (its latest checkpoint, tokenizer and
 sampling settings from its config.json) or from a Hugging Face GPT-2 folder
 (GPT-2's tokenizer, temperature 0.8 with top-k 50). Each also comes with an
-example prompt that fits what the model was trained on, for the demo page. Anything missing or not
-fitting raises a `GptkitError` whose message says which file and why.
+example prompt that fits what the model was trained on, for the demo page. A run
+finetuned on instructions (`data.format = "instruction"`) also brings its prompt
+style: the text its conversations were written in, which a chat must write too.
+Anything missing or not fitting raises a `GptkitError` whose message says which
+file and why.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -22,12 +25,16 @@ from gptkit.generation.samplers import Sampler, build_samplers, sampler_specs
 from gptkit.kernels import accelerate
 from gptkit.model.gpt import GPTModel
 from gptkit.plugins import default_registry
+from gptkit.registry import split_spec
 from gptkit.training.checkpoint import (
     latest_checkpoint,
     load_run_model,
     read_run_config,
 )
 from gptkit.training.run_components import missing_components_note
+
+if TYPE_CHECKING:
+    from gptkit.hookspecs import PromptStyle
 
 # What a Hugging Face folder gets when no sampler option is given: the trainer's default.
 # The trainer's default chain (config.py's sampling.samplers) without its repetition penalty:
@@ -50,6 +57,10 @@ class LoadedModel:
     max_new_tokens: int
     description: str = ""
     prompt: str = ""  # an example prompt that fits the training data ("" when none is known)
+    # How the run's instruction data was written (None: not instruction-tuned, or a Hugging Face
+    # folder); `prompt_style_spec` is it as config.json stores it, {"name": ..., **params}.
+    prompt_style: PromptStyle | None = None
+    prompt_style_spec: dict[str, Any] | None = None
 
 
 def example_prompt(stored: dict[str, Any]) -> str:
@@ -62,7 +73,10 @@ def example_prompt(stored: dict[str, Any]) -> str:
     prompt = (stored.get("sampling") or {}).get("prompt") or ""
     if prompt:
         return str(prompt)
-    path = (stored.get("data") or {}).get("path")
+    data = stored.get("data") or {}
+    if data.get("format", "text") != "text":
+        return ""  # the first line of a JSON or CSV file is a record, not a prompt
+    path = data.get("path")
     if path is None:
         return STDLIB_EXAMPLE_PROMPT
     if str(path).startswith(("http://", "https://")):
@@ -85,22 +99,44 @@ def load_run(run_dir: str | Path) -> LoadedModel:
     if not run_dir.is_dir():
         raise CheckpointError(f"run directory {run_dir} does not exist")
     model = load_run_model(run_dir)  # checks config.json and finds the latest checkpoint
+    refuse_classifier(run_dir, model)
     checkpoint = latest_checkpoint(run_dir)
     stored = read_run_config(run_dir)
     sampling = stored.get("sampling") if isinstance(stored.get("sampling"), dict) else {}
     data = stored.get("data") if isinstance(stored.get("data"), dict) else {}
-    try:
-        tokenizer = default_registry().create("tokenizer", data.get("tokenizer") or "gpt2")
-    except GptkitError as err:
-        note = missing_components_note(stored, default_registry())
-        raise CheckpointError(f"{run_dir / 'config.json'}: {err}" + (f"\n{note}" if note else "")) from None
+    tokenizer = run_component(run_dir, stored, "tokenizer", data.get("tokenizer") or "gpt2")
+    style_spec: dict[str, Any] | None = None
+    style = None
+    if data.get("format") == "instruction":
+        spec = data.get("prompt_style") or "alpaca"
+        style = run_component(run_dir, stored, "prompt_style", spec)
+        name, params = split_spec(spec)  # well formed: the style was built from it
+        style_spec = {"name": name, **params}
     return LoadedModel(
         model, tokenizer,
         samplers=sampling.get("samplers") or list(HF_DEFAULT_SAMPLERS),
         max_new_tokens=sampling.get("max_new_tokens") or DEFAULT_MAX_NEW_TOKENS,
         description=f"{run_dir} ({checkpoint.name})",
         prompt=example_prompt(stored),
+        prompt_style=style,
+        prompt_style_spec=style_spec,
     )
+
+
+def refuse_classifier(run_dir: Path, model: GPTModel) -> None:
+    """A `GptkitError` if the run's `model.head` is not the language-model head: a classifier gives no next tokens."""
+    head, _ = split_spec(model.cfg.head)  # validated: load_run_model built the model from it
+    if head != "lm":
+        raise GptkitError(f"{run_dir} is a classifier (model.head {head}); use python main.py classify")
+
+
+def run_component(run_dir: Path, stored: dict[str, Any], kind: str, spec: Any) -> Any:
+    """A component config.json names, built; a `CheckpointError` naming the file (and a plugin gone missing) if it cannot be."""
+    try:
+        return default_registry().create(kind, spec)
+    except GptkitError as err:
+        note = missing_components_note(stored, default_registry())
+        raise CheckpointError(f"{run_dir / 'config.json'}: {err}" + (f"\n{note}" if note else "")) from None
 
 
 def load_hf(directory: str | Path) -> LoadedModel:

@@ -6,6 +6,12 @@ out take the run's own chain, `DefaultChain`), then yields its text token by tok
 (`run`), taking the model lock around each step so that several generations
 interleave without two threads ever running the model at once. `Slots` bounds
 how many run and how many wait.
+
+A chat request's messages are written as a prompt in the `ServedStyle`: the
+run's own prompt style when it was finetuned on instructions, else the built-in
+`chat` style, so that the endpoint answers for any model. Its reply ends at the
+style's stop strings as well as the request's, and starts after the space the
+template puts before it.
 """
 
 from __future__ import annotations
@@ -16,22 +22,20 @@ import threading
 import time
 import uuid
 from collections.abc import Generator, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 import torch
 
-from gptkit.errors import GptkitError
+from gptkit.data.prompt_styles import ChatStyle
+from gptkit.errors import DataError, GptkitError
 from gptkit.generation.generate import TextStream, encode_prompt, generate_tokens
+from gptkit.generation.styled_reply import prompt_ids, reply_stops, strip_leading_space
+from gptkit.hookspecs import PromptStyle
 from gptkit.model.gpt import GPTModel
-from gptkit.serving.openai_schema import (
-    SAMPLER_FIELDS,
-    ApiError,
-    CompletionRequest,
-    DefaultChain,
-    Sampling,
-    resolve_sampling,
-)
+from gptkit.serving.chat_schema import ChatCompletionRequest
+from gptkit.serving.openai_schema import SAMPLER_FIELDS, ApiError, GenerationFields
+from gptkit.serving.request_sampling import DefaultChain, Sampling, resolve_sampling
 
 if TYPE_CHECKING:
     from gptkit.data.tokenizer import (
@@ -39,16 +43,52 @@ if TYPE_CHECKING:
     )
 
 
+@dataclass(frozen=True)
+class ServedStyle:
+    """The prompt style chat requests are written in, as a spec, and whether it is the model's own."""
+
+    style: PromptStyle
+    spec: dict[str, Any]  # {"name": ..., **params}, as a run's config.json stores it
+    own: bool  # the run's own (its finetuning data's); False: the built-in chat style, for a model with none
+
+    @classmethod
+    def default(cls) -> ServedStyle:
+        style = ChatStyle()
+        return cls(style, {"name": "chat", **asdict(style)}, own=False)
+
+    @classmethod
+    def of(cls, style: PromptStyle | None, spec: dict[str, Any] | None) -> ServedStyle:
+        """A model's own style (a loaded run's `prompt_style` and its spec), or the default when it has none."""
+        if style is None or spec is None:
+            return cls.default()
+        return cls(style, dict(spec), own=True)
+
+    def describe(self) -> dict[str, Any]:
+        """How /v1/models and /api/info say which style chat requests get."""
+        name = self.spec["name"]
+        note = (
+            f"chat messages are written in the model's own prompt style '{name}'" if self.own else
+            f"the model has no prompt style of its own (it was not finetuned on instructions): "
+            f"chat messages are written in the built-in '{name}' style"
+        )
+        return {"prompt_style": self.spec, "prompt_style_source": "model" if self.own else "default", "chat_note": note}
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
 @dataclass
 class Job:
     """A validated request, tokenised, with its settings resolved."""
 
-    request: CompletionRequest
+    request: GenerationFields
     prompt_ids: list[int]
     seed: int
-    max_tokens: int  # the request's, or the server's cap for max_tokens null
+    max_tokens: int  # the request's, or the server's cap for a limit left out (or null)
     sampling: Sampling
-    id: str = field(default_factory=lambda: f"cmpl-{uuid.uuid4().hex[:24]}")
+    stop: tuple[str, ...] = ()  # where the reply ends: the request's stop strings, and a chat's style's
+    id: str = field(default_factory=lambda: new_id("cmpl"))
     created: int = field(default_factory=lambda: int(time.time()))
     completion_tokens: int = 0
     finish_reason: Literal["stop", "length"] = "length"
@@ -57,12 +97,16 @@ class Job:
     def samplers(self) -> list[Any]:
         return self.sampling.samplers
 
+    @property
+    def chat(self) -> bool:
+        return isinstance(self.request, ChatCompletionRequest)
+
     def settings(self) -> dict[str, Any]:
         """What the generation runs with; a sampler field is None when the run's chain is not expressible in them."""
         fields = self.sampling.fields or {}
         return {
             **{name: fields.get(name) for name in SAMPLER_FIELDS}, "max_tokens": self.max_tokens,
-            "stop": list(self.request.stop_strings), "seed": self.seed, "samplers": self.sampling.names,
+            "stop": list(self.stop), "seed": self.seed, "samplers": self.sampling.names,
         }
 
     def usage(self) -> dict[str, int]:
@@ -107,7 +151,7 @@ class ModelService:
     def __init__(
         self, model: GPTModel, tokenizer: Tokenizer, *, model_name: str, max_concurrent: int, max_queue: int,
         queue_timeout: float, max_new_tokens_cap: int, max_prompt_tokens: int | None,
-        default_chain: DefaultChain | None = None,
+        default_chain: DefaultChain | None = None, chat_style: ServedStyle | None = None,
     ) -> None:
         if max_concurrent < 1 or max_queue < 0 or max_new_tokens_cap < 1:
             raise GptkitError("max_concurrent and max_new_tokens_cap must be >= 1 and max_queue >= 0")
@@ -122,38 +166,61 @@ class ModelService:
         self.model_lock = threading.Lock()
         self.created = int(time.time())
         self.default_chain = default_chain if default_chain is not None else DefaultChain()
+        self.chat_style = chat_style if chat_style is not None else ServedStyle.default()
 
-    def prepare(self, request: CompletionRequest) -> Job:
+    def prepare(self, request: GenerationFields) -> Job:
+        """A completion or chat request as a job; ApiError if it asks for what this server cannot give."""
         # One model is served: a request for another would get a completion from a model it did not ask for.
         if request.model is not None and request.model != self.model_name:
             raise ApiError(
                 404, f"the model '{request.model}' does not exist on this server; it serves '{self.model_name}' (GET /v1/models)",
                 param="model", code="model_not_found",
             )
-        # null asks for as many tokens as the server allows, as OpenAI's API reads it.
-        max_tokens = self.max_new_tokens_cap if request.max_tokens is None else request.max_tokens
+        # Left out or null, the limit is as many tokens as the server allows (OpenAI's reading of null).
+        limit, asked = request.token_limit()
+        max_tokens = self.max_new_tokens_cap if asked is None else asked
         if max_tokens > self.max_new_tokens_cap:
-            raise ApiError(400, f"max_tokens is {max_tokens}; this server allows at most {self.max_new_tokens_cap}", param="max_tokens")
-        # "<|endoftext|>" in a prompt is one token, GPT-2's document separator; an empty prompt starts from it.
-        ids = encode_prompt(self.tokenizer, request.prompt_text)
+            raise ApiError(400, f"{limit} is {max_tokens}; this server allows at most {self.max_new_tokens_cap}", param=limit)
+        if isinstance(request, ChatCompletionRequest):
+            ids, stop, what, param = self._conversation(request), reply_stops(self.chat_style.style, request.stop_strings), "the conversation", "messages"
+        else:
+            # "<|endoftext|>" in a prompt is one token, GPT-2's document separator; an empty prompt starts from it.
+            ids, stop, what, param = encode_prompt(self.tokenizer, request.prompt_text), request.stop_strings, "the prompt", "prompt"
         if len(ids) > self.max_prompt_tokens:
-            raise ApiError(400, f"the prompt is {len(ids)} tokens; this server allows at most {self.max_prompt_tokens}", param="prompt")
+            # OpenAI's code for it: a chat client can tell it from other refusals and drop its oldest turns.
+            raise ApiError(
+                400, f"{what} is {len(ids)} tokens; this server allows at most {self.max_prompt_tokens}", param=param,
+                code="context_length_exceeded",
+            )
         # Always seeded, and the seed echoed: any reply can be reproduced.
         seed = request.seed if request.seed is not None else secrets.randbelow(2**31)
-        return Job(request, ids, seed, max_tokens, resolve_sampling(request, self.default_chain))
+        job_id = new_id("chatcmpl" if isinstance(request, ChatCompletionRequest) else "cmpl")
+        return Job(request, ids, seed, max_tokens, resolve_sampling(request, self.default_chain), stop=stop, id=job_id)
+
+    def _conversation(self, request: ChatCompletionRequest) -> list[int]:
+        """The messages as the served style writes them, as token ids; ApiError if the style cannot write them."""
+        try:
+            return prompt_ids(self.chat_style.style, request.conversation(), self.tokenizer)
+        except DataError as err:  # a conversation ending with a reply; several turns for a one-turn style
+            raise ApiError(400, f"messages: {err}", param="messages") from None
 
     def run(self, job: Job) -> Generator[str, None, None]:
         """Text deltas of `job`, one per generated token ("" when a token completes no text).
 
-        Closing the iterator stops the generation; it sets `job.finish_reason` once it ends.
+        A chat reply starts after the template's space (`strip_leading_space`). Closing
+        the iterator stops the generation; it sets `job.finish_reason` once it ends.
         """
+        deltas = self._deltas(job)
+        return strip_leading_space(deltas) if job.chat else deltas
+
+    def _deltas(self, job: Job) -> Generator[str, None, None]:
         prompt = torch.tensor([job.prompt_ids], dtype=torch.long, device=self.device)
         generator = torch.Generator(device=self.device).manual_seed(job.seed)
         tokens = cast(Generator[torch.Tensor, None, None], generate_tokens(
             self.model, prompt, max_new_tokens=job.max_tokens, samplers=job.samplers, generator=generator,
             eos_id=self.tokenizer.eot_id,
         ))
-        text = TextStream(self.tokenizer, job.request.stop_strings)
+        text = TextStream(self.tokenizer, job.stop)
         try:
             while not text.done:
                 with self.model_lock:

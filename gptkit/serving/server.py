@@ -1,22 +1,24 @@
-"""A web demo and an OpenAI-compatible completions API for a gptkit model.
+"""A web demo and an OpenAI-compatible completions and chat API for a gptkit model.
 
     python main.py serve --run runs/NAME        # or --hf-dir path/to/gpt2
 
 serves, on 127.0.0.1:8000 by default:
 
-    GET  /                   the demo page (gptkit/serving/web/index.html, no CDN, works offline)
-    POST /v1/completions     OpenAI's completion API, streaming (server-sent events) or not
-    GET  /v1/models          the one model served
-    POST /api/generate       the page's stream: settings, text deltas, then a summary
-    GET  /api/info           model name and request limits, for the page
-    GET  /health             generations running and waiting, and their limits (cheap: no model work)
+    GET  /                      the demo page (gptkit/serving/web/index.html, no CDN, works offline)
+    POST /v1/completions        OpenAI's completion API, streaming (server-sent events) or not
+    POST /v1/chat/completions   OpenAI's chat API, streaming or not: the messages written in a prompt style
+    GET  /v1/models             the one model served, and the prompt style chat requests get
+    POST /api/generate          the page's stream: settings, text deltas, then a summary
+    GET  /api/info              model name, request limits and prompt style, for the page
+    GET  /health                generations running and waiting, and their limits (cheap: no model work)
 
 Only the standard library's `ThreadingHTTPServer` is used: one thread per
 connection, no new dependency. This file is the routes: what each path answers,
 in terms of the engine and the OpenAI shapes. The HTTP mechanics under them
 (body limits, JSON replies, event streams, clients that leave) are
-`gptkit.serving.transport`; the request schema and its errors
-`gptkit.serving.openai_schema`; the slots, the model lock and the token-by-token
+`gptkit.serving.transport`; the request schemas and their errors
+`gptkit.serving.openai_schema` and `chat_schema`; the reply shapes
+`gptkit.serving.openai_replies`; the slots, the model lock and the token-by-token
 generation `gptkit.serving.engine`. Choices where OpenAI's API leaves room:
 
 * Unknown request keys are ignored, as OpenAI's own server does with fields it
@@ -26,6 +28,11 @@ generation `gptkit.serving.engine`. Choices where OpenAI's API leaves room:
   answered 400 naming each; `user` is metadata, accepted and ignored. A `model`
   other than the one served is answered 404 `model_not_found`, as OpenAI does;
   leaving `model` out is allowed (the page does).
+* A chat request's messages are written in the run's prompt style when it was
+  finetuned on instructions (config.json's `data.format = "instruction"`), else in
+  the built-in `chat` style, so the endpoint answers for any model; /v1/models
+  and /api/info say which (`prompt_style`, `prompt_style_source`). Its reply
+  ends at the style's stop strings as well as the request's.
 * The sampler fields a request leaves out take the run's own chain (its
   config.json's `sampling.samplers`, repetition penalty included), so the page
   and an API client with no settings see what the run's samples showed;
@@ -45,12 +52,10 @@ generation `gptkit.serving.engine`. Choices where OpenAI's API leaves room:
 from __future__ import annotations
 
 import contextlib
-import html
 import sys
 import time
 import traceback
 from collections.abc import Callable, Generator, Sequence
-from importlib import resources
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -58,39 +63,23 @@ from rich.console import Console
 
 from gptkit.errors import GptkitError
 from gptkit.model.gpt import GPTModel
-from gptkit.serving.engine import Job, ModelService
+from gptkit.serving.chat_schema import ChatCompletionRequest
+from gptkit.serving.engine import Job, ModelService, ServedStyle
+from gptkit.serving.openai_replies import ChatReplies, Replies, TextReplies, model_card
 from gptkit.serving.openai_schema import (
-    NEUTRAL_SAMPLING,
-    SAMPLER_FIELDS,
     ApiError,
-    DefaultChain,
+    CompletionRequest,
+    GenerationFields,
     parse_request,
-    spec_name,
 )
+from gptkit.serving.page import PAGE_POLICY, page_template, render_page
+from gptkit.serving.request_sampling import DefaultChain
 from gptkit.serving.transport import ApiHandler, ApiServer, ClientGone, is_loopback
 
 if TYPE_CHECKING:
     from gptkit.data.tokenizer import (
         Tokenizer,  # or any registered tokenizer: encode, decode_bytes, eot_id
     )
-
-# Everything the page needs is inline or same-origin; nothing else may load.
-PAGE_POLICY = "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; connect-src 'self'; img-src data:"
-
-
-# --- OpenAI's reply shapes --------------------------------------------------------
-
-
-def model_card(service: ModelService) -> dict[str, Any]:
-    return {"id": service.model_name, "object": "model", "created": service.created, "owned_by": "gptkit"}
-
-
-def completion_object(service: ModelService, job: Job, text: str, finish_reason: str | None) -> dict[str, Any]:
-    return {
-        "id": job.id, "object": "text_completion", "created": job.created, "model": service.model_name,
-        "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish_reason}],
-    }
-
 
 # --- the routes -------------------------------------------------------------------
 
@@ -119,26 +108,29 @@ class Handler(ApiHandler):
 
     def do_POST(self) -> None:
         path = urlsplit(self.path).path
-        routes: dict[str, Callable[[Job], None]] = {
-            "/v1/completions": self._completions,
-            "/api/generate": self._generate,
+        # Each path's request schema, and the route that answers it.
+        routes: dict[str, tuple[type[GenerationFields], Callable[[Job], None]]] = {
+            "/v1/completions": (CompletionRequest, lambda job: self._openai(job, TextReplies(self.server.service, job))),
+            "/v1/chat/completions": (ChatCompletionRequest, lambda job: self._openai(job, ChatReplies(self.server.service, job))),
+            "/api/generate": (CompletionRequest, self._generate),
         }
         try:
             body = self.read_body()  # first: a body left unread would be taken for the next request
             if path not in routes:
                 raise ApiError(404, f"no such endpoint: POST {path}", code="not_found")
-            job = self.server.service.prepare(parse_request(body))
+            schema, route = routes[path]
+            job = self.server.service.prepare(parse_request(body, schema))
             with contextlib.ExitStack() as slot:
                 slot.enter_context(self.server.service.slots.hold())
                 # Routes call this as soon as the last token is made: the slot is free before the
                 # reply's last bytes go out, so a client holding a whole reply never sees it taken.
                 self.release_slot = slot.close
-                routes[path](job)
+                route(job)
         except ApiError as err:
             self.send_api_error(err)
         except ClientGone:
             pass
-        except Exception:  # a bug, not the client's doing: logged in full, answered without details
+        except Exception:  # noqa: BLE001  # a bug, not the client's doing: logged in full, answered without details
             traceback.print_exc()
             self.send_failure(ApiError(500, "the server failed to generate; see its log", kind="server_error"))
 
@@ -170,7 +162,7 @@ class Handler(ApiHandler):
             "model": service.model_name, "context_length": service.context_length,
             "max_tokens_cap": service.max_new_tokens_cap, "max_prompt_tokens": service.max_prompt_tokens,
             "example_prompt": self.server.example_prompt, "default_max_tokens": self.server.default_max_tokens,
-            "default_samplers": list(chain.specs), "default_fields": chain.fields,
+            "default_samplers": list(chain.specs), "default_fields": chain.fields, **service.chat_style.describe(),
         })
 
     # -- POST: each has its slot, and ends the reply itself --
@@ -180,24 +172,26 @@ class Handler(ApiHandler):
         # ends the generation (and its hold on the model) before the slot is given back.
         return contextlib.closing(self.while_connected(self.server.service.run(job)))
 
-    def _completions(self, job: Job) -> None:
-        service = self.server.service
+    def _openai(self, job: Job, replies: Replies) -> None:
+        """An OpenAI endpoint's answer, whole or as server-sent events ending with [DONE]; `replies` has its shapes."""
         if not job.request.stream:
             with self._deltas(job) as deltas:
                 text = "".join(deltas)
             self.release_slot()
-            self.send_json(200, {**completion_object(service, job, text, job.finish_reason), "usage": job.usage()})
+            self.send_json(200, replies.whole(text))
             return
         self.start_events()
+        for chunk in replies.opening():
+            self.send_event(chunk)
         with self._deltas(job) as deltas:
             for delta in deltas:
                 if delta:
-                    self.send_event(completion_object(service, job, delta, None))
+                    self.send_event(replies.delta(delta))
         self.release_slot()
-        self.send_event(completion_object(service, job, "", job.finish_reason))
+        self.send_event(replies.finish())
         options = job.request.stream_options
         if options is not None and options.include_usage:
-            self.send_event({**completion_object(service, job, "", None), "choices": [], "usage": job.usage()})
+            self.send_event(replies.usage())
         self.send_event(b"[DONE]")
         self.end_events()
 
@@ -227,38 +221,13 @@ class CompletionServer(ApiServer):
         self.service = service
         self.example_prompt = example_prompt
         self.default_max_tokens = min(default_max_tokens, service.max_new_tokens_cap)
-        self.page = render_page(page, service.default_chain, example_prompt, self.default_max_tokens)
+        # A model finetuned on instructions is talked to: its page opens in chat mode.
+        mode = "chat" if service.chat_style.own else "complete"
+        self.page = render_page(page, service.default_chain, example_prompt, self.default_max_tokens, mode)
         super().__init__(address, Handler, log_requests=log_requests)
 
 
 # --- entry points -------------------------------------------------------------
-
-
-def _page() -> bytes:
-    return resources.files("gptkit.serving").joinpath("web", "index.html").read_bytes()
-
-
-def render_page(template: bytes, chain: DefaultChain, example_prompt: str, max_tokens: int) -> bytes:
-    """The demo page with the run's example prompt and its chain's values filled in.
-
-    Filled into the HTML itself, not fetched by the page afterwards: a user who types
-    at once finds the run's defaults already there, and nothing overwrites what they typed.
-    The page sends no sampler field unless one is changed, so the server applies the
-    run's chain as it stands, whatever the fields can show of it.
-    """
-    fields = chain.fields or NEUTRAL_SAMPLING
-    names = " \u2192 ".join(spec_name(spec) for spec in chain.specs) if chain.specs else "none: plain draws from the model"
-    note = f"the run's sampler chain: {names}"
-    if chain.fields is None:
-        note += " (not expressible in these fields: changing one replaces the chain)"
-    values = {
-        "prompt": example_prompt, "max_tokens": str(max_tokens), "chain": note,
-        **{name: f"{fields[name]:g}" for name in SAMPLER_FIELDS},
-    }
-    page = template.decode("utf-8")
-    for name, value in values.items():
-        page = page.replace("{{" + name + "}}", html.escape(value))
-    return page.encode("utf-8")
 
 
 def make_server(
@@ -277,6 +246,7 @@ def make_server(
     samplers: Sequence[Any] | None = None,
     example_prompt: str = "",
     default_max_tokens: int = 100,
+    chat_style: ServedStyle | None = None,
 ) -> CompletionServer:
     """A server bound to `host:port` (0 picks a free port; see `server.url`), not yet serving.
 
@@ -284,16 +254,18 @@ def make_server(
     `max_prompt_tokens` defaults to the model's context length. `samplers` is the chain
     (as specs, e.g. a run's `sampling.samplers`) for requests that give no sampler field;
     None: OpenAI's defaults (temperature 1, no filter). `example_prompt` and
-    `default_max_tokens` (at most the cap) are what the page starts with.
+    `default_max_tokens` (at most the cap) are what the page starts with. `chat_style` is
+    the prompt style chat requests are written in (`ServedStyle.of` a loaded run's);
+    None: the built-in `chat` style, for a model that has none of its own.
     """
     service = ModelService(
         model, tokenizer, model_name=model_name, max_concurrent=max_concurrent, max_queue=max_queue,
         queue_timeout=queue_timeout, max_new_tokens_cap=max_new_tokens_cap, max_prompt_tokens=max_prompt_tokens,
-        default_chain=DefaultChain.of(samplers),
+        default_chain=DefaultChain.of(samplers), chat_style=chat_style,
     )
     try:
         return CompletionServer(
-            (host, port), service, _page(), log_requests=log_requests,
+            (host, port), service, page_template(), log_requests=log_requests,
             example_prompt=example_prompt, default_max_tokens=default_max_tokens,
         )
     except OSError as err:
