@@ -133,8 +133,11 @@ class Case:
 
 def set_case(pairs: list[tuple[str, str]]) -> tuple[list[str], list[str]]:
     argv, quotes = [], []
-    for key, value in pairs:
-        argv += ["--set", f"{key}={value}"]
+    for drawn_key, drawn_value in pairs:
+        argv += ["--set", f"{drawn_key}={drawn_value}"]
+        # What the user typed is split at its first "=", as main.py splits it: a drawn key
+        # holding "=" ("1=" with "0" is `--set 1==0`) is key "1" with value "=0".
+        key, _, value = f"{drawn_key}={drawn_value}".partition("=")
         parts = key.strip().split(".")
         # A config error names the dotted key (or the section above it) at the start of its line.
         quotes += [f"{'.'.join(parts[: i + 1])}:" for i in range(len(parts))] + [key.strip(), value, f"{key}={value}"]
