@@ -157,7 +157,8 @@ def test_a_system_message_for_a_run_without_a_prompt_style_is_refused(monkeypatc
 
 def test_a_classifier_run_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     section = {**MODEL, "head": {"name": "last_token", "num_classes": 2}}
-    run = write_run(tmp_path / "clf", GPTModel(ModelConfig(**section)), section)
+    # A classification run's config, as training writes it: the format and the label names with the head.
+    run = write_run(tmp_path / "clf", GPTModel(ModelConfig(**section)), section, ["data.format=classification", 'data.labels=["no", "yes"]'])
     code, out, err = run_chat(monkeypatch, ["--run", str(run)], "hi\n")
     assert (code, out) == (2, "")
     assert err == f"error: {run} is a classifier (model.head last_token); use python main.py classify\n"

@@ -23,14 +23,18 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from gptkit.data.instruction_batches import epoch_order, run_places
+from gptkit.data.instruction_batches import InstructionBatches, epoch_order, run_places
 from gptkit.data.instruction_encoding import EncodedExample
 from gptkit.errors import DataError
 from gptkit.model.gpt import IGNORE_INDEX
 
 
-class PackedInstructionBatches:
-    """(x, y) of shape (batch_size, row_length) for (step, micro-step, process), rows of packed examples."""
+class PackedInstructionBatches(InstructionBatches):
+    """(x, y) of shape (batch_size, row_length) for (step, micro-step, process), rows of packed examples.
+
+    The sizes, their checks and the global batch are `InstructionBatches`'; what a step
+    trains on is rows here, not examples.
+    """
 
     def __init__(
         self,
@@ -42,27 +46,13 @@ class PackedInstructionBatches:
         world_size: int = 1,
         accum_steps: int = 1,
     ) -> None:
-        if min(batch_size, row_length, world_size, accum_steps) < 1:
-            raise DataError(
-                f"batch_size, row_length, world_size and accum_steps must be at least 1, "
-                f"got {batch_size}, {row_length}, {world_size} and {accum_steps}"
-            )
-        if not encoded:
-            raise DataError("no training examples to batch; expected at least one")
-        self.encoded = list(encoded)
-        self.batch_size = batch_size
-        self.seed = seed
-        self.pad_id = pad_id
+        if row_length < 1:
+            raise DataError(f"row_length must be at least 1, got {row_length}")
+        super().__init__(encoded, batch_size, seed, pad_id, world_size, accum_steps)
         self.row_length = row_length
-        self.world_size = world_size
-        self.accum_steps = accum_steps
         self.lengths = np.array([len(e.labels) for e in self.encoded], dtype=np.int64)
         self.rows_per_epoch = math.ceil(int(self.lengths.sum()) / row_length)
         self._epochs: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-
-    @property
-    def global_batch(self) -> int:
-        return self.batch_size * self.world_size * self.accum_steps
 
     def steps_for_epochs(self, epochs: float) -> int:
         """Steps that train on every row of `epochs` epochs (the last may run into the next)."""
