@@ -84,7 +84,7 @@ def load(args: argparse.Namespace) -> tuple[Any, Any, str]:
     from gptkit.generation.loading import load_model
 
     if args.init_from is None:
-        loaded = load_model(args.run, args.hf_dir, torch_dtype(args.dtype), kernels=False)
+        loaded = load_model(args.run, args.hf_dir, torch_dtype(args.dtype))
         if loaded.model.cfg.head.name != "lm":
             from gptkit.errors import GptkitError
 
@@ -94,10 +94,14 @@ def load(args: argparse.Namespace) -> tuple[Any, Any, str]:
     from gptkit.model.gpt import GPTModel
     from gptkit.training.init_from import load_initial_weights, resolve_init_source
 
+    from gptkit.kernels import accelerate
+
     source = resolve_init_source(args.init_from)
     model = GPTModel(ModelConfig.model_validate(source.model))
     load_initial_weights(model, source)
-    return model.to(torch_dtype(args.dtype)).eval(), Tokenizer(), f"{args.init_from} ({source.kind})"
+    model = model.to(torch_dtype(args.dtype)).eval()
+    accelerate(model, inference=True)  # the CPU speed paths, as load_model applies them
+    return model, Tokenizer(), f"{args.init_from} ({source.kind})"
 
 
 def score(args: argparse.Namespace, model: Any, tokenizer: Any, progress: Any) -> tuple[dict[str, float | int], list[Path]]:
