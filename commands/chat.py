@@ -125,14 +125,11 @@ def _piped(chat: Conversation[Any]) -> int:
     """One stdin line per turn, echoed, so that stdout reads as a transcript; EOF or /exit ends."""
     try:
         while line := sys.stdin.readline():  # "" only at the end of the input
-            text = line.strip()
-            if not text:
+            going_on, text = _turn(line, chat)
+            if not going_on:
+                break
+            if text is None:
                 continue
-            if _is_command(text):
-                if _command(text, chat) == "exit":
-                    break
-                continue
-            text = _unescape(text)
             sys.stdout.write(f"{chat.USER} {text}\n")
             _reply(chat, text)
     except KeyboardInterrupt:  # a script being stopped: no prompt to go back to
@@ -152,15 +149,13 @@ def _interactive(chat: Conversation[Any]) -> int:
                 # Ctrl-D or Ctrl-C at the prompt: the cursor is still after "User: ".
                 sys.stdout.write("\n")
                 break
-            text = line.strip()
-            if not text:
-                continue
-            if _is_command(text):
-                if _command(text, chat) == "exit":
-                    break
+            going_on, text = _turn(line, chat)
+            if not going_on:
+                break
+            if text is None:
                 continue
             try:
-                _reply(chat, _unescape(text))
+                _reply(chat, text)
             except KeyboardInterrupt:
                 # Ctrl-C stops this reply only (the terminal has echoed ^C); the chat goes on.
                 sys.stdout.write("\n")
@@ -197,6 +192,19 @@ def _reply(chat: Conversation[Any], text: str) -> None:
             f"{chat.model.cfg.context_length} tokens; /reset starts afresh)",
             highlight=False, markup=False, soft_wrap=True,
         )
+
+
+def _turn(line: str, chat: Conversation[Any]) -> tuple[bool, str | None]:
+    """One input line, piped or typed: (whether the chat goes on, the text to send, or None).
+
+    A blank line sends nothing; a /command is carried out and sends nothing.
+    """
+    text = line.strip()
+    if not text:
+        return True, None
+    if _is_command(text):
+        return _command(text, chat) != "exit", None
+    return True, _unescape(text)
 
 
 def _is_command(text: str) -> bool:
