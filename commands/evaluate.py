@@ -84,20 +84,17 @@ def load(args: argparse.Namespace) -> tuple[Any, Any, str]:
     from gptkit.generation.loading import load_model
 
     if args.init_from is None:
-        loaded = load_model(args.run, args.hf_dir, torch_dtype(args.dtype))
-        if loaded.model.cfg.head.name != "lm":
-            from gptkit.errors import GptkitError
-
-            raise GptkitError(f"{args.run} is a classifier (model.head {loaded.model.cfg.head.name}); evaluate scores language models")
+        loaded = load_model(args.run, args.hf_dir, torch_dtype(args.dtype))  # refuses a classifier run
         return loaded.model, loaded.tokenizer, loaded.description
+    from gptkit.generation.loading import refuse_classifier
+    from gptkit.kernels import accelerate
     from gptkit.model.config import ModelConfig
     from gptkit.model.gpt import GPTModel
     from gptkit.training.init_from import load_initial_weights, resolve_init_source
 
-    from gptkit.kernels import accelerate
-
     source = resolve_init_source(args.init_from)
     model = GPTModel(ModelConfig.model_validate(source.model))
+    refuse_classifier(Path(args.init_from), model)
     load_initial_weights(model, source)
     model = model.to(torch_dtype(args.dtype)).eval()
     accelerate(model, inference=True)  # the CPU speed paths, as load_model applies them

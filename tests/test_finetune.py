@@ -141,6 +141,9 @@ def test_classify_prints_each_label_and_its_probability(monkeypatch: pytest.Monk
             expected = model.out_head.pool(model(ids), torch.tensor([ids.shape[1]])).softmax(-1)[0]
         assert label == ["negative", "positive"][int(expected.argmax())]
         assert float(probability) == pytest.approx(float(expected.max()), abs=5e-5)
+    for flag in ("--run", "--init-from"):  # a classifier has no next tokens to score
+        code, _, err = run_main(monkeypatch, ["evaluate", flag, str(run_dir), "--task", "perplexity", "--data", str(sample_dir / "notes.txt")])
+        assert code == 2 and f"{run_dir} is a classifier (model.head last_token); use python main.py classify" in err, err
     code, _, err = run_main(monkeypatch, ["classify", "--run", str(run_dir.parent / "nope"), "--text", "x"])
     assert code == 2 and f"run directory {run_dir.parent / 'nope'} does not exist" in err
     lm_run = tmp_path / "lm"
