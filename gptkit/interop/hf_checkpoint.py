@@ -237,8 +237,8 @@ def weight_files(directory: Path) -> list[Path]:
     if (directory / SAFETENSORS_INDEX_FILE).exists():
         index = directory / SAFETENSORS_INDEX_FILE
         try:
-            shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            shards = shard_names(index)
+        except CheckpointError:
             shards = []  # read_hf_weights names what is wrong with the index
         return [index, *(directory / shard for shard in shards)]
     return [directory / PICKLE_FILE] if (directory / PICKLE_FILE).exists() else []
@@ -270,14 +270,18 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
         ) from None
 
 
-def _load_sharded(index_path: Path) -> dict[str, torch.Tensor]:
+def shard_names(index_path: Path) -> list[str]:
+    """The shard files a `model.safetensors.index.json` names, sorted, each once."""
     try:
         weight_map = json.loads(index_path.read_text(encoding="utf-8"))["weight_map"]
-        shards = sorted(set(weight_map.values()))
+        return sorted(set(weight_map.values()))
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise CheckpointError(f"{index_path} is not a safetensors index with a 'weight_map' ({exc!r})") from None
+
+
+def _load_sharded(index_path: Path) -> dict[str, torch.Tensor]:
     state: dict[str, torch.Tensor] = {}
-    for shard in shards:
+    for shard in shard_names(index_path):
         path = index_path.parent / shard
         if not path.is_file():
             raise CheckpointError(f"shard {path} named in {index_path.name} is missing")
