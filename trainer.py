@@ -350,8 +350,10 @@ class Trainer:
             self.val_batches = fixed_labelled_batches(data.val, self.micro_batch, pad, rank, world)
         else:
             self.objective = NextToken(weight_by_tokens=True)
-            packed = PackedInstructionBatches(data.train, row_length=ctx, **sizes) if d.packing else None
-            self.train_batches = packed or InstructionBatches(data.train, **sizes)
+            if d.packing:
+                self.train_batches = PackedInstructionBatches(data.train, row_length=ctx, **sizes)
+            else:
+                self.train_batches = InstructionBatches(data.train, **sizes)
             self.val_batches = fixed_instruction_batches(data.val, self.micro_batch, pad, rank, world)
         if not data.val:
             raise DataError("the validation split is empty; raise data.val_fraction or add examples")

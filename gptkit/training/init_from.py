@@ -18,7 +18,6 @@ The new run takes the source's model shape (`source_model_section`) and its weig
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,11 +89,10 @@ def _local_source(given: str, path: Path) -> InitSource:
 
 
 def _run_source(given: str, kind: SourceKind, checkpoint: Path, stored: dict[str, Any], run_dir: Path) -> InitSource:
-    model = stored.get("model")
+    model, data = stored.get("model"), stored.get("data")
     if not isinstance(model, dict):
         raise CheckpointError(f"{run_dir / 'config.json'} has no 'model' section; cannot start from {given}")
-    tokenizer = (stored.get("data") or {}).get("tokenizer") if isinstance(stored.get("data"), dict) else None
-    return InitSource(given, kind, checkpoint, model, tokenizer)
+    return InitSource(given, kind, checkpoint, model, data.get("tokenizer") if isinstance(data, dict) else None)
 
 
 def _hub_source(given: str, folder: Path, kind: SourceKind = "hub") -> InitSource:
@@ -110,6 +108,8 @@ def _hub_source(given: str, folder: Path, kind: SourceKind = "hub") -> InitSourc
 
 def fetch_from_hub(name: str) -> Path:
     """The local snapshot folder of hub repository `name`: its config.json and weights, fetched once."""
+    from gptkit.interop.hf_checkpoint import shard_names
+
     try:
         import huggingface_hub
         from huggingface_hub.errors import EntryNotFoundError
@@ -123,7 +123,7 @@ def fetch_from_hub(name: str) -> Path:
             except EntryNotFoundError:
                 continue
             if filename.endswith(".index.json"):
-                for shard in sorted(set(json.loads(weights.read_text(encoding="utf-8"))["weight_map"].values())):
+                for shard in shard_names(weights):
                     huggingface_hub.hf_hub_download(name, shard)
             return config.parent
     except Exception as err:  # noqa: BLE001 - the hub client raises HTTP, connection, cache and OS errors alike
