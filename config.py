@@ -94,9 +94,9 @@ class TrainConfig(Section):
     lr: float = Field(2e-3, gt=0, description="Peak learning rate.")
     min_lr: float = Field(2e-4, ge=0, description="Learning rate at the end of the decay.")
     scheduler: ComponentSpec = Field(ComponentSpec(name="cosine", warmup_steps=20), description="Learning-rate schedule.")
-    weight_decay: float = Field(0.1, ge=0, description="AdamW decay, applied to 2-D weights only.")
-    beta1: float = Field(0.9, ge=0, lt=1)
-    beta2: float = Field(0.95, ge=0, lt=1)
+    optimizer: ComponentSpec = Field(
+        ComponentSpec(name="adamw"), description="Optimizer (registry kind 'optimizer') with its parameters and parameter-group rules."
+    )
     grad_clip: float | None = Field(1.0, gt=0, description="Clip the global gradient norm to this; None: no clipping.")
     eval_every: int = Field(50, gt=0, description="Validate every N steps (and at the end).")
     eval_batches: int = Field(10, gt=0, description="Fixed validation batches per evaluation.")
@@ -113,12 +113,17 @@ class TrainConfig(Section):
     @model_validator(mode="before")
     @classmethod
     def _default_names(cls, data: Any) -> Any:
-        return fill_default_names(cls, data, ["scheduler"])
+        return fill_default_names(cls, data, ["scheduler", "optimizer"])
 
     @field_validator("scheduler", mode="after")
     @classmethod
     def _known_scheduler(cls, spec: ComponentSpec, info: ValidationInfo) -> ComponentSpec:
         return resolve_component("scheduler", spec, registry_from(info))
+
+    @field_validator("optimizer", mode="after")
+    @classmethod
+    def _known_optimizer(cls, spec: ComponentSpec, info: ValidationInfo) -> ComponentSpec:
+        return resolve_component("optimizer", spec, registry_from(info))
 
     @field_validator("callbacks", mode="after")
     @classmethod

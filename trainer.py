@@ -38,7 +38,7 @@ from gptkit.data.packed_batches import PackedInstructionBatches
 from gptkit.dtypes import torch_dtype
 from gptkit.generation.samplers import build_samplers
 from gptkit.kernels import accelerate, training_memory
-from gptkit.plugins import check_hook_names
+from gptkit.plugins import check_hook_names, default_registry
 from gptkit.training import distributed
 from gptkit.training.checkpoint import (
     load_checkpoint,
@@ -51,6 +51,7 @@ from gptkit.training.init_from import (
     load_initial_weights,
     resolve_init_source,
 )
+from gptkit.training.optimizers import build_optimizer
 from gptkit.training.objectives import Classification, NextToken, Objective
 from gptkit.training.train_state import (
     CallbackContext,
@@ -114,23 +115,9 @@ def flops_per_token(model: GPTModel) -> float:
     return 6 * matmul_weights + 12 * cfg.n_layers * cfg.emb_dim * cfg.context_length
 
 
-def make_optimizer(model: nn.Module, cfg: RunConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW with weight decay on 2-D weights only: decaying norms, biases and gains
-    pulls them towards zero for no regularising benefit."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    groups = [
-        {"params": decay, "weight_decay": cfg.train.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    # The fused kernel does the whole update in one pass over each tensor: on CPU about
-    # 3.5x faster than the multi-tensor (foreach) path, which makes a pass per operation.
-    fused = device.type in ("cuda", "cpu")
-    return torch.optim.AdamW(
-        groups, lr=cfg.train.lr, betas=(cfg.train.beta1, cfg.train.beta2),
-        fused=fused, foreach=None if fused else True,
-    )
+def make_optimizer(model: nn.Module, cfg: RunConfig, device: torch.device, registry: Registry | None = None) -> torch.optim.Optimizer:
+    """`train.optimizer` over the parameters that train (AdamW, no decay on vectors, by default)."""
+    return build_optimizer(registry or default_registry(), cfg.train.optimizer, model, cfg.train.lr, device, distributed.is_sharded(model))
 
 
 @contextlib.contextmanager
@@ -204,7 +191,7 @@ class Trainer:
         self.flops_per_token = flops_per_token(self.model)  # counted before sharding splits the weights
         meta = self._restore_weights(resume_from)
         self.train_model = distributed.prepare(self.model, self.device, cfg.run.parallel)
-        self._build_optimizer_and_restore(resume_from, meta)
+        self._build_optimizer_and_restore(registry, resume_from, meta)
         distributed.seed_process(cfg.run.seed, self.state.step)
         self.forward_model = self._compile()
         self._size_batches(meta, resume_from)
@@ -281,10 +268,10 @@ class Trainer:
         self.last_checkpoint_step = self.state.step
         return meta
 
-    def _build_optimizer_and_restore(self, resume_from: Path | None, meta: dict[str, Any]) -> None:
+    def _build_optimizer_and_restore(self, registry: Registry, resume_from: Path | None, meta: dict[str, Any]) -> None:
         """The optimizer, over the parameters as prepared (a shard of each under FSDP), then
         the checkpoint's optimizer state and RNG; each process keeps its shard of the state."""
-        self.optimizer = make_optimizer(self.model, self.cfg, self.device)
+        self.optimizer = make_optimizer(self.model, self.cfg, self.device, registry)
         if resume_from is not None:
             load = functools.partial(distributed.load_optimizer_state, self.model, self.optimizer)
             restore_optimizer_and_rng(resume_from, meta, load)
@@ -438,7 +425,7 @@ class Trainer:
         """
         lr = self.schedule(step)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)  # a group's own multiple (Muon's, a rule's)
         accum = self.accum
         total_loss = torch.zeros((), device=self.device)
         self.step_tokens = 0

@@ -45,6 +45,7 @@ BUILTIN_PLUGINS = (
     "gptkit.layers.block",
     "gptkit.layers.heads",
     "gptkit.training.schedulers",
+    "gptkit.training.optimizers",
     "gptkit.generation.samplers",
     "gptkit.data.tokenizer",
     "gptkit.data.prompt_styles",

@@ -33,6 +33,7 @@ CORE_KINDS: tuple[str, ...] = (
     "block",
     "head",
     "scheduler",
+    "optimizer",
     "sampler",
     "callback",
     "tokenizer",

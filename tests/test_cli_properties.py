@@ -82,13 +82,13 @@ json_values = st.recursive(
     max_leaves=6,
 )
 
-STRING_KEYS = ["model.norm", "model.activation", "model.position", "data.tokenizer", "train.scheduler", "run.device",
+STRING_KEYS = ["model.norm", "model.activation", "model.position", "data.tokenizer", "train.scheduler", "train.optimizer", "run.device",
                "run.name", "run.dtype", "train.nan_policy", "run.parallel", "data.path", "sampling.samplers", "train.callbacks",
                "run.out_dir"]
 SIZE_KEYS = ["model.emb_dim", "model.n_heads", "model.n_layers", "model.context_length", "model.vocab_size",
              "train.batch_size", "train.grad_accum_steps", "train.eval_batches", "sampling.max_new_tokens"]
-FLOAT_KEYS = ["train.lr", "train.min_lr", "data.val_fraction", "run.peak_flops", "model.drop_rate", "train.weight_decay",
-              "train.beta1", "train.grad_clip"]
+FLOAT_KEYS = ["train.lr", "train.min_lr", "data.val_fraction", "run.peak_flops", "model.drop_rate",
+              "train.optimizer.weight_decay", "train.optimizer.eps", "train.grad_clip"]
 INT_KEYS = ["run.seed"]
 
 
@@ -103,7 +103,7 @@ VALID = {
     "model.n_heads": "4", "model.n_layers": "2", "model.context_length": "8", "model.vocab_size": "50304",
     "train.batch_size": "3", "train.grad_accum_steps": "2", "train.eval_batches": "2", "sampling.max_new_tokens": "3",
     "train.lr": "0.01", "train.min_lr": "0.0", "data.val_fraction": "0.2", "run.seed": "7", "model.drop_rate": "0.1",
-    "train.weight_decay": "0.0", "train.beta1": "0.8", "train.grad_clip": "null", "run.peak_flops": "1e12",
+    "train.optimizer.weight_decay": "0.0", "train.optimizer.eps": "1e-6", "train.optimizer": "sgd", "train.grad_clip": "null", "run.peak_flops": "1e12",
 }
 # Values the issue reported by hand, drawn often enough to be found in every run.
 REPORTED = [("model.vocab_size", "1000"), ("run.device", "tpu"), ("run.name", "../../x"), ("model.vocab_size", str(2**70))]

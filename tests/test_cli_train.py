@@ -107,8 +107,8 @@ def test_train_then_resume_and_incompatible_resume(tmp_path: Path, corpus: Path)
     steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines() if '"train"' in line]
     assert steps == [1, 2, 3, 4, 5]
 
-    bad = main("--resume", str(run_dir), "--set", "model.emb_dim=64", "--set", "train.weight_decay=0.5")
-    assert_user_error(bad, "model.emb_dim", "train.weight_decay")
+    bad = main("--resume", str(run_dir), "--set", "model.emb_dim=64", "--set", "train.optimizer.weight_decay=0.5")
+    assert_user_error(bad, "model.emb_dim", "train.optimizer.weight_decay")
     # A lower peak lr is how a diverged run is rescued: accepted, and used from the next step on.
     # Step 6 is still in the default 20-step warm-up: lr = peak * 6 / 20.
     lower = main("--resume", str(run_dir), "--set", "train.max_steps=6", "--set", "train.lr=1e-3")

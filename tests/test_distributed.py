@@ -231,3 +231,31 @@ def test_fsdp_on_cpu_trains_like_one_process_and_saves_whole_tensors(corpus: Pat
         for key, value in theirs.items():
             if not key.startswith("rng."):
                 torch.testing.assert_close(mine[key], value, rtol=1e-4, atol=1e-6, msg=key)
+
+
+def test_muon_under_ddp_trains_like_one_process_and_sgd_under_fsdp_too(corpus: Path) -> None:
+    runs = corpus.parent / "runs"
+    for optimizer, parallel in [("muon", "ddp"), ('{"name": "sgd", "nesterov": true}', "fsdp")]:
+        name = optimizer[:12].strip('{"')
+        chosen = f"train.optimizer={optimizer}"
+        run_main([*common(corpus, f"{name}-one"), *sets("train.batch_size=4", "train.max_steps=3", chosen, QUIET)], corpus.parent)
+        run_main([*common(corpus, f"{name}-two"), *sets("train.batch_size=2", "train.max_steps=3", chosen, f"run.parallel={parallel}", QUIET)],
+                 corpus.parent, processes=2)
+        ref_train, _, _ = records(runs / f"{name}-one")
+        train, _, _ = records(runs / f"{name}-two")
+        assert_same_losses(train, ref_train, [1, 2, 3])
+
+
+def test_muon_under_fsdp_is_refused_with_a_message(corpus: Path) -> None:
+    logs = corpus.parent / "muon-fsdp-logs"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--log-dir", str(logs), "-r", "3",
+               str(REPO_ROOT / "main.py"), *common(corpus, "muon-fsdp"),
+               *sets("train.batch_size=2", "train.max_steps=2", "train.optimizer=muon", "run.parallel=fsdp", QUIET)]
+    result = subprocess.run(command, cwd=corpus.parent, env=subprocess_env(), capture_output=True, text=True, timeout=240)
+    assert result.returncode != 0
+    # Process 0 says why in one line (the others stay quiet, as they do for any message), both exit 2,
+    # and torchrun then reports the failed children itself.
+    said = process_log(logs, 0, "stdout") + process_log(logs, 0, "stderr")
+    assert "error: train.optimizer 'muon' orthogonalises whole weight matrices, and run.parallel=fsdp" in said, said
+    assert "Traceback" not in said + process_log(logs, 1, "stderr")
+    assert "exitcode  : 2" in result.stderr
