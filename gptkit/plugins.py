@@ -56,6 +56,9 @@ BUILTIN_PLUGINS = (
     "gptkit.training.callbacks.samples",
     "gptkit.training.callbacks.early_stopping",
     "gptkit.training.callbacks.evaluate",
+    "gptkit.training.callbacks.csv_logger",
+    "gptkit.training.callbacks.tensorboard",
+    "gptkit.training.callbacks.wandb_logger",
 )
 DISABLE_AUTOLOAD_ENV = "GPTKIT_DISABLE_PLUGIN_AUTOLOAD"
 PLUGIN_DIRS_ENV = "GPTKIT_PLUGIN_DIRS"

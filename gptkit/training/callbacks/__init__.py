@@ -9,7 +9,9 @@ directory:
 - `metrics`: ``metrics.jsonl`` and ``train.log``;
 - `loss_plot`: ``loss.png``, drawn from ``metrics.jsonl``;
 - `samples`: ``samples.txt``;
-- `early_stopping`: asks the trainer to stop.
+- `early_stopping`: asks the trainer to stop;
+- `csv`, `tensorboard`, `wandb`: the same figures for experiment trackers
+  (``metrics.csv``, ``tensorboard/``, a W&B run), continued across resumes.
 """
 
 from gptkit.training.callbacks.console import ConsoleCallback, shared_console
