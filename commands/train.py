@@ -134,6 +134,34 @@ def set_classes(cfg: RunConfig, classes: list[str]) -> None:
     cfg.model.head = ComponentSpec(name=head.name, **{**head.params, "num_classes": len(classes)})
 
 
+def ready_learned_tokenizer(cfg: RunConfig, tokenizer: object, resume: Path | None) -> None:
+    """A tokenizer learned from the data (char, bpe): read back from the run being resumed (or the
+    run --init-from names), else fitted on data.path; the model's vocab_size then follows it."""
+    from gptkit.data.corpus import default_cache_dir
+    from gptkit.data.learned_tokenizer import TOKENIZER_FILE, corpus_texts, is_learned, load_tokenizer_state
+
+    if not is_learned(tokenizer):
+        return
+    name = cfg.data.tokenizer.name
+    if cfg.data.format != "text":
+        raise ConfigError(
+            f"data.tokenizer '{name}' is learned from plain text; data.format={cfg.data.format} wraps examples in "
+            "text of its own (prompt templates, labels), so it needs a fixed tokenizer such as gpt2"
+        )
+    # --init-from a run (or one of its checkpoints): the ids its weights were trained on
+    given = Path(cfg.train.init_from) if cfg.train.init_from else None
+    init_run = next((d for d in ((given, given.parent.parent) if given else ()) if (d / TOKENIZER_FILE).is_file()), None)
+    if resume is not None:
+        load_tokenizer_state(tokenizer, resume)
+    elif init_run is not None:
+        load_tokenizer_state(tokenizer, init_run)
+    else:
+        cache = Path(cfg.data.cache_dir) if cfg.data.cache_dir else default_cache_dir()
+        with console.status(f"building the {name} tokenizer from {cfg.data.path or 'the Python standard library'}"):
+            tokenizer.fit(corpus_texts(cfg.data.path, cache / "downloads"))  # type: ignore[attr-defined]
+    cfg.model.vocab_size = int(tokenizer.vocab_size)  # type: ignore[attr-defined]
+
+
 def check_vocabulary(cfg: RunConfig, tokenizer: object) -> None:
     """A model with fewer token ids than its tokenizer would fail at the first batch holding a larger id."""
     tokens = int(tokenizer.vocab_size)  # type: ignore[attr-defined]
@@ -172,6 +200,7 @@ def train(args: argparse.Namespace, cfg: RunConfig, registry: Registry) -> int:
     Nothing is written before the data is ready and the trainer is built (checkpoint loaded,
     batches sized): a command that fails before training leaves the disk as it found it.
     """
+    from gptkit.data.learned_tokenizer import is_learned, save_tokenizer
     from gptkit.training import distributed
     from gptkit.training.checkpoint import (
         latest_checkpoint,
@@ -181,6 +210,7 @@ def train(args: argparse.Namespace, cfg: RunConfig, registry: Registry) -> int:
     from trainer import Trainer, budget_reason
 
     tokenizer = registry.create("tokenizer", cfg.data.tokenizer)
+    ready_learned_tokenizer(cfg, tokenizer, Path(args.resume) if args.resume else None)
     check_vocabulary(cfg, tokenizer)
     checkpoint: Path | None = None
     made: list[Path] = []
@@ -204,6 +234,8 @@ def train(args: argparse.Namespace, cfg: RunConfig, registry: Registry) -> int:
         data = distributed.main_first(lambda: prepare_data(cfg, tokenizer, registry))  # tokenized once, then read from the cache
         trainer = Trainer(cfg, run_dir, data, tokenizer, registry, resume_from=checkpoint)
         if is_main:
+            if is_learned(tokenizer):
+                save_tokenizer(tokenizer, run_dir)  # before config.json: a run with one has the other
             write_text_atomic(run_dir / "config.json", stored_config(cfg, registry, initial_weights(trainer, run_dir, checkpoint is not None)))
         report_setup(trainer, cfg, run_dir)
         try:

@@ -48,6 +48,8 @@ BUILTIN_PLUGINS = (
     "gptkit.training.optimizers",
     "gptkit.generation.samplers",
     "gptkit.data.tokenizer",
+    "gptkit.data.char_tokenizer",
+    "gptkit.data.bpe_tokenizer",
     "gptkit.data.prompt_styles",
     "gptkit.training.callbacks.checkpoint",
     "gptkit.training.callbacks.console",

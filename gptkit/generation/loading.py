@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from gptkit.data.learned_tokenizer import load_tokenizer_state
 from gptkit.dtypes import torch_dtype
 from gptkit.errors import CheckpointError, GptkitError
 from gptkit.generation.samplers import Sampler, build_samplers, sampler_specs
@@ -104,7 +105,7 @@ def load_run(run_dir: str | Path) -> LoadedModel:
     stored = read_run_config(run_dir)
     sampling = stored.get("sampling") if isinstance(stored.get("sampling"), dict) else {}
     data = stored.get("data") if isinstance(stored.get("data"), dict) else {}
-    tokenizer = run_component(run_dir, stored, "tokenizer", data.get("tokenizer") or "gpt2")
+    tokenizer = load_tokenizer_state(run_component(run_dir, stored, "tokenizer", data.get("tokenizer") or "gpt2"), run_dir)
     style_spec: dict[str, Any] | None = None
     style = None
     if data.get("format") == "instruction":
