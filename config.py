@@ -169,6 +169,11 @@ class RunSection(Section):
     dtype: Literal["float32", "bfloat16", "float16"] = Field("bfloat16", description="Autocast precision (float16: CUDA only).")
     compile: bool = Field(False, description="torch.compile the model.")
     kernels: bool = Field(True, description="gptkit's CPU speed paths (gptkit.kernels.accelerate); false: the plain model.")
+    # An int, not a Literal of modes: "every k-th block" needs the number anyway, and pydantic's
+    # int takes true/false as 1/0, so `run.activation_checkpointing=true` reads as it says.
+    activation_checkpointing: int = Field(
+        0, ge=0, description="Recompute block activations in the backward pass to save memory: 0/false off, 1/true every block, k every k-th block."
+    )
     peak_flops: float | None = Field(None, gt=0, description="Device peak FLOP/s for MFU; None: known GPUs only.")
     parallel: Literal["ddp", "fsdp"] = Field(
         "ddp", description="Under torchrun: ddp (a whole model per process) or fsdp (sharded, for models too big for one device)."
@@ -396,7 +401,7 @@ def load_run_config(
 RESUMABLE_PREFIXES = (
     "train.max_steps", "train.max_tokens", "train.max_time", "train.max_epochs", "train.callbacks", "train.eval_every",
     "train.nan_policy", "train.lr", "train.min_lr", "train.grad_clip", "sampling.", "run.device", "run.dtype",
-    "run.compile", "run.kernels", "run.peak_flops", "run.out_dir", "run.name", "run.parallel",
+    "run.compile", "run.kernels", "run.activation_checkpointing", "run.peak_flops", "run.out_dir", "run.name", "run.parallel",
 )
 
 

@@ -40,6 +40,7 @@ from gptkit.generation.samplers import build_samplers
 from gptkit.kernels import accelerate, training_memory
 from gptkit.plugins import check_hook_names, default_registry
 from gptkit.training import distributed
+from gptkit.training.activation_checkpointing import apply_activation_checkpointing
 from gptkit.training.checkpoint import (
     load_checkpoint,
     restore_optimizer_and_rng,
@@ -234,6 +235,7 @@ class Trainer:
         self.trainable = apply_trainable(model, self.cfg.train.trainable, self.cfg.train.freeze)
         if self.cfg.run.kernels:
             accelerate(model)  # CPU speed paths; nothing changes on other devices
+        apply_activation_checkpointing(model, self.cfg.run.activation_checkpointing)
         return model
 
     def _build_schedule(self, registry: Registry) -> Callable[[int], float]:
