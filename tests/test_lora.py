@@ -221,3 +221,12 @@ def test_an_adapter_on_another_base_names_both_hashes(corpus: Path, base_dir: Pa
         f"{base_sha256(other)}; load it onto the base it was trained on (train.init_from of its run)"
     )
     assert trainer.base_sha256 != base_sha256(other)
+
+
+def test_lora_without_a_base_or_beside_train_trainable_is_refused() -> None:
+    from config import load_run_config
+
+    with pytest.raises(ConfigError, match=r"train: train.lora adapts trained weights: set train.init_from \(or --init-from\) to the base model"):
+        load_run_config(overrides=["train.lora.rank=4"])
+    with pytest.raises(ConfigError, match="train: train.lora trains the adapters alone; leave train.trainable and train.freeze unset"):
+        load_run_config(overrides=["train.lora.rank=4", "train.init_from=gpt2", 'train.trainable=["out_head.*"]'])
