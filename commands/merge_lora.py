@@ -34,7 +34,13 @@ def run(args: argparse.Namespace, registry: Registry) -> int:
 
     from gptkit.atomic import write_text_atomic
     from gptkit.errors import CheckpointError, GptkitError
-    from gptkit.training.checkpoint import latest_checkpoint, load_run_model, read_run_config, read_train_state, save_checkpoint
+    from gptkit.training.checkpoint import (
+        latest_checkpoint,
+        load_run_model,
+        read_run_config,
+        read_train_state,
+        save_checkpoint,
+    )
     from gptkit.training.lora import ADAPTER_FILE
 
     run_dir, out = Path(args.run), Path(args.out)

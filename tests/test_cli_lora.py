@@ -134,7 +134,7 @@ def test_bad_lora_settings_exit_2_naming_the_setting(
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
 
-def test_lora_on_a_resume_of_a_plain_run_and_merging_a_plain_run_are_refused(
+def test_lora_on_a_resume_of_a_plain_run_and_merging_or_exporting_its_adapter_are_refused(
     monkeypatch: pytest.MonkeyPatch, base_dir: Path, corpus: Path, tmp_path: Path
 ) -> None:
     code, text, err = run_main(monkeypatch, ["train", "--init-from", str(base_dir), *fast(corpus, tmp_path, "run.name=plain", "train.max_steps=1")])
@@ -147,3 +147,6 @@ def test_lora_on_a_resume_of_a_plain_run_and_merging_a_plain_run_are_refused(
     assert code == 2
     assert f"{plain} is not a LoRA run (step_000001 holds no adapter.safetensors); its checkpoints are whole models already" in err
     assert not (tmp_path / "m").exists()
+    code, _, err = run_main(monkeypatch, ["export", "--run", str(plain), "--out", str(tmp_path / "a"), "--adapter"])
+    assert code == 2
+    assert f"--adapter: {plain} (step_000001) is not a LoRA checkpoint (no adapter.safetensors); export it without --adapter" in err

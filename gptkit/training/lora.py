@@ -202,3 +202,39 @@ def load_lora_run_model(run_dir: Path, checkpoint: Path, stored: dict[str, Any],
     wrap_lora(model, LoRASettings.from_config(train["lora"]))
     load_adapter(model, checkpoint / ADAPTER_FILE, base_hash)
     return merge_lora(model).eval()  # type: ignore[return-value]
+
+
+def apply_peft_adapter(model: nn.Module, directory: Path) -> nn.Module:
+    """`model` (a Hugging Face GPT-2's weights) wrapped with the PEFT LoRA adapter in `directory`, unmerged."""
+    from gptkit.interop.peft_adapter import read_peft_adapter
+
+    adapter = read_peft_adapter(directory)
+    absent = [name for name in adapter.targets if name not in linear_names(model)]
+    if absent:
+        raise CheckpointError(f"{directory} adapts {absent[0]}, which this model does not have (an adapter for a deeper GPT-2?)")
+    wrap_lora(model, LoRASettings(adapter.rank, adapter.alpha, adapter.dropout, adapter.targets))
+    expected = adapter_tensors(model)
+    misshapen = sorted(k for k in expected if expected[k].shape != adapter.tensors[k].shape)
+    if misshapen:
+        name = misshapen[0]
+        raise CheckpointError(
+            f"{directory} does not fit this model: {name} is {tuple(adapter.tensors[name].shape)}, "
+            f"the model's is {tuple(expected[name].shape)} (an adapter for another size of GPT-2?)"
+        )
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, tensor in adapter.tensors.items():
+            params[name].copy_(tensor)
+    return model
+
+
+def export_peft_adapter(checkpoint: Path, stored: dict[str, Any], directory: Path) -> Path:
+    """A LoRA run's checkpoint as a PEFT adapter folder (for a Hugging Face GPT-2 of the run's base)."""
+    from gptkit.interop.peft_adapter import write_peft_adapter
+    from gptkit.training.init_from import INIT_FROM_KEY
+
+    tensors, _ = read_adapter(checkpoint / ADAPTER_FILE)
+    settings = LoRASettings.from_config(stored["train"]["lora"])
+    recorded = stored.get(INIT_FROM_KEY) if isinstance(stored.get(INIT_FROM_KEY), dict) else {}
+    base = recorded.get("source") or stored["train"].get("init_from")
+    return write_peft_adapter(directory, tensors, settings.rank, settings.alpha, settings.dropout, base)
