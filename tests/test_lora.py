@@ -230,3 +230,20 @@ def test_lora_without_a_base_or_beside_train_trainable_is_refused() -> None:
         load_run_config(overrides=["train.lora.rank=4"])
     with pytest.raises(ConfigError, match="train: train.lora trains the adapters alone; leave train.trainable and train.freeze unset"):
         load_run_config(overrides=["train.lora.rank=4", "train.init_from=gpt2", 'train.trainable=["out_head.*"]'])
+
+
+def test_only_trainable_parameters_get_optimizer_state_and_gradients() -> None:
+    from config import load_run_config
+    from gptkit.training.freezing import apply_trainable
+    from trainer import make_optimizer
+
+    model = tiny().train()
+    apply_trainable(model, ["blocks.1.*"], [])
+    optimizer = make_optimizer(model, load_run_config(), torch.device("cpu"))
+    ids = torch.randint(0, 97, (2, 16))
+    model(ids[:, :-1], ids[:, 1:])[1].backward()
+    optimizer.step()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert len(trainable) == 12  # layer 1: two norms (weight, bias), qkv weight, out_proj, fc1, fc2 (weight, bias)
+    assert len(optimizer.state) == len(trainable) and all("exp_avg" in optimizer.state[p] for p in trainable)
+    assert all(p.grad is None for p in model.parameters() if not p.requires_grad)
