@@ -82,6 +82,19 @@ def default_callbacks() -> list[ComponentSpec]:
     return [ComponentSpec(name=n) for n in names]
 
 
+class LoRAConfig(Section):
+    """`train.lora`: train low-rank adapters on some linears and freeze the rest (gptkit/layers/lora.py)."""
+
+    rank: int = Field(8, gt=0, description="r: the adapters' inner width; each wrapped linear trains r * (d_in + d_out) numbers.")
+    alpha: float = Field(16.0, gt=0, description="The update is scaled by alpha / rank.")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the adapters' input.")
+    targets: list[str] = Field(
+        # The attention's two projections (GPT-2's c_attn and c_proj), as the LoRA paper and LitGPT adapt them.
+        default_factory=lambda: ["blocks.*.att.qkv", "blocks.*.att.out_proj"], min_length=1,
+        description="Glob patterns over the model's linear layers' names: blocks.N.att.qkv, blocks.N.att.out_proj, blocks.N.ff.fc1, blocks.N.ff.fc2, out_head.",
+    )
+
+
 class TrainConfig(Section):
     """Defaults are the CPU run: about 4 minutes on 2 cores, validation loss from 10.9 to about 3.6."""
 
@@ -108,6 +121,7 @@ class TrainConfig(Section):
     init_from: str | None = Field(
         None, description="Start from trained weights: a run directory, a checkpoint folder, a Hugging Face folder or a hub name (gpt2, owner/name); the model's shape comes from it."
     )
+    lora: LoRAConfig | None = Field(None, description="Train LoRA adapters (needs train.init_from, the base they adapt); None: train the weights themselves.")
     callbacks: list[ComponentSpec] = Field(default_factory=default_callbacks)
 
     @model_validator(mode="before")
@@ -136,6 +150,10 @@ class TrainConfig(Section):
             raise ValueError("set at least one budget: train.max_steps, train.max_tokens, train.max_time or train.max_epochs")
         if self.min_lr > self.lr:
             raise ValueError(f"train.min_lr ({self.min_lr}) is above train.lr ({self.lr})")
+        if self.lora is not None and self.init_from is None:
+            raise ValueError("train.lora adapts trained weights: set train.init_from (or --init-from) to the base model")
+        if self.lora is not None and (self.trainable is not None or self.freeze):
+            raise ValueError("train.lora trains the adapters alone; leave train.trainable and train.freeze unset")
         return self
 
 
@@ -169,6 +187,11 @@ class RunSection(Section):
     dtype: Literal["float32", "bfloat16", "float16"] = Field("bfloat16", description="Autocast precision (float16: CUDA only).")
     compile: bool = Field(False, description="torch.compile the model.")
     kernels: bool = Field(True, description="gptkit's CPU speed paths (gptkit.kernels.accelerate); false: the plain model.")
+    # An int, not a Literal of modes: "every k-th block" needs the number anyway, and pydantic's
+    # int takes true/false as 1/0, so `run.activation_checkpointing=true` reads as it says.
+    activation_checkpointing: int = Field(
+        0, ge=0, description="Recompute block activations in the backward pass to save memory: 0/false off, 1/true every block, k every k-th block."
+    )
     peak_flops: float | None = Field(None, gt=0, description="Device peak FLOP/s for MFU; None: known GPUs only.")
     parallel: Literal["ddp", "fsdp"] = Field(
         "ddp", description="Under torchrun: ddp (a whole model per process) or fsdp (sharded, for models too big for one device)."
@@ -396,7 +419,7 @@ def load_run_config(
 RESUMABLE_PREFIXES = (
     "train.max_steps", "train.max_tokens", "train.max_time", "train.max_epochs", "train.callbacks", "train.eval_every",
     "train.nan_policy", "train.lr", "train.min_lr", "train.grad_clip", "sampling.", "run.device", "run.dtype",
-    "run.compile", "run.kernels", "run.peak_flops", "run.out_dir", "run.name", "run.parallel",
+    "run.compile", "run.kernels", "run.activation_checkpointing", "run.peak_flops", "run.out_dir", "run.name", "run.parallel",
 )
 
 

@@ -12,6 +12,7 @@
     python main.py export --run RUN_DIR --out DIR   a Hugging Face GPT-2 folder (transformers loads it)
     python main.py classify --run RUN_DIR --text "..."   the label of a text (a classification run)
     python main.py evaluate --run RUN_DIR --task perplexity --data FILE   score a model
+    python main.py merge-lora --run RUN_DIR --out NEW_RUN_DIR   fold a LoRA run's adapters into its weights
     python main.py --init-from gpt2 --set data.format=instruction --set data.path=FILE   finetune
 
 Each command is a module of commands/; this file is their table and the one place
@@ -42,6 +43,7 @@ from commands import (
     evaluate,
     export,
     generate,
+    merge_lora,
     serve,
     show_config,
     train,
@@ -61,6 +63,7 @@ COMMANDS: dict[str, ModuleType] = {
     "export": export,
     "classify": classify,
     "evaluate": evaluate,
+    "merge-lora": merge_lora,
 }
 # The system refusing a read or write (full disk, no permission): the user's to fix, not a bug.
 REFUSED_IO = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EPERM, errno.EROFS}

@@ -40,19 +40,28 @@ from gptkit.generation.samplers import build_samplers
 from gptkit.kernels import accelerate, training_memory
 from gptkit.plugins import check_hook_names, default_registry
 from gptkit.training import distributed
+from gptkit.training.activation_checkpointing import apply_activation_checkpointing
 from gptkit.training.checkpoint import (
     load_checkpoint,
+    read_train_state,
     restore_optimizer_and_rng,
     save_checkpoint,
 )
-from gptkit.training.freezing import apply_trainable
+from gptkit.training.freezing import apply_trainable, trainable_summary
 from gptkit.training.init_from import (
     InitSource,
     load_initial_weights,
     resolve_init_source,
 )
-from gptkit.training.optimizers import build_optimizer
+from gptkit.training.lora import (
+    ADAPTER_FILE,
+    LoRASettings,
+    base_sha256,
+    load_adapter,
+    wrap_lora,
+)
 from gptkit.training.objectives import Classification, NextToken, Objective
+from gptkit.training.optimizers import build_optimizer
 from gptkit.training.train_state import (
     CallbackContext,
     EvalMetrics,
@@ -209,9 +218,10 @@ class Trainer:
         return pick_device(self.cfg.run.device, self.process.local_rank if self.process.active else None)
 
     def _init_source(self, resume_from: Path | None) -> InitSource | None:
-        """Where a new run's first weights come from (train.init_from); a resumed run has its own."""
+        """Where a new run's first weights come from (train.init_from); a resumed run has its own,
+        except a LoRA run's base, which its checkpoints leave where train.init_from found it."""
         given = self.cfg.train.init_from
-        if given is None or resume_from is not None:
+        if given is None or (resume_from is not None and self.cfg.train.lora is None):
             return None
         return distributed.main_first(lambda: resolve_init_source(given))  # a hub name is fetched once
 
@@ -231,9 +241,16 @@ class Trainer:
             ) from None
         if self.init_source is not None:
             load_initial_weights(model, self.init_source)
-        self.trainable = apply_trainable(model, self.cfg.train.trainable, self.cfg.train.freeze)
+        self.base_sha256: str | None = None  # a LoRA run's base weights, which its adapters name
+        if self.cfg.train.lora is not None:
+            self.base_sha256 = base_sha256(model)
+            wrap_lora(model, LoRASettings.from_config(self.cfg.train.lora))  # before accelerate: it reaches the base linears inside
+            self.trainable = trainable_summary(model)
+        else:
+            self.trainable = apply_trainable(model, self.cfg.train.trainable, self.cfg.train.freeze)
         if self.cfg.run.kernels:
             accelerate(model)  # CPU speed paths; nothing changes on other devices
+        apply_activation_checkpointing(model, self.cfg.run.activation_checkpointing)
         return model
 
     def _build_schedule(self, registry: Registry) -> Callable[[int], float]:
@@ -264,6 +281,11 @@ class Trainer:
         self.last_checkpoint_step: int | None = None
         if resume_from is None:
             return {}
+        if self.base_sha256 is not None:
+            self.state, meta = read_train_state(resume_from)
+            load_adapter(self.model, resume_from / ADAPTER_FILE, self.base_sha256)
+            self.last_checkpoint_step = self.state.step
+            return meta
         self.state, meta = load_checkpoint(resume_from, self.model, restore_rng=False)
         self.last_checkpoint_step = self.state.step
         return meta
@@ -386,7 +408,7 @@ class Trainer:
             "eval_batch_size": self.eval_batch,
         }
         self.last_checkpoint = distributed.on_main(
-            lambda: save_checkpoint(self.run_dir, model, optimizer, self.state, extra=extra)
+            lambda: save_checkpoint(self.run_dir, model, optimizer, self.state, extra=extra, base_sha256=self.base_sha256)
         )
         self.last_checkpoint_step = self.state.step
         self.hooks.hook.gptkit_checkpoint(trainer=self, path=self.last_checkpoint)

@@ -1,8 +1,12 @@
-"""`python main.py export --run RUN_DIR [--checkpoint NAME_OR_PATH] --out DIR [--overwrite] [--dtype D]`.
+"""`python main.py export --run RUN_DIR [--checkpoint NAME_OR_PATH] --out DIR [--overwrite] [--dtype D] [--adapter]`.
 
 Writes the Hugging Face folder that `transformers.GPT2LMHeadModel.from_pretrained(DIR)` and
 `GPT2Tokenizer.from_pretrained(DIR)` load; `gptkit.interop.hf_checkpoint.export_hf` does the
-writing. Every path is checked before the model loads, and the export is staged beside DIR
+writing. A LoRA run exports merged (base + adapter, one plain model); `--adapter` writes
+its adapter alone instead, in Hugging Face PEFT's format (`adapter_config.json` and
+`adapter_model.safetensors`, `gptkit.interop.peft_adapter`), which
+`peft.PeftModel.from_pretrained(GPT2LMHeadModel.from_pretrained(BASE), DIR)` loads onto
+the run's base. Every path is checked before the model loads, and the export is staged beside DIR
 and moved into place whole, so a refused or failed export leaves the disk as it was.
 """
 
@@ -34,6 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", action=Once, required=True, metavar="DIR", help="the folder to write: new, empty, or an earlier export")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier export in DIR")
     parser.add_argument("--dtype", choices=DTYPE_NAMES, default="float32", help="the saved weights' precision (default float32)")
+    parser.add_argument("--adapter", action="store_true", help="a LoRA run: write its adapter alone, as a PEFT adapter folder (float32)")
 
 
 def check_run(run: str) -> dict[str, Any]:
@@ -142,9 +147,11 @@ def run(args: argparse.Namespace, registry: Registry) -> int:
     from gptkit.interop.hf_checkpoint import check_exportable, export_hf
     from gptkit.training.checkpoint import load_run_model
 
-    check_run(args.run)
+    stored = check_run(args.run)
     checkpoint = chosen_checkpoint(args.run, args.checkpoint)
     check_destination(args.out, args.run, checkpoint, args.overwrite)
+    if args.adapter:
+        return export_adapter(args, checkpoint, stored)
     model = load_run_model(Path(args.run), checkpoint)
     where = f"{args.run} ({checkpoint.name})"
     try:
@@ -160,6 +167,28 @@ def run(args: argparse.Namespace, registry: Registry) -> int:
     console.print(
         f"exported {where} to {directory} ({args.dtype}); transformers loads it with "
         "GPT2LMHeadModel.from_pretrained and GPT2Tokenizer.from_pretrained",
+        markup=False, highlight=False, soft_wrap=True,
+    )
+    return 0
+
+
+def export_adapter(args: argparse.Namespace, checkpoint: Path, stored: dict[str, Any]) -> int:
+    """`--adapter`: the LoRA checkpoint's adapter as a PEFT folder; its base must be a model Hugging Face can load."""
+    from gptkit.interop.hf_convert import check_exportable
+    from gptkit.model.config import ModelConfig
+    from gptkit.training.lora import ADAPTER_FILE, export_peft_adapter
+
+    where = f"{args.run} ({checkpoint.name})"
+    if not (checkpoint / ADAPTER_FILE).is_file():
+        raise GptkitError(f"--adapter: {where} is not a LoRA checkpoint (no {ADAPTER_FILE}); export it without --adapter")
+    try:
+        check_exportable(ModelConfig.model_validate(stored["model"]))
+    except GptkitError as err:
+        raise GptkitError(f"{where}: {err}") from None
+    directory = export_peft_adapter(checkpoint, stored, Path(args.out))
+    console.print(
+        f"exported the adapter of {where} to {directory}; peft loads it with "
+        "PeftModel.from_pretrained(GPT2LMHeadModel.from_pretrained(BASE), DIR)",
         markup=False, highlight=False, soft_wrap=True,
     )
     return 0

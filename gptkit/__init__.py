@@ -30,6 +30,7 @@ _EXPORTS: dict[str, str] = {
     "LayerKVCache": "gptkit.layers.kv_cache",
     "TransformerBlock": "gptkit.layers.block",
     "ClassificationHead": "gptkit.layers.heads",
+    "LoRALinear": "gptkit.layers.lora",
     # the model
     "ModelConfig": "gptkit.model.config",
     "ComponentSpec": "gptkit.model.config",
@@ -87,6 +88,7 @@ __all__ = [
     "LayerKVCache",
     "LayerNorm",
     "LearnedPositionEmbedding",
+    "LoRALinear",
     "Message",
     "ModelConfig",
     "MultiHeadAttention",
@@ -152,6 +154,7 @@ if TYPE_CHECKING:
     from gptkit.layers.heads import ClassificationHead
     from gptkit.layers.kv_cache import KVCache, LayerKVCache
     from gptkit.layers.layer_norm import LayerNorm
+    from gptkit.layers.lora import LoRALinear
     from gptkit.model.config import (
         PRESETS,
         ComponentSpec,

@@ -298,8 +298,8 @@ def test_generation_parameters_out_of_range_in_a_server_request(body: bytes, mes
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["trian"], "unknown command 'trian' (did you mean 'train'?); the commands are train, config, components, generate, chat, serve, export, classify, evaluate (with no command, or only options, python main.py trains; python main.py --help describes them)"),
-        (["generat", "--run", "r"], "unknown command 'generat' (did you mean 'generate'?); the commands are train, config, components, generate, chat, serve, export, classify, evaluate (with no command, or only options, python main.py trains; python main.py --help describes them)"),
+        (["trian"], "unknown command 'trian' (did you mean 'train'?); the commands are train, config, components, generate, chat, serve, export, classify, evaluate, merge-lora (with no command, or only options, python main.py trains; python main.py --help describes them)"),
+        (["generat", "--run", "r"], "unknown command 'generat' (did you mean 'generate'?); the commands are train, config, components, generate, chat, serve, export, classify, evaluate, merge-lora (with no command, or only options, python main.py trains; python main.py --help describes them)"),
         (["config", "--config", "a.json", "--config", "b.json"], "argument --config: given twice ('a.json' and 'b.json'); give it once; see python main.py config --help"),
         (["generate", "--run", "r", "--top-k", "1e3"], "argument --top-k: expected a whole number, got '1e3'; see python main.py generate --help"),
         (["generate", "--run", "r", "--temperature", "nan"], "argument --temperature: expected a finite number, got 'nan'; see python main.py generate --help"),

@@ -75,7 +75,7 @@ def test_help_exits_zero_and_mentions_components() -> None:
     assert result.stdout.lstrip().startswith("usage:")
 
 
-@pytest.mark.parametrize("command", ["", "train", "config", "components", "generate", "chat", "serve", "export", "classify", "evaluate"])
+@pytest.mark.parametrize("command", ["", "train", "config", "components", "generate", "chat", "serve", "export", "classify", "evaluate", "merge-lora"])
 def test_help_does_not_import_torch(command: str) -> None:
     # Help is parsing only: torch (about 2 s to import) waits until a command runs.
     argv = ["main.py", *command.split(), "--help"]

@@ -40,6 +40,7 @@ import commands
 import commands.components
 import commands.export
 import commands.generate
+import commands.merge_lora
 import commands.show_config
 import commands.train
 import config as run_config
@@ -321,9 +322,21 @@ def classify_cases(draw: st.DrawFn) -> Case:
     return Case(argv, quotes, runs={"m": prepared[source]} if source in prepared else {})
 
 
+@st.composite
+def merge_lora_cases(draw: st.DrawFn) -> Case:
+    # No LoRA run among the prepared ones: every working source is refused as "not a LoRA run".
+    source = draw(st.sampled_from(["run", "hf as run", "truncated config", "list config", "truncated checkpoint", "free run"]))
+    prepared = {"run": "model", "hf as run": "hf", "truncated config": "truncated config", "list config": "list config",
+                "truncated checkpoint": "truncated checkpoint"}
+    run = draw(names) if source == "free run" else "m"
+    out = draw(st.one_of(names, st.sampled_from([".", "m", "m/checkpoints", "other", "new/a/b"])))
+    runs = {"m": prepared[source]} if source in prepared else {}
+    return Case(["merge-lora", "--run", run, "--out", out], [run, out], runs=runs | {"other": "trained"})
+
+
 cases = st.one_of(
     train_cases(), config_file_cases(), resume_cases(), generate_cases(), command_word_cases(), components_cases(), serve_cases(),
-    export_cases(), classify_cases(),
+    export_cases(), classify_cases(), merge_lora_cases(),
 )
 
 # --- prepared material ------------------------------------------------------------------------------
@@ -414,7 +427,7 @@ def captured(pipe_limit: int | None = None) -> Iterator[tuple[io.StringIO, io.St
         mp.setattr(sys, "stdout", out)
         mp.setattr(sys, "stderr", err)
         mp.setattr(sys, "stdin", io.StringIO(""))
-        for module in (main, commands, commands.train, commands.generate, commands.show_config, commands.components, commands.export):
+        for module in (main, commands, commands.train, commands.generate, commands.show_config, commands.components, commands.export, commands.merge_lora):
             if hasattr(module, "console"):
                 mp.setattr(module, "console", wide_out)
             if hasattr(module, "err_console"):

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from gptkit.kernels.onednn_linear import linear
 from gptkit.model.gpt import GPTModel
@@ -165,7 +166,8 @@ class FusedLossGPTModel(GPTModel):
     """`GPTModel` whose training loss comes from `fused_next_token_loss`; `gptkit.kernels.accelerate` swaps it in."""
 
     def head_loss(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        if torch.compiler.is_compiling():
-            # inductor fuses the plain head and loss itself, and cannot trace the custom backward.
+        if torch.compiler.is_compiling() or not isinstance(self.out_head, nn.Linear):
+            # inductor fuses the plain head and loss itself, and cannot trace the custom backward;
+            # a head that is more than its weight (a LoRA adapter around it) must run its own forward.
             return super().head_loss(hidden, targets)
         return fused_next_token_loss(hidden, self.out_head.weight, targets)

@@ -6,6 +6,10 @@ Layout of a run directory::
     run_dir/checkpoints/step_000500/ model.safetensors, optimizer.safetensors, trainer.json
     run_dir/checkpoints/latest       the name of the newest complete checkpoint
 
+A LoRA run's checkpoint holds `adapter.safetensors` (the adapters alone, naming the
+SHA-256 of the base weights they were trained on) in place of `model.safetensors`;
+see `gptkit.training.lora`.
+
 Each checkpoint is written into a temporary directory, every file fsynced, and
 then renamed into place in one step, so a kill at any moment leaves either the
 old set of checkpoints or the old set plus one complete new one; a write the
@@ -32,6 +36,12 @@ from torch import nn
 
 from gptkit.atomic import fsync_dir, fsync_file, write_text_atomic
 from gptkit.errors import CheckpointError
+from gptkit.training.lora import (
+    ADAPTER_FILE,
+    BASE_HASH_KEY,
+    LORA_SUFFIXES,
+    load_lora_run_model,
+)
 from gptkit.training.train_state import TrainState
 
 if TYPE_CHECKING:
@@ -114,8 +124,11 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer | dict[str, Any],
     state: TrainState,
     extra: dict[str, Any] | None = None,
+    base_sha256: str | None = None,
 ) -> Path:
     """Write checkpoint `step_<step>` atomically and point `latest` at it.
+
+    `base_sha256` (a LoRA run): save the model's adapters alone, naming the base weights' hash.
 
     A write the system refuses (disk full, no permission) raises `CheckpointError`
     naming the path and the reason; the earlier checkpoints and `latest` stay as they were.
@@ -127,7 +140,7 @@ def save_checkpoint(
     try:
         root.mkdir(parents=True, exist_ok=True)
         clear_debris(root)
-        write_checkpoint_dir(root, final, model, optimizer, state, extra)
+        write_checkpoint_dir(root, final, model, optimizer, state, extra, base_sha256)
         try:
             write_text_atomic(root / LATEST, final.name + "\n")
         except BaseException:
@@ -149,12 +162,18 @@ def write_checkpoint_dir(
     optimizer: torch.optim.Optimizer | dict[str, Any],
     state: TrainState,
     extra: dict[str, Any] | None,
+    base_sha256: str | None = None,
 ) -> None:
     """Fill a temporary folder, sync it, and rename it to `final` in one step."""
     tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{final.name}-", dir=root))
     try:
         opt_tensors, groups = optimizer_tensors(optimizer)
-        save_file(clean_state_dict(model), tmp / "model.safetensors", metadata={"format": "pt"})
+        weights = clean_state_dict(model)
+        if base_sha256 is None:
+            save_file(weights, tmp / "model.safetensors", metadata={"format": "pt"})
+        else:
+            adapters = {name: t for name, t in weights.items() if name.endswith(LORA_SUFFIXES)}
+            save_file(adapters, tmp / ADAPTER_FILE, metadata={"format": "pt", BASE_HASH_KEY: base_sha256})
         save_file({**opt_tensors, **rng_tensors()}, tmp / "optimizer.safetensors")
         meta = {"format_version": FORMAT_VERSION, "state": asdict(state), "param_groups": groups, **(extra or {})}
         (tmp / "trainer.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
@@ -410,5 +429,7 @@ def load_run_model(run_dir: Path, checkpoint: Path | None = None) -> GPTModel:
     # Built for real, not on the meta device: buffers such as RoPE's tables are not
     # in the checkpoint and must be computed by the constructor.
     model = GPTModel(cfg)
+    if (checkpoint / ADAPTER_FILE).is_file():
+        return load_lora_run_model(run_dir, checkpoint, stored, model)  # base + adapter, merged
     load_model_weights(model, checkpoint / "model.safetensors")
     return model.eval()

@@ -6,8 +6,9 @@ names look like `blocks.11.att.qkv.weight`, `final_norm.weight`, `out_head.weigh
 fixes the matching ones. Raschka's classification recipe (chapter 6) is
 `trainable = ["blocks.11.*", "final_norm.*", "out_head.*"]` on GPT-2 124M.
 
-A frozen parameter gets no gradient and no optimizer state, and stays bit for bit what
-it was loaded as. A tied output head is the token embedding itself (one tensor under
+`train.lora` freezes differently: every base weight, with adapters to train beside
+the chosen linears (`gptkit.training.lora`). A frozen parameter gets no gradient and
+no optimizer state, and stays bit for bit what it was loaded as. A tied output head is the token embedding itself (one tensor under
 two names): freezing either name freezes both.
 """
 
@@ -46,6 +47,12 @@ def _matching(names: Sequence[str], pattern: str, setting: str) -> set[str]:
     return matched
 
 
+def trainable_summary(model: nn.Module) -> TrainableSummary:
+    """How many elements train, of how many, each tensor counted once (a tied one too)."""
+    unique = {id(p): p for p in model.parameters()}.values()
+    return TrainableSummary(sum(p.numel() for p in unique if p.requires_grad), sum(p.numel() for p in unique))
+
+
 def apply_trainable(model: nn.Module, trainable: Sequence[str] | None, freeze: Sequence[str]) -> TrainableSummary:
     """Set `requires_grad` from the patterns; returns how many elements train."""
     names = parameter_names(model)
@@ -56,8 +63,7 @@ def apply_trainable(model: nn.Module, trainable: Sequence[str] | None, freeze: S
     frozen_ids = {id(params[name]) for name in names if name not in keep or name in fixed}
     for param in params.values():
         param.requires_grad_(id(param) not in frozen_ids)
-    unique = {id(p): p for p in params.values()}.values()
-    summary = TrainableSummary(sum(p.numel() for p in unique if p.requires_grad), sum(p.numel() for p in unique))
+    summary = trainable_summary(model)
     if summary.trainable == 0:
         raise ConfigError("train.trainable and train.freeze leave no parameter to train")
     return summary
