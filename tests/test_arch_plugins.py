@@ -17,10 +17,19 @@ import torch
 import torch.nn.functional as F
 from conftest import randomize_weights
 from pydantic import ValidationError
-from test_cli_generate import run_main, write_run  # helpers, not tests: nothing here is collected twice
+from test_cli_generate import (  # helpers, not tests: nothing here is collected twice
+    run_main,
+    write_run,
+)
 from test_generation import recompute_greedy
 
-from gptkit import GPTModel, GptkitError, ModelConfig, default_registry, describe_validation_error
+from gptkit import (
+    GptkitError,
+    GPTModel,
+    ModelConfig,
+    default_registry,
+    describe_validation_error,
+)
 from gptkit.generation.generate import generate
 from gptkit.generation.samplers import Greedy
 from gptkit.interop.hf_checkpoint import export_hf
