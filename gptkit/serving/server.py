@@ -231,7 +231,8 @@ class Handler(ApiHandler):
         logprobs = service.logprobs(job)
         self.release_slot()
         if logprobs is not None:
-            self.send_event({"type": "logprobs", "logprobs": logprobs})
+            # With the text the offsets put before the completion: the prompt as its tokens spell it, when echoed.
+            self.send_event({"type": "logprobs", "prompt": job.echo, "logprobs": logprobs})
         self.send_event({"type": "done", "finish_reason": job.finish_reason, "usage": job.usage(), "seconds": round(elapsed, 3)})
         self.end_events()
 
