@@ -120,6 +120,7 @@ def test_echo_puts_the_prompt_before_the_completion(start: Callable[..., Complet
     assert reply["usage"] == {"prompt_tokens": n_prompt, "completion_tokens": 5, "total_tokens": n_prompt + 5}
     # Streamed, the echoed prompt comes first, then the completion.
     status, text = request(server, "POST", "/v1/completions", {"prompt": PROMPT, "max_tokens": 5, "temperature": 0, "echo": True, "stream": True})
+    assert status == 200, text
     assert "".join(e["choices"][0]["text"] for e in sse_events(text)) == PROMPT + alone
 
 
@@ -172,6 +173,7 @@ def test_n_choices_per_prompt_in_prompt_order_with_derived_seeds(start: Callable
     assert [c["text"] for c in again["choices"]] == [c["text"] for c in choices]
     # Streamed: every choice's chunks carry its index, and they spell the same texts.
     status, text = request(server, "POST", "/v1/completions", {"prompt": ["Once upon", "In the beginning"], "n": 3, "stream": True, **draw})
+    assert status == 200, text
     streamed = [""] * 6
     finished = {}
     for event in sse_events(text):
@@ -282,6 +284,7 @@ def test_the_pages_stream_is_one_choice_and_sends_logprobs_after_the_text(
     assert request(server, "POST", "/api/generate", {"prompt": ["a", "b"]})[1]["error"]["param"] == "prompt"
     body = {"prompt": PROMPT, "max_tokens": 6, "temperature": 0, "echo": True, "logprobs": 3}
     status, text = request(server, "POST", "/api/generate", body)
+    assert status == 200, text
     events = sse_events(text)
     assert [e["type"] for e in events[-2:]] == ["logprobs", "done"]
     generated = "".join(e["text"] for e in events if e["type"] == "text")

@@ -40,7 +40,13 @@ from gptkit.generation.styled_reply import prompt_ids, reply_stops, strip_leadin
 from gptkit.hookspecs import PromptStyle
 from gptkit.model.gpt import GPTModel
 from gptkit.serving.chat_schema import ChatCompletionRequest
-from gptkit.serving.openai_schema import MAX_CHOICES, SAMPLER_FIELDS, ApiError, CompletionRequest, GenerationFields
+from gptkit.serving.openai_schema import (
+    MAX_CHOICES,
+    SAMPLER_FIELDS,
+    ApiError,
+    CompletionRequest,
+    GenerationFields,
+)
 from gptkit.serving.prompt_scoring import TokenScore, score_tokens
 from gptkit.serving.request_sampling import DefaultChain, Sampling, resolve_sampling
 from gptkit.serving.token_logprobs import choice_logprobs, spell
