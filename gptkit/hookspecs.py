@@ -53,7 +53,10 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 # A factory is called with what the caller knows at build time (below) plus the
 # component's own parameters, validated against its `params` model, as keyword
 # arguments. Modules mark the linear layer that writes into the residual stream with
-# ``is_residual_projection = True`` so GPT-2's scaled initialisation finds it.
+# ``is_residual_projection = True`` so GPT-2's scaled initialisation finds it, and one
+# that should start at zero with ``starts_at_zero = True``. An attention with fewer
+# key/value heads than query heads names their number in an ``n_kv_heads`` parameter:
+# the KV cache holds that many.
 
 
 class ModelShape(Protocol):

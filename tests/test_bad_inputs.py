@@ -281,7 +281,7 @@ def test_top_p_of_zero_on_the_command_line(monkeypatch: pytest.MonkeyPatch, tmp_
     [
         (b'{"prompt": "x", "top_p": 0}', "top_p: Input should be greater than 0", "top_p"),
         (b'{"prompt": "x", "temperature": -1}', "temperature: Input should be greater than or equal to 0", "temperature"),
-        (b'{"prompt": "x", "max_tokens": 0}', "max_tokens: Input should be greater than or equal to 1", "max_tokens"),
+        (b'{"prompt": "x", "max_tokens": -1}', "max_tokens: Input should be greater than or equal to 0", "max_tokens"),
         (b"\xff\xfe", "the request body is not valid JSON: Expecting value: line 1 column 1 (char 0)", None),
     ],
 )

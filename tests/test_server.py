@@ -215,7 +215,7 @@ def test_page_stream_echoes_settings(start: Callable[..., CompletionServer], mod
         ({"prompt": PROMPT, "repetition_penalty": 0}, "repetition_penalty", "greater than or equal to 0.01"),
         ({"prompt": PROMPT, "temperature": "hot"}, "temperature", "temperature"),
         ({"prompt": PROMPT, "max_tokens": True}, "max_tokens", "max_tokens"),
-        ({"prompt": ["one", "two"]}, "prompt", "one prompt per request"),
+        ({"prompt": ["one", 2]}, "prompt", "the prompt list mixes strings and token ids"),
         ({"max_tokens": 4}, "prompt", "prompt"),
         ({"prompt": "word " * 70}, "prompt", "at most 64"),
         ({"prompt": PROMPT, "stop": ["a", "b", "c", "d", "e"]}, "stop", "at most 4"),

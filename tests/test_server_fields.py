@@ -1,5 +1,8 @@
 """OpenAI's completion fields the server does not implement, prompts it cannot take, max_tokens null, other models.
 
+The fields it does implement (`n`, `echo`, `logprobs`, token-id prompts and lists of
+prompts, `max_tokens` 0) are tests/test_server_scoring.py's.
+
 Each refusal is pinned word for word: a client's user reads these messages, and
 docs/errors.md quotes them. Over real loopback HTTP, with test_server.py's fixtures.
 """
@@ -44,11 +47,8 @@ def bad_request(message: str, param: str | None) -> tuple[int, dict[str, Any]]:
 @pytest.mark.parametrize(
     ("fields", "param", "message"),
     [
-        ({"n": 2}, "n", "n is 2, but this server returns one choice per request: send 2 requests (with different seeds) instead"),
-        ({"best_of": 3}, "best_of", "best_of is 3, but this server generates one completion per request and ranks none"),
-        ({"echo": True}, "echo", "echo is not supported: the reply holds the completion only (prepend the prompt yourself)"),
-        ({"logprobs": 1}, "logprobs", "logprobs is not supported: this server returns no log probabilities (leave it out or null)"),
-        ({"logprobs": 0}, "logprobs", "logprobs is not supported: this server returns no log probabilities (leave it out or null)"),
+        ({"best_of": 3}, "best_of", "best_of is 3, but this server ranks no candidates: leave it out (or 1), and ask for several choices with n"),
+        ({"best_of": 2, "n": 2}, "best_of", "best_of is 2, but this server ranks no candidates: leave it out (or 1), and ask for several choices with n"),
         ({"suffix": "\n    return x"}, "suffix", "suffix is not supported: this server continues the prompt, it does not fill in text before a suffix"),
         ({"logit_bias": {"50256": -100}}, "logit_bias", "logit_bias is not supported (leave it out or send {})"),
         ({"presence_penalty": 0.5}, "presence_penalty",
@@ -66,19 +66,21 @@ def test_each_unimplemented_field_is_refused_by_name(
 
 
 def test_several_unimplemented_fields_are_named_in_one_reply(start: Callable[..., CompletionServer], model: GPTModel) -> None:
-    status, error = error_of(*request(start(model), "POST", "/v1/completions", {"prompt": PROMPT, "echo": True, "logprobs": 2, "n": 3}))
-    assert (status, error["param"]) == (400, "n")
+    body = {"prompt": PROMPT, "best_of": 3, "suffix": "x", "logit_bias": {"50256": -100}, "presence_penalty": 1}
+    status, error = error_of(*request(start(model), "POST", "/v1/completions", body))
+    assert (status, error["param"]) == (400, "best_of")
     assert error["message"] == (
-        "n is 3, but this server returns one choice per request: send 3 requests (with different seeds) instead; "
-        "echo is not supported: the reply holds the completion only (prepend the prompt yourself); "
-        "logprobs is not supported: this server returns no log probabilities (leave it out or null)"
+        "best_of is 3, but this server ranks no candidates: leave it out (or 1), and ask for several choices with n; "
+        "suffix is not supported: this server continues the prompt, it does not fill in text before a suffix; "
+        "logit_bias is not supported (leave it out or send {}); "
+        "presence_penalty is 1, but only 0 is supported: use repetition_penalty instead (above 1 discourages tokens already seen)"
     )
 
 
 def test_openai_client_sees_an_unimplemented_field_as_a_bad_request(start: Callable[..., CompletionServer], model: GPTModel) -> None:
     openai = pytest.importorskip("openai")
-    with pytest.raises(openai.BadRequestError, match="logprobs is not supported"):
-        client(start(model)).completions.create(model="gptkit", prompt=PROMPT, max_tokens=2, logprobs=1)
+    with pytest.raises(openai.BadRequestError, match="best_of is 3, but this server ranks no candidates"):
+        client(start(model)).completions.create(model="gptkit", prompt=PROMPT, max_tokens=2, best_of=3)
 
 
 def test_neutral_values_and_user_metadata_are_accepted(start: Callable[..., CompletionServer], model: GPTModel, tokenizer: Tokenizer) -> None:
@@ -106,32 +108,31 @@ def test_badly_typed_openai_fields_are_refused_as_pydantic_words_it(start: Calla
 
 # --- prompts it cannot take ------------------------------------------------------------------
 
-TEXT_PROMPT = "prompt: the prompt must be a string (or a list of one string); this server does not take token ids, got {kind}"
+SHAPES = "a string, a list of strings, a list of token ids, or a list of lists of token ids"
 
 
 @pytest.mark.parametrize(
-    ("prompt", "kind"),
+    ("prompt", "message"),
     [
-        ([15496, 995], "a list of numbers (token ids)"),
-        ([[15496, 995]], "a list of lists"),
-        (15496, "a number"),
-        (None, "null"),
-        ({"text": "Hello"}, "an object"),
-        (["Hello", 995], "a list"),
+        (15496, f"the prompt must be {SHAPES}, got a number"),
+        (None, f"the prompt must be {SHAPES}, got null"),
+        ({"text": "Hello"}, f"the prompt must be {SHAPES}, got an object"),
+        ([], f"the prompt is an empty list; expected {SHAPES}"),
+        (["Hello", 995], f"the prompt list mixes strings and token ids; expected {SHAPES}"),
+        ([[15496], "Hello"], f"the prompt list mixes lists of token ids and strings; expected {SHAPES}"),
+        (["Hello", None], "item 1 of the prompt list is null; expected a string, a token id or a list of token ids"),
+        ([[15496], []], "item 1 of the prompt list is an empty list; a prompt of token ids needs at least one"),
+        ([[15496, 2.5]], "item 0 of the prompt list holds 2.5, which is not a token id (a whole number)"),
+        ([[15496, True]], "item 0 of the prompt list holds true, which is not a token id (a whole number)"),
     ],
 )
-def test_a_prompt_that_is_not_text_gets_one_plain_message(
-    start: Callable[..., CompletionServer], model: GPTModel, prompt: Any, kind: str,
+def test_a_prompt_of_another_shape_gets_one_plain_message(
+    start: Callable[..., CompletionServer], model: GPTModel, prompt: Any, message: str,
 ) -> None:
     status, error = error_of(*request(start(model), "POST", "/v1/completions", {"prompt": prompt}))
-    assert (status, error) == bad_request(TEXT_PROMPT.format(kind=kind), "prompt")
+    assert (status, error) == bad_request(f"prompt: {message}", "prompt")
     # pydantic's union would name each alternative it tried ("str", "list[str]") and its docs' URL.
     assert "list[str]" not in error["message"] and "http" not in error["message"]
-
-
-def test_a_list_of_prompts_is_still_one_prompt_per_request(start: Callable[..., CompletionServer], model: GPTModel) -> None:
-    status, error = error_of(*request(start(model), "POST", "/v1/completions", {"prompt": ["one", "two"]}))
-    assert (status, error) == bad_request("prompt: one prompt per request, got a list of 2", "prompt")
 
 
 # --- max_tokens null ---------------------------------------------------------------------------

@@ -1,7 +1,9 @@
 """Output heads: what the final hidden states become. `lm` is GPT-2's; the others classify.
 
 `lm` maps every position to logits over the vocabulary (tied to the token embedding
-when `model.weight_tying`). A classifier head (Raschka ch. 6) maps every position to
+when `model.weight_tying`); untied, `zero_init` starts it at zero, so every token is
+equally likely at step 0 and the first updates do not fight a random head (as
+modded-nanogpt does). A classifier head (Raschka ch. 6) maps every position to
 logits over `num_classes` labels and then pools a sequence's positions into one row:
 `last_token` takes the last real token, the only one a causal model lets see the
 whole text; `mean_pool` averages the real tokens. Pooling the per-position logits is
@@ -18,7 +20,7 @@ from pydantic import Field
 from torch import nn
 
 from gptkit.hookspecs import hookimpl
-from gptkit.registry import ComponentParams, NoParams
+from gptkit.registry import ComponentParams
 
 if TYPE_CHECKING:
     from gptkit.hookspecs import ModelShape
@@ -45,13 +47,27 @@ class ClassificationHead(nn.Linear):
 # --- registration: `model.head = "lm"` or `{"name": "last_token", "num_classes": 2}` ----
 
 
+class LMHeadParams(ComponentParams):
+    zero_init: bool = Field(False, description="Start the (untied) head at zero instead of N(0, 0.02).")
+
+    def check_model(self, cfg: ModelShape) -> None:
+        if self.zero_init and getattr(cfg, "weight_tying", False):
+            raise ValueError(
+                "head 'lm' zero_init needs weight_tying=false: a tied head is the token embedding, "
+                "which cannot start at zero"
+            )
+
+
 class ClassifierParams(ComponentParams):
     # None until the labels are known: a classification run fills it in from its data.
     num_classes: int | None = Field(None, ge=2, description="Number of labels; None: counted from the training data.")
 
 
-def build_lm_head(cfg: ModelShape) -> nn.Linear:
-    return nn.Linear(cfg.emb_dim, cfg.vocab_size, bias=False)
+def build_lm_head(cfg: ModelShape, zero_init: bool) -> nn.Linear:
+    head = nn.Linear(cfg.emb_dim, cfg.vocab_size, bias=False)
+    if zero_init:
+        head.starts_at_zero = True  # type: ignore[assignment]  # GPTModel.reset_parameters reads it
+    return head
 
 
 def classifier_builder(pooling: Pooling) -> Callable[..., ClassificationHead]:
@@ -65,7 +81,7 @@ def classifier_builder(pooling: Pooling) -> Callable[..., ClassificationHead]:
 
 @hookimpl
 def gptkit_register_components(registry: Registry) -> None:
-    registry.register("head", "lm", build_lm_head, params=NoParams, description="next-token logits over the vocabulary (GPT-2)")
+    registry.register("head", "lm", build_lm_head, params=LMHeadParams, description="next-token logits over the vocabulary (GPT-2)")
     registry.register(
         "head", "last_token", classifier_builder("last_token"), params=ClassifierParams,
         description="a label from the last real token (Raschka ch. 6)",

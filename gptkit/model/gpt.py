@@ -72,7 +72,10 @@ class GPTModel(nn.Module):
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 std = residual_std if getattr(module, "is_residual_projection", False) else 0.02
-                nn.init.normal_(module.weight, mean=0.0, std=std)
+                if getattr(module, "starts_at_zero", False):
+                    nn.init.zeros_(module.weight)  # a zero-initialised output head: every logit starts equal
+                else:
+                    nn.init.normal_(module.weight, mean=0.0, std=std)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
             elif isinstance(module, nn.Embedding):
@@ -88,8 +91,10 @@ class GPTModel(nn.Module):
 
     def make_kv_cache(self, batch: int, max_len: int | None = None) -> KVCache:
         ref = self.tok_emb.weight
+        # Grouped-query attention caches fewer key/value heads than it has query heads.
+        heads = self.cfg.attention.params.get("n_kv_heads") or self.cfg.n_heads
         return KVCache(
-            self.cfg.n_layers, batch, self.cfg.n_heads, max_len or self.cfg.context_length, self.cfg.head_dim,
+            self.cfg.n_layers, batch, heads, max_len or self.cfg.context_length, self.cfg.head_dim,
             dtype=ref.dtype, device=ref.device,
         )
 

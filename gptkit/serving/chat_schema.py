@@ -16,7 +16,8 @@ Where OpenAI's chat API leaves room:
   the prompt style writes that marker itself, to end each reply.
 * `max_tokens` and `max_completion_tokens` are one setting; left out, the reply
   may be as long as the server allows, as OpenAI's chat API reads it.
-* Tools, structured output, log probabilities and audio are refused by name.
+* Several choices (`n` above 1), tools, structured output, log probabilities and audio are
+  refused by name.
 """
 
 from __future__ import annotations
@@ -127,6 +128,8 @@ class ChatCompletionRequest(GenerationFields):
 
     def own_unsupported(self) -> list[tuple[str, str]]:
         found: list[tuple[str, str]] = []
+        if self.n != 1:
+            found.append(("n", f"n is {self.n}, but this server returns one choice per request: send {self.n} requests (with different seeds) instead"))
         if self.max_tokens is not None and self.max_completion_tokens is not None:
             found.append(("max_tokens", "max_tokens and max_completion_tokens are one setting: give one of them"))
         if self.logprobs or self.top_logprobs is not None:

@@ -1,11 +1,17 @@
 """Generations for the server: requests made into jobs, slots that bound how many run, one model lock.
 
 `ModelService` checks a request against the server's model and limits, tokenises
-it and resolves its seed, length and samplers (`prepare`; fields a request leaves
-out take the run's own chain, `DefaultChain`), then yields its text token by token
-(`run`), taking the model lock around each step so that several generations
-interleave without two threads ever running the model at once. `Slots` bounds
-how many run and how many wait.
+it and resolves its seeds, length and samplers (`prepare`; fields a request leaves
+out take the run's own chain, `DefaultChain`), making one job per choice, then
+yields each job's text token by token (`run`), taking the model lock around each
+step so that several generations interleave without two threads ever running the
+model at once. `logprobs` scores a finished job's tokens (`prompt_scoring`) under
+the same lock. `Slots` bounds how many requests run and how many wait.
+
+A completion request makes `n` choices of each of its prompts, ordered prompt by
+prompt as OpenAI orders them (prompt i's sample j is choice i * n + j). Sample j
+is drawn with the request's seed + j: the first sample is what the same request
+with `n` 1 gives, and no prompt's samples depend on the other prompts beside it.
 
 A chat request's messages are written as a prompt in the `ServedStyle`: the
 run's own prompt style when it was finetuned on instructions, else the built-in
@@ -21,7 +27,7 @@ import secrets
 import threading
 import time
 import uuid
-from collections.abc import Generator, Iterator
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, cast
 
@@ -34,8 +40,16 @@ from gptkit.generation.styled_reply import prompt_ids, reply_stops, strip_leadin
 from gptkit.hookspecs import PromptStyle
 from gptkit.model.gpt import GPTModel
 from gptkit.serving.chat_schema import ChatCompletionRequest
-from gptkit.serving.openai_schema import SAMPLER_FIELDS, ApiError, GenerationFields
+from gptkit.serving.openai_schema import (
+    MAX_CHOICES,
+    SAMPLER_FIELDS,
+    ApiError,
+    CompletionRequest,
+    GenerationFields,
+)
+from gptkit.serving.prompt_scoring import TokenScore, score_tokens
 from gptkit.serving.request_sampling import DefaultChain, Sampling, resolve_sampling
+from gptkit.serving.token_logprobs import choice_logprobs, spell
 
 if TYPE_CHECKING:
     from gptkit.data.tokenizer import (
@@ -80,7 +94,7 @@ def new_id(prefix: str) -> str:
 
 @dataclass
 class Job:
-    """A validated request, tokenised, with its settings resolved."""
+    """One choice of a validated request: its prompt tokenised, its settings resolved."""
 
     request: GenerationFields
     prompt_ids: list[int]
@@ -88,10 +102,17 @@ class Job:
     max_tokens: int  # the request's, or the server's cap for a limit left out (or null)
     sampling: Sampling
     stop: tuple[str, ...] = ()  # where the reply ends: the request's stop strings, and a chat's style's
-    id: str = field(default_factory=lambda: new_id("cmpl"))
+    id: str = field(default_factory=lambda: new_id("cmpl"))  # the request's: every choice shares it
     created: int = field(default_factory=lambda: int(time.time()))
-    completion_tokens: int = 0
+    index: int = 0  # the choice's place in the reply
+    sample: int = 0  # which of its prompt's n samples it is
+    echo: str = ""  # the text before the completion in the reply: the prompt, when the request echoes it
+    completion_ids: list[int] = field(default_factory=list)  # every token generated, end-of-text and stop strings included
     finish_reason: Literal["stop", "length"] = "length"
+
+    @property
+    def completion_tokens(self) -> int:
+        return len(self.completion_ids)
 
     @property
     def samplers(self) -> list[Any]:
@@ -110,8 +131,14 @@ class Job:
         }
 
     def usage(self) -> dict[str, int]:
-        n_prompt = len(self.prompt_ids)
-        return {"prompt_tokens": n_prompt, "completion_tokens": self.completion_tokens, "total_tokens": n_prompt + self.completion_tokens}
+        return total_usage([self])
+
+
+def total_usage(jobs: Sequence[Job]) -> dict[str, int]:
+    """The usage of a request's choices: each prompt's tokens once, however many samples it has, and every completion's."""
+    n_prompt = sum(len(job.prompt_ids) for job in jobs if job.sample == 0)
+    n_completion = sum(job.completion_tokens for job in jobs)
+    return {"prompt_tokens": n_prompt, "completion_tokens": n_completion, "total_tokens": n_prompt + n_completion}
 
 
 class Slots:
@@ -168,8 +195,8 @@ class ModelService:
         self.default_chain = default_chain if default_chain is not None else DefaultChain()
         self.chat_style = chat_style if chat_style is not None else ServedStyle.default()
 
-    def prepare(self, request: GenerationFields) -> Job:
-        """A completion or chat request as a job; ApiError if it asks for what this server cannot give."""
+    def prepare(self, request: GenerationFields) -> list[Job]:
+        """A completion or chat request as its choices' jobs; ApiError if it asks for what this server cannot give."""
         # One model is served: a request for another would get a completion from a model it did not ask for.
         if request.model is not None and request.model != self.model_name:
             raise ApiError(
@@ -182,20 +209,47 @@ class ModelService:
         if max_tokens > self.max_new_tokens_cap:
             raise ApiError(400, f"{limit} is {max_tokens}; this server allows at most {self.max_new_tokens_cap}", param=limit)
         if isinstance(request, ChatCompletionRequest):
-            ids, stop, what, param = self._conversation(request), reply_stops(self.chat_style.style, request.stop_strings), "the conversation", "messages"
+            prompts, stop, param = [("the conversation", self._conversation(request))], reply_stops(self.chat_style.style, request.stop_strings), "messages"
         else:
-            # "<|endoftext|>" in a prompt is one token, GPT-2's document separator; an empty prompt starts from it.
-            ids, stop, what, param = encode_prompt(self.tokenizer, request.prompt_text), request.stop_strings, "the prompt", "prompt"
-        if len(ids) > self.max_prompt_tokens:
-            # OpenAI's code for it: a chat client can tell it from other refusals and drop its oldest turns.
-            raise ApiError(
-                400, f"{what} is {len(ids)} tokens; this server allows at most {self.max_prompt_tokens}", param=param,
-                code="context_length_exceeded",
-            )
+            prompts, stop, param = self._prompts(request, max_tokens), request.stop_strings, "prompt"
+        for what, ids in prompts:
+            if len(ids) > self.max_prompt_tokens:
+                # OpenAI's code for it: a chat client can tell it from other refusals and drop its oldest turns.
+                raise ApiError(
+                    400, f"{what} is {len(ids)} tokens; this server allows at most {self.max_prompt_tokens}", param=param,
+                    code="context_length_exceeded",
+                )
         # Always seeded, and the seed echoed: any reply can be reproduced.
         seed = request.seed if request.seed is not None else secrets.randbelow(2**31)
-        job_id = new_id("chatcmpl" if isinstance(request, ChatCompletionRequest) else "cmpl")
-        return Job(request, ids, seed, max_tokens, resolve_sampling(request, self.default_chain), stop=stop, id=job_id)
+        job_id, created = new_id("chatcmpl" if isinstance(request, ChatCompletionRequest) else "cmpl"), int(time.time())
+        sampling = resolve_sampling(request, self.default_chain)
+        echo = isinstance(request, CompletionRequest) and request.echo
+        return [
+            Job(
+                request, ids, (seed + j) % 2**63, max_tokens, sampling, stop=stop, id=job_id, created=created,
+                index=i * request.n + j, sample=j, echo=spell(self.tokenizer, ids)[0] if echo else "",
+            )
+            for i, (_, ids) in enumerate(prompts) for j in range(request.n)
+        ]
+
+    def _prompts(self, request: CompletionRequest, max_tokens: int) -> list[tuple[str, list[int]]]:
+        """Each prompt as (how a message names it, its token ids); ApiError for a prompt the model cannot take."""
+        prompts = request.prompts
+        choices = len(prompts) * request.n
+        if choices > MAX_CHOICES:
+            raise ApiError(400, f"the request asks for {choices} choices ({len(prompts)} prompts, n {request.n}); this server makes at most {MAX_CHOICES} per request", param="prompt")
+        vocabulary = min(self.tokenizer.vocab_size, self.model.cfg.vocab_size)
+        found = []
+        for i, prompt in enumerate(prompts):
+            where, what = ("prompt", "the prompt") if len(prompts) == 1 else (f"prompt.{i}", f"prompt {i}")
+            if prompt == "" and max_tokens == 0:
+                raise ApiError(400, f"{where}: the prompt is empty and max_tokens is 0: there is nothing to score or generate", param="prompt")
+            outside = next((t for t in prompt if not 0 <= t < vocabulary), None) if isinstance(prompt, list) else None
+            if outside is not None:
+                raise ApiError(400, f"{where}: token id {outside} is outside the vocabulary (0 to {vocabulary - 1})", param="prompt")
+            # "<|endoftext|>" in a prompt is one token, GPT-2's document separator; an empty prompt starts from it.
+            found.append((what, encode_prompt(self.tokenizer, prompt)))
+        return found
 
     def _conversation(self, request: ChatCompletionRequest) -> list[int]:
         """The messages as the served style writes them, as token ids; ApiError if the style cannot write them."""
@@ -214,6 +268,8 @@ class ModelService:
         return strip_leading_space(deltas) if job.chat else deltas
 
     def _deltas(self, job: Job) -> Generator[str, None, None]:
+        if job.max_tokens == 0:  # a prompt to score: nothing to generate, and finish_reason stays "length"
+            return
         prompt = torch.tensor([job.prompt_ids], dtype=torch.long, device=self.device)
         generator = torch.Generator(device=self.device).manual_seed(job.seed)
         tokens = cast(Generator[torch.Tensor, None, None], generate_tokens(
@@ -227,11 +283,32 @@ class ModelService:
                     step = next(tokens, None)
                 if step is None:
                     break
-                job.completion_tokens += 1
-                yield text.push(int(step[0, 0]))
+                job.completion_ids.append(int(step[0, 0]))
+                yield text.push(job.completion_ids[-1])
             # Done early means end-of-text or a stop string; otherwise max_tokens ran out.
             job.finish_reason = "stop" if text.done else "length"
             yield text.close()
         finally:
             with self.model_lock:  # runs generate_tokens' own clean-up, which touches the model
                 tokens.close()
+
+    def logprobs(self, job: Job) -> dict[str, Any] | None:
+        """The `logprobs` object of a finished job's choice, or None when its request asks for none.
+
+        It covers the completion's tokens, after the prompt's when the request echoes it; every
+        log-probability is the model's, before the samplers (`gptkit.serving.prompt_scoring`).
+        """
+        request = job.request
+        if not isinstance(request, CompletionRequest) or request.logprobs is None:
+            return None
+        ids = job.prompt_ids + job.completion_ids
+        first = 1 if request.echo else len(job.prompt_ids)
+        with self.model_lock:
+            scores: list[TokenScore | None] = list(score_tokens(self.model, ids, request.logprobs, first))
+        _, offsets = spell(self.tokenizer, job.completion_ids)
+        if not request.echo:
+            return choice_logprobs(self.tokenizer, job.completion_ids, scores, offsets)
+        # The echoed prompt's first token has nothing before it to be scored from.
+        _, prompt_offsets = spell(self.tokenizer, job.prompt_ids)
+        offsets = prompt_offsets + [len(job.echo) + offset for offset in offsets]
+        return choice_logprobs(self.tokenizer, ids, [None, *scores], offsets)

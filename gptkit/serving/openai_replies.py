@@ -1,8 +1,9 @@
 """OpenAI's reply shapes: a model card, and a completion or chat completion, whole or as stream chunks.
 
-A route streams any job the same way (`gptkit.serving.server`): the chunks that
-open the stream, one per text delta, one that carries the finish reason, and
-with `stream_options.include_usage` one with the usage and no choices. Only the
+A route streams any request the same way (`gptkit.serving.server`): the chunks
+that open the stream, then for each choice one per text delta (after its echoed
+prompt, if asked for) and one that carries its finish reason, and with
+`stream_options.include_usage` one with the usage and no choices. Only the
 shapes differ, so each endpoint has a `Replies` subclass that writes them:
 `TextReplies` for /v1/completions ("text_completion"), `ChatReplies` for
 /v1/chat/completions ("chat.completion", its chunks "chat.completion.chunk",
@@ -11,9 +12,10 @@ opened by one that gives the role).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from gptkit.serving.engine import Job, ModelService
+from gptkit.serving.engine import Job, ModelService, total_usage
 
 
 def model_card(service: ModelService) -> dict[str, Any]:
@@ -25,60 +27,80 @@ def model_card(service: ModelService) -> dict[str, Any]:
 
 
 class Replies:
-    """The reply objects of one job: `whole` (not streamed), or `opening`, `delta`s, `finish` and `usage` chunks."""
+    """The reply objects of one request's jobs, one per choice: `whole` (not streamed), or the chunks of a stream.
 
-    def __init__(self, service: ModelService, job: Job) -> None:
-        self.service, self.job = service, job
+    A stream is `opening`, then for each choice its `start` chunks, its `delta`s and its
+    `finish`, and `usage` last when the client asks for it.
+    """
+
+    def __init__(self, service: ModelService, jobs: Sequence[Job]) -> None:
+        self.service, self.jobs = service, list(jobs)
 
     def envelope(self, obj: str) -> dict[str, Any]:
-        return {"id": self.job.id, "object": obj, "created": self.job.created, "model": self.service.model_name}
+        first = self.jobs[0]  # every choice shares the request's id and time
+        return {"id": first.id, "object": obj, "created": first.created, "model": self.service.model_name}
 
-    def whole(self, text: str) -> dict[str, Any]:
+    def whole(self, texts: Sequence[str], logprobs: Sequence[dict[str, Any] | None]) -> dict[str, Any]:
+        """The reply, given each choice's completion text and `logprobs` object."""
         raise NotImplementedError
 
     def opening(self) -> list[dict[str, Any]]:
-        """Chunks sent before any text."""
+        """Chunks sent before any choice's text."""
         return []
 
-    def delta(self, text: str) -> dict[str, Any]:
+    def start(self, job: Job) -> list[dict[str, Any]]:
+        """Chunks sent before a choice's completion."""
+        return []
+
+    def delta(self, job: Job, text: str) -> dict[str, Any]:
         raise NotImplementedError
 
-    def finish(self) -> dict[str, Any]:
+    def finish(self, job: Job) -> dict[str, Any]:
         raise NotImplementedError
 
     def usage(self) -> dict[str, Any]:
         """The last chunk when the client asks for usage: no choices, as OpenAI sends it."""
-        return {**self.delta(""), "choices": [], "usage": self.job.usage()}
+        return {**self.delta(self.jobs[0], ""), "choices": [], "usage": total_usage(self.jobs)}
 
 
 class TextReplies(Replies):
-    def completion(self, text: str, finish_reason: str | None) -> dict[str, Any]:
-        return {**self.envelope("text_completion"), "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish_reason}]}
+    def completion(self, job: Job, text: str, logprobs: dict[str, Any] | None, finish_reason: str | None) -> dict[str, Any]:
+        choice = {"text": text, "index": job.index, "logprobs": logprobs, "finish_reason": finish_reason}
+        return {**self.envelope("text_completion"), "choices": [choice]}
 
-    def whole(self, text: str) -> dict[str, Any]:
-        return {**self.completion(text, self.job.finish_reason), "usage": self.job.usage()}
+    def whole(self, texts: Sequence[str], logprobs: Sequence[dict[str, Any] | None]) -> dict[str, Any]:
+        choices = [
+            {"text": job.echo + text, "index": job.index, "logprobs": scores, "finish_reason": job.finish_reason}
+            for job, text, scores in zip(self.jobs, texts, logprobs)
+        ]
+        return {**self.envelope("text_completion"), "choices": choices, "usage": total_usage(self.jobs)}
 
-    def delta(self, text: str) -> dict[str, Any]:
-        return self.completion(text, None)
+    def start(self, job: Job) -> list[dict[str, Any]]:
+        # An echoed prompt comes first, as the whole reply's text starts with it.
+        return [self.delta(job, job.echo)] if job.echo else []
 
-    def finish(self) -> dict[str, Any]:
-        return self.completion("", self.job.finish_reason)
+    def delta(self, job: Job, text: str) -> dict[str, Any]:
+        return self.completion(job, text, None, None)
+
+    def finish(self, job: Job) -> dict[str, Any]:
+        return self.completion(job, "", None, job.finish_reason)
 
 
 class ChatReplies(Replies):
     def chunk(self, delta: dict[str, Any], finish_reason: str | None) -> dict[str, Any]:
         return {**self.envelope("chat.completion.chunk"), "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]}
 
-    def whole(self, text: str) -> dict[str, Any]:
-        choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None, "finish_reason": self.job.finish_reason}
-        return {**self.envelope("chat.completion"), "choices": [choice], "usage": self.job.usage()}
+    def whole(self, texts: Sequence[str], logprobs: Sequence[dict[str, Any] | None]) -> dict[str, Any]:
+        [job], [text] = self.jobs, texts  # a chat request is one choice
+        choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None, "finish_reason": job.finish_reason}
+        return {**self.envelope("chat.completion"), "choices": [choice], "usage": job.usage()}
 
     def opening(self) -> list[dict[str, Any]]:
         # As OpenAI's own stream starts: the role, with empty content, before any text.
         return [self.chunk({"role": "assistant", "content": ""}, None)]
 
-    def delta(self, text: str) -> dict[str, Any]:
+    def delta(self, job: Job, text: str) -> dict[str, Any]:
         return self.chunk({"content": text}, None)
 
-    def finish(self) -> dict[str, Any]:
-        return self.chunk({}, self.job.finish_reason)
+    def finish(self, job: Job) -> dict[str, Any]:
+        return self.chunk({}, job.finish_reason)

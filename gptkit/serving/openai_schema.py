@@ -1,17 +1,19 @@
 """The body of an OpenAI-style completion request: its schema, its errors, its samplers.
 
 `GenerationFields` are the fields every generation request shares (model,
-samplers, stop strings, seed, streaming, OpenAI's fields this server refuses);
-`CompletionRequest` is what `POST /v1/completions` (and the demo page's
-`/api/generate`) accept, a prompt and those fields, validated strictly by
-pydantic (`gptkit.serving.chat_schema` adds the chat request on the same base);
+samplers, stop strings, seed, streaming, how many choices, OpenAI's fields this
+server refuses); `CompletionRequest` is what `POST /v1/completions` (and the demo
+page's `/api/generate`) accept, one prompt or several (text or token ids), echo and
+log probabilities, and those fields, validated strictly by pydantic
+(`gptkit.serving.chat_schema` adds the chat request on the same base);
 `ApiError` is how any problem is answered, in OpenAI's error shape. The samplers
 a request's fields amount to are `gptkit.serving.request_sampling`'s. No HTTP
 here: `gptkit.serving.server` does that.
 
 OpenAI's fields this server does not implement are refused by name
-(`unsupported`), not ignored: a client asking for log probabilities, echoed
-prompts or several choices must not get a reply that silently lacks them.
+(`unsupported`), not ignored: a client asking for a ranking of candidates
+(`best_of`), a suffix, biased logits or OpenAI's penalties must not get a reply
+that silently lacks them.
 `user` is accepted and ignored: OpenAI documents it as metadata about the
 caller, which changes nothing in the completion.
 """
@@ -27,6 +29,9 @@ from pydantic_core import PydanticCustomError
 from gptkit.errors import problems_line, validation_problems
 
 MAX_STOP_STRINGS = 4  # OpenAI's limit
+MAX_CHOICES = 128  # OpenAI's bound on n; here on prompts x n, all generated within one request's slot
+# OpenAI allows 0 to 5 alternatives per token, vLLM 20 by default: clients written for either fit.
+MAX_LOGPROBS = 20
 
 # The request's sampler fields, and the value of each that switches its sampler off.
 SAMPLER_FIELDS = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty")
@@ -72,9 +77,9 @@ class GenerationFields(BaseModel):
     seed: int | None = Field(None, ge=0, lt=2**63)
     stream: bool = False
     stream_options: StreamOptions | None = None
+    n: int = Field(1, ge=1, le=MAX_CHOICES)
     # OpenAI's fields, typed as OpenAI types them; the values this server cannot honour are
     # refused by `unsupported`, with a message, rather than by a bound pydantic words for it.
-    n: int = Field(1, ge=1)
     logit_bias: dict[str, float] | None = None
     presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
@@ -105,13 +110,10 @@ class GenerationFields(BaseModel):
     def unsupported(self) -> list[tuple[str, str]]:
         """(field, message) for each OpenAI field set to something this server does not do.
 
-        The values that change nothing (n=1, an empty logit_bias, penalties of 0, and a
+        The values that change nothing (an empty logit_bias, penalties of 0, and a
         subclass's own, `own_unsupported`) are accepted, since clients send them as defaults.
         """
-        found: list[tuple[str, str]] = []
-        if self.n != 1:
-            found.append(("n", f"n is {self.n}, but this server returns one choice per request: send {self.n} requests (with different seeds) instead"))
-        found += self.own_unsupported()
+        found = self.own_unsupported()
         if self.logit_bias:
             found.append(("logit_bias", "logit_bias is not supported (leave it out or send {})"))
         for name in ("presence_penalty", "frequency_penalty"):
@@ -125,53 +127,94 @@ class GenerationFields(BaseModel):
         return []
 
 
-class CompletionRequest(GenerationFields):
-    """The body of POST /v1/completions (and /api/generate): a prompt, and the fields every request has.
+PROMPT_SHAPES = "a string, a list of strings, a list of token ids, or a list of lists of token ids"
+# How each kind of item reads when a prompt list mixes them.
+_ITEM_KINDS = {str: "strings", int: "token ids", list: "lists of token ids"}
 
-    `max_tokens` null is the server's cap, as OpenAI reads it; left out it is OpenAI's 16.
+
+def is_token_id(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _item_kind(item: Any) -> str | None:
+    """How a prompt list's item reads, or None for an item no prompt list holds."""
+    if isinstance(item, str):
+        return _ITEM_KINDS[str]
+    if is_token_id(item):
+        return _ITEM_KINDS[int]
+    return _ITEM_KINDS[list] if isinstance(item, list) else None
+
+
+class CompletionRequest(GenerationFields):
+    """The body of POST /v1/completions (and /api/generate): prompts, and the fields every request has.
+
+    A prompt is text or token ids, and the request holds one or a list of them, as
+    OpenAI's API takes them; `n` choices are made for each. `echo` puts the prompt
+    before each completion, `logprobs` (0 to MAX_LOGPROBS) asks for each token's
+    log-probability and that many likeliest alternatives, and `max_tokens` 0 with
+    `echo` scores a prompt without generating. `max_tokens` null is the server's
+    cap, as OpenAI reads it; left out it is OpenAI's 16.
     """
 
-    prompt: str | list[str]
-    max_tokens: int | None = Field(16, ge=1)
+    prompt: str | list[str] | list[int] | list[list[int]]
+    max_tokens: int | None = Field(16, ge=0)
     best_of: int | None = Field(None, ge=1)
     echo: bool = False
-    logprobs: int | None = Field(None, ge=0)
+    logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
     suffix: str | None = None
 
     @field_validator("prompt", mode="before")
     @classmethod
-    def _one_text_prompt(cls, prompt: Any) -> Any:
-        # Before pydantic's own check: its union of str and list[str] words a wrong shape as two
-        # problems per alternative; one plain sentence says what the server takes.
+    def _prompt_shape(cls, prompt: Any) -> Any:
+        # Before pydantic's own check: its union of four shapes words a wrong one as problems
+        # per alternative; one plain sentence says what the server takes.
         if isinstance(prompt, str):
             return prompt
-        if isinstance(prompt, list) and all(isinstance(p, str) for p in prompt):
-            if len(prompt) != 1:
-                raise PydanticCustomError("one_prompt", "one prompt per request, got a list of {n}", {"n": len(prompt)})
-            return prompt
-        raise PydanticCustomError(
-            "text_prompt", "the prompt must be a string (or a list of one string); this server does not take token ids, got {kind}",
-            {"kind": json_kind(prompt)},
-        )
+        if not isinstance(prompt, list):
+            raise PydanticCustomError("prompt_shape", "the prompt must be {shapes}, got {kind}", {"shapes": PROMPT_SHAPES, "kind": json_kind(prompt)})
+        if not prompt:
+            raise PydanticCustomError("prompt_empty", "the prompt is an empty list; expected {shapes}", {"shapes": PROMPT_SHAPES})
+        kinds = [_item_kind(item) for item in prompt]
+        odd = next((i for i, kind in enumerate(kinds) if kind is None), None)
+        if odd is not None:
+            raise PydanticCustomError(
+                "prompt_item", "item {i} of the prompt list is {kind}; expected a string, a token id or a list of token ids",
+                {"i": odd, "kind": json_kind(prompt[odd])},
+            )
+        if len(set(kinds)) > 1:
+            first, other = kinds[0], next(k for k in kinds if k != kinds[0])
+            raise PydanticCustomError("prompt_mixed", "the prompt list mixes {first} and {other}; expected {shapes}", {"first": first, "other": other, "shapes": PROMPT_SHAPES})
+        for i, item in enumerate(prompt):
+            if isinstance(item, list) and not item:
+                raise PydanticCustomError("prompt_ids", "item {i} of the prompt list is an empty list; a prompt of token ids needs at least one", {"i": i})
+            if isinstance(item, list) and not all(map(is_token_id, item)):
+                other = next(t for t in item if not is_token_id(t))
+                raise PydanticCustomError(
+                    "prompt_ids", "item {i} of the prompt list holds {value}, which is not a token id (a whole number)",
+                    {"i": i, "value": json.dumps(other)[:40]},
+                )
+        return prompt
 
     @property
-    def prompt_text(self) -> str:
-        return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+    def prompts(self) -> list[str | list[int]]:
+        """Each prompt: a text, or a list of token ids."""
+        if isinstance(self.prompt, str) or is_token_id(self.prompt[0]):
+            return [self.prompt]  # type: ignore[list-item]  # one prompt: a text, or its token ids
+        return list(self.prompt)  # type: ignore[arg-type]
 
     def token_limit(self) -> tuple[str, int | None]:
         return "max_tokens", self.max_tokens
 
     def own_unsupported(self) -> list[tuple[str, str]]:
-        # echo=false, logprobs null, best_of 1 and an empty suffix change nothing.
+        # best_of 1 and an empty suffix change nothing.
         found: list[tuple[str, str]] = []
         if self.best_of is not None and self.best_of != 1:
-            found.append(("best_of", f"best_of is {self.best_of}, but this server generates one completion per request and ranks none"))
-        if self.echo:
-            found.append(("echo", "echo is not supported: the reply holds the completion only (prepend the prompt yourself)"))
-        if self.logprobs is not None:
-            found.append(("logprobs", "logprobs is not supported: this server returns no log probabilities (leave it out or null)"))
+            found.append(("best_of", f"best_of is {self.best_of}, but this server ranks no candidates: leave it out (or 1), and ask for several choices with n"))
         if self.suffix:
             found.append(("suffix", "suffix is not supported: this server continues the prompt, it does not fill in text before a suffix"))
+        if self.stream and self.logprobs is not None:
+            # Each token's log-probability comes from one pass over the whole text, once it is generated.
+            found.append(("logprobs", "logprobs is not supported with stream: ask without stream (the log probabilities come with the whole reply)"))
         return found
 
 

@@ -14,7 +14,7 @@ from importlib import resources
 from gptkit.serving.openai_schema import NEUTRAL_SAMPLING, SAMPLER_FIELDS
 from gptkit.serving.request_sampling import DefaultChain, spec_name
 
-SCRIPTS = ("chat.js",)  # inlined into index.html
+SCRIPTS = ("chat.js", "token_probs.js")  # inlined into index.html
 # Everything the page needs is inline or same-origin; nothing else may load.
 PAGE_POLICY = "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; connect-src 'self'; img-src data:"
 
@@ -22,8 +22,8 @@ PAGE_POLICY = "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe
 def page_template() -> bytes:
     """index.html with its scripts inlined (each `{{script NAME}}` line is web/NAME), the other placeholders unfilled.
 
-    The page is served as one file, so it needs nothing else to load; its chat mode
-    lives in a file of its own so that neither is too long to read.
+    The page is served as one file, so it needs nothing else to load; its chat mode and
+    its probability view live in files of their own so that none is too long to read.
     """
     web = resources.files("gptkit.serving").joinpath("web")
     page = web.joinpath("index.html").read_text(encoding="utf-8")

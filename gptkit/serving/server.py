@@ -8,7 +8,7 @@ serves, on 127.0.0.1:8000 by default:
     POST /v1/completions        OpenAI's completion API, streaming (server-sent events) or not
     POST /v1/chat/completions   OpenAI's chat API, streaming or not: the messages written in a prompt style
     GET  /v1/models             the one model served, and the prompt style chat requests get
-    POST /api/generate          the page's stream: settings, text deltas, then a summary
+    POST /api/generate          the page's stream: settings, text deltas, the log-probabilities if asked, a summary
     GET  /api/info              model name, request limits and prompt style, for the page
     GET  /health                generations running and waiting, and their limits (cheap: no model work)
 
@@ -23,11 +23,20 @@ generation `gptkit.serving.engine`. Choices where OpenAI's API leaves room:
 
 * Unknown request keys are ignored, as OpenAI's own server does with fields it
   no longer uses; the known ones are validated strictly (a string is not a number).
-  OpenAI's fields this server does not implement (`n` or `best_of` above 1, `echo`,
-  `logprobs`, `suffix`, `logit_bias`, non-zero presence or frequency penalties) are
-  answered 400 naming each; `user` is metadata, accepted and ignored. A `model`
-  other than the one served is answered 404 `model_not_found`, as OpenAI does;
-  leaving `model` out is allowed (the page does).
+  OpenAI's fields this server does not implement (`best_of` above 1, `suffix`,
+  `logit_bias`, non-zero presence or frequency penalties, `logprobs` with `stream`;
+  in chat also `n` above 1 and `logprobs`) are answered 400 naming each; `user` is
+  metadata, accepted and ignored. A `model` other than the one served is answered
+  404 `model_not_found`, as OpenAI does; leaving `model` out is allowed (the page does).
+* /v1/completions takes a prompt as text or token ids, or a list of either, with
+  `n` choices of each, `echo`, `logprobs` (0 to 20 alternatives per token: OpenAI
+  allows 5, vLLM 20) and `max_tokens` 0 (score a prompt, generate nothing): what
+  lm-evaluation-harness's `local-completions` model sends. The log-probabilities are
+  the model's own, before the samplers, from passes over prompt and completion once
+  the completion is made (`gptkit.serving.prompt_scoring`), so they are not streamed.
+  The page's /api/generate streams one choice; asked for `logprobs` it sends them
+  after the text, in the API's shape (with `echo`, the prompt's tokens too) for the
+  page to colour each token by its probability.
 * A chat request's messages are written in the run's prompt style when it was
   finetuned on instructions (config.json's `data.format = "instruction"`), else in
   the built-in `chat` style, so the endpoint answers for any model; /v1/models
@@ -109,9 +118,9 @@ class Handler(ApiHandler):
     def do_POST(self) -> None:
         path = urlsplit(self.path).path
         # Each path's request schema, and the route that answers it.
-        routes: dict[str, tuple[type[GenerationFields], Callable[[Job], None]]] = {
-            "/v1/completions": (CompletionRequest, lambda job: self._openai(job, TextReplies(self.server.service, job))),
-            "/v1/chat/completions": (ChatCompletionRequest, lambda job: self._openai(job, ChatReplies(self.server.service, job))),
+        routes: dict[str, tuple[type[GenerationFields], Callable[[list[Job]], None]]] = {
+            "/v1/completions": (CompletionRequest, lambda jobs: self._openai(jobs, TextReplies(self.server.service, jobs))),
+            "/v1/chat/completions": (ChatCompletionRequest, lambda jobs: self._openai(jobs, ChatReplies(self.server.service, jobs))),
             "/api/generate": (CompletionRequest, self._generate),
         }
         try:
@@ -119,13 +128,13 @@ class Handler(ApiHandler):
             if path not in routes:
                 raise ApiError(404, f"no such endpoint: POST {path}", code="not_found")
             schema, route = routes[path]
-            job = self.server.service.prepare(parse_request(body, schema))
+            jobs = self.server.service.prepare(parse_request(body, schema))
             with contextlib.ExitStack() as slot:
                 slot.enter_context(self.server.service.slots.hold())
                 # Routes call this as soon as the last token is made: the slot is free before the
                 # reply's last bytes go out, so a client holding a whole reply never sees it taken.
                 self.release_slot = slot.close
-                route(job)
+                route(jobs)
         except ApiError as err:
             self.send_api_error(err)
         except ClientGone:
@@ -172,31 +181,44 @@ class Handler(ApiHandler):
         # ends the generation (and its hold on the model) before the slot is given back.
         return contextlib.closing(self.while_connected(self.server.service.run(job)))
 
-    def _openai(self, job: Job, replies: Replies) -> None:
+    def _openai(self, jobs: list[Job], replies: Replies) -> None:
         """An OpenAI endpoint's answer, whole or as server-sent events ending with [DONE]; `replies` has its shapes."""
-        if not job.request.stream:
-            with self._deltas(job) as deltas:
-                text = "".join(deltas)
+        service = self.server.service
+        if not jobs[0].request.stream:
+            texts = []
+            for job in jobs:
+                with self._deltas(job) as deltas:
+                    texts.append("".join(deltas))
+            logprobs = [service.logprobs(job) for job in jobs]
             self.release_slot()
-            self.send_json(200, replies.whole(text))
+            self.send_json(200, replies.whole(texts, logprobs))
             return
         self.start_events()
         for chunk in replies.opening():
             self.send_event(chunk)
-        with self._deltas(job) as deltas:
-            for delta in deltas:
-                if delta:
-                    self.send_event(replies.delta(delta))
+        for i, job in enumerate(jobs):
+            if i:  # the choice before is done; the last one's finish waits until the slot is free
+                self.send_event(replies.finish(jobs[i - 1]))
+            for chunk in replies.start(job):
+                self.send_event(chunk)
+            with self._deltas(job) as deltas:
+                for delta in deltas:
+                    if delta:
+                        self.send_event(replies.delta(job, delta))
         self.release_slot()
-        self.send_event(replies.finish())
-        options = job.request.stream_options
+        self.send_event(replies.finish(jobs[-1]))
+        options = jobs[0].request.stream_options
         if options is not None and options.include_usage:
             self.send_event(replies.usage())
         self.send_event(b"[DONE]")
         self.end_events()
 
-    def _generate(self, job: Job) -> None:
-        """The page's stream: one settings event, text events, one done event."""
+    def _generate(self, jobs: list[Job]) -> None:
+        """The page's stream: one settings event, text events, a logprobs event if asked for, one done event."""
+        if len(jobs) != 1:
+            param = "n" if jobs[0].request.n != 1 else "prompt"
+            raise ApiError(400, f"/api/generate streams one completion, and this request asks for {len(jobs)}: send one prompt and n 1 (POST /v1/completions makes several)", param=param)
+        [job] = jobs
         service = self.server.service
         self.start_events()
         self.send_event({"type": "settings", "model": service.model_name, "settings": job.settings()})
@@ -206,7 +228,11 @@ class Handler(ApiHandler):
                 if delta:
                     self.send_event({"type": "text", "text": delta})
         elapsed = time.perf_counter() - started
+        logprobs = service.logprobs(job)
         self.release_slot()
+        if logprobs is not None:
+            # With the text the offsets put before the completion: the prompt as its tokens spell it, when echoed.
+            self.send_event({"type": "logprobs", "prompt": job.echo, "logprobs": logprobs})
         self.send_event({"type": "done", "finish_reason": job.finish_reason, "usage": job.usage(), "seconds": round(elapsed, 3)})
         self.end_events()
 
