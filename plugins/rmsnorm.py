@@ -26,7 +26,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(emb_dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
+        # The gain in the input's dtype: under bf16 autocast a float32 gain would send
+        # torch past its fused kernel to a slower composite of several passes.
+        return F.rms_norm(x, self.weight.shape, self.weight.to(x.dtype), self.eps)
 
 
 class RMSNormParams(ComponentParams):
