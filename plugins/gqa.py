@@ -97,7 +97,10 @@ class GroupedQueryAttention(nn.Module):
         k = k.view(batch, seq_len, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = v.view(batch, seq_len, self.n_kv_heads, self.head_dim).transpose(1, 2)
         if self.q_norm is not None and self.k_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
+            # Each gain in the activations' dtype, as plugins/rmsnorm.py does: under bf16 autocast a
+            # float32 gain sends torch past its fused kernel.
+            q = F.rms_norm(q, (self.head_dim,), self.q_norm.weight.to(q.dtype), self.q_norm.eps)
+            k = F.rms_norm(k, (self.head_dim,), self.k_norm.weight.to(k.dtype), self.k_norm.eps)
         if position is not None:
             q, k = position.rotate(q, k, start_pos)
         if kv_cache is not None:
