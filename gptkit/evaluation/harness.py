@@ -44,6 +44,7 @@ from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
 from gptkit.errors import GptkitError
+from gptkit.evaluation.last_positions import logits_of_last
 from gptkit.generation.generate import generate_text
 from gptkit.generation.samplers import build_samplers
 from gptkit.model.gpt import GPTModel
@@ -170,11 +171,14 @@ class GptkitLM(TemplateLM):
         batch = torch.zeros(len(rows), width, dtype=torch.long)
         for r, ids in enumerate(rows):
             batch[r, : len(ids)] = torch.tensor(ids)
-        logits = self.model(batch.to(self._device))
+        # The output head runs only from the first continuation's first position on, and only
+        # the continuation's positions go through the log-softmax.
+        kept = width - min(len(ids) - len(c) for ids, (_, _, c) in zip(rows, requests))
+        with logits_of_last(self.model, kept):
+            logits = self.model(batch.to(self._device))
         out = []
         for r, (_, _, continuation) in enumerate(requests):
-            end = len(rows[r])
-            # Only the continuation's positions go through the log-softmax: a (tokens, vocab) pass each.
+            end = len(rows[r]) - (width - kept)  # where the row ends among the logits kept
             log_probs = F.log_softmax(logits[r, end - len(continuation) : end].float(), dim=-1)
             targets = torch.tensor(continuation, device=log_probs.device)
             picked = log_probs.gather(-1, targets[:, None])[:, 0]
