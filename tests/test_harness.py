@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +25,7 @@ from conftest import REPO_ROOT, subprocess_env  # noqa: E402
 from test_cli_generate import random_model, run_main, write_run  # noqa: E402
 
 from gptkit import GPTModel  # noqa: E402
+from gptkit.errors import GptkitError  # noqa: E402
 from gptkit.data.tokenizer import Tokenizer  # noqa: E402
 from gptkit.interop.hf_checkpoint import export_hf  # noqa: E402
 
@@ -174,7 +176,7 @@ def test_a_missing_harness_names_the_extra_to_install(monkeypatch: pytest.Monkey
     assert err.startswith("error: lm-eval tasks need the lm-evaluation-harness, which cannot be imported") and 'pip install -e ".[eval]"' in err
 
 
-def test_option_mistakes_are_named_before_anything_loads(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_option_mistakes_are_named_before_anything_loads(monkeypatch: pytest.MonkeyPatch, hf_dir: Path, tmp_path: Path) -> None:
     missing = str(tmp_path / "no-such-run")  # never read: each mistake is found first
     cases = {
         ("--task", "lm-eval:x", "--data", "a.txt"): "--data is not used by lm-eval tasks (the task names its own data); leave it out",
@@ -187,6 +189,17 @@ def test_option_mistakes_are_named_before_anything_loads(monkeypatch: pytest.Mon
     for args, message in cases.items():
         code, _, err = run_main(monkeypatch, ["evaluate", "--run", missing, *args])
         assert code == 2 and message in err, (args, err)
+    code, _, err = run_main(monkeypatch, ["evaluate", "--hf-dir", str(hf_dir), "--task", "lm-eval:x", "--include-path", missing])
+    assert code == 2 and f"--include-path {missing} is not a folder; expected a folder of harness task YAML files" in err
+    # The harness's own command line: what --model_args and --batch_size may hold.
+    for model_args, message in {
+        "": "--model_args for gptkit: give exactly one of run=RUN_DIR, hf_dir=DIR or init_from=SOURCE",
+        f"hf_dir={hf_dir},run={missing}": "give exactly one of run=RUN_DIR",
+        f"hf_dir={hf_dir},batch_size=many": "batch_size must be a whole number or 'auto', got 'many'",
+        f"hf_dir={hf_dir},dtyp=bfloat16": "unknown dtyp; expected run, hf_dir, init_from, dtype, batch_size, max_gen_toks",
+    }.items():
+        with pytest.raises(GptkitError, match=re.escape(message)):
+            GptkitLM.create_from_arg_string(model_args)
 
 
 @pytest.mark.slow

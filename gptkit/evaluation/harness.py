@@ -53,6 +53,9 @@ MODEL_NAME = "gptkit"
 DEFAULT_BATCH_SIZE = 8  # what "auto" gets: the harness's probing for the largest batch is for GPU memory
 DEFAULT_MAX_GEN_TOKS = 256  # the harness's hf model's default
 
+MODEL_ARGS = ("run", "hf_dir", "init_from", "dtype", "batch_size", "max_gen_toks")
+HARNESS_OPTIONS = {"max_batch_size", "device"}  # what the harness passes every model besides batch_size
+
 # One request as `_loglikelihood_tokens` takes it: ((context, continuation) or None, context ids, continuation ids).
 TokenRequest = tuple[Any, list[int], list[int]]
 T = TypeVar("T")
@@ -99,9 +102,14 @@ class GptkitLM(TemplateLM):
         batch_size: int | str | None = 1,
         max_gen_toks: int | str = DEFAULT_MAX_GEN_TOKS,
         description: str = "",
-        **harness_options: Any,  # max_batch_size, device: what the harness passes every model
+        **harness_options: Any,
     ) -> None:
         super().__init__()
+        unknown = sorted(set(harness_options) - HARNESS_OPTIONS)
+        if unknown:
+            raise GptkitError(f"--model_args for gptkit: unknown {', '.join(unknown)}; expected {', '.join(MODEL_ARGS)}")
+        self.batch_size = batch_size_from(batch_size)
+        self._max_gen_toks = int(max_gen_toks)
         if model is None:
             model, tokenizer, description = self._load(run, hf_dir, init_from, dtype, harness_options.get("device"))
         elif tokenizer is None:
@@ -109,8 +117,6 @@ class GptkitLM(TemplateLM):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.description = description
-        self.batch_size = batch_size_from(batch_size)
-        self._max_gen_toks = int(max_gen_toks)
         self._device = next(model.parameters()).device
 
     @staticmethod
