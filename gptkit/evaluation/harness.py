@@ -35,9 +35,9 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
+import lm_eval.models  # noqa: F401  (the built-in models: the registry loads them itself only while it is empty)
 import torch
 import torch.nn.functional as F
-import lm_eval.models  # noqa: F401  (the built-in models: the registry loads them itself only while it is empty)
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import model_registry, register_model
 from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs
