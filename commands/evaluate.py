@@ -1,10 +1,12 @@
-"""`python main.py evaluate (--run RUN | --hf-dir DIR | --init-from SOURCE) --task TASK --data SOURCE`.
+"""`python main.py evaluate (--run RUN | --hf-dir DIR | --init-from SOURCE) --task TASK [--data SOURCE]`.
 
 Tasks: `perplexity` over a text (a file, folder, glob or URL, as data.path takes),
 scored with a sliding window (`--stride`, default half the context); `multiple-choice`
-over JSON lines of HellaSwag-shaped or harness-shaped questions (`--limit N`). The
-figures are printed as a table and written as JSON: into RUN/eval/ for a run, else
-into ./eval/, or to `--out FILE`.
+over JSON lines of HellaSwag-shaped or harness-shaped questions (`--limit N`);
+`lm-eval:NAME`, any task of the lm-evaluation-harness (an optional extra), or one
+whose YAML is in `--include-path DIR`, run by the harness with gptkit as its model
+(`--limit`, `--num-fewshot`, `--batch-size`). The figures are printed as a table and
+written as JSON: into RUN/eval/ for a run, else into ./eval/, or to `--out FILE`.
 """
 
 from __future__ import annotations
@@ -22,8 +24,17 @@ from commands.options import Once, add_dtype_option, integer
 if TYPE_CHECKING:
     from gptkit.registry import Registry
 
-HELP = "score a model: perplexity on a text, or accuracy on multiple-choice questions"
+HELP = "score a model: perplexity on a text, accuracy on multiple-choice questions, or an lm-evaluation-harness task"
 TASKS = ("perplexity", "multiple-choice")
+HARNESS_PREFIX = "lm-eval:"
+HARNESS_ONLY = ("include_path", "num_fewshot", "batch_size")  # options only a harness task takes
+
+
+def task_name(text: str) -> str:
+    """--task's value: one of TASKS, or lm-eval: and a harness task's name."""
+    if text in TASKS or (text.startswith(HARNESS_PREFIX) and text != HARNESS_PREFIX):
+        return text
+    raise argparse.ArgumentTypeError(f"expected {', '.join(TASKS)} or {HARNESS_PREFIX}TASK (a harness task), got '{text}'")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,10 +42,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--run", action=Once, metavar="RUN_DIR", help="a gptkit run directory (its latest checkpoint)")
     source.add_argument("--hf-dir", action=Once, metavar="DIR", help="a local Hugging Face GPT-2 folder")
     source.add_argument("--init-from", action=Once, metavar="SOURCE", help="anything --init-from takes: a run, a checkpoint, a folder, a hub name")
-    parser.add_argument("--task", action=Once, required=True, choices=TASKS, help="what to score")
-    parser.add_argument("--data", action=Once, required=True, metavar="SOURCE", help="the text (perplexity) or the JSONL questions (multiple-choice)")
+    parser.add_argument("--task", action=Once, required=True, type=task_name, metavar="TASK", help=f"what to score: {', '.join(TASKS)} or {HARNESS_PREFIX}NAME")
+    parser.add_argument("--data", action=Once, metavar="SOURCE", help="the text (perplexity) or the JSONL questions (multiple-choice)")
     parser.add_argument("--stride", type=integer, metavar="N", help="perplexity: tokens the window moves by (default: half the context)")
-    parser.add_argument("--limit", type=integer, metavar="N", help="multiple-choice: score only the first N questions")
+    parser.add_argument("--limit", type=integer, metavar="N", help="multiple-choice, lm-eval: score only the first N questions (documents)")
+    parser.add_argument("--include-path", action=Once, metavar="DIR", help="lm-eval: a folder of harness task YAML files to look in")
+    parser.add_argument("--num-fewshot", type=integer, metavar="K", help="lm-eval: examples put before each question (default: the task's)")
+    parser.add_argument("--batch-size", type=integer, metavar="B", help="lm-eval: requests scored together (default: 8)")
     parser.add_argument("--out", action=Once, metavar="FILE", help="where the JSON results go (default: RUN/eval/TASK-TIME.json, or ./eval/)")
     add_dtype_option(parser)
 
@@ -49,56 +63,77 @@ def run(args: argparse.Namespace, registry: Registry) -> int:
     )
     from rich.table import Table
 
-    from gptkit.errors import GptkitError
-
-    if args.limit is not None and args.limit < 1:
-        raise GptkitError(f"--limit must be at least 1, got {args.limit}")
-    if args.stride is not None and args.stride < 1:
-        raise GptkitError(f"--stride must be at least 1, got {args.stride}")
-    model, tokenizer, checkpoint = load(args)
-    columns = (TextColumn(f"{args.task}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=True) as progress:
-        task = progress.add_task(args.task, total=None)
-        advance = lambda done, total: progress.update(task, completed=done, total=total)
-        figures, data_files = score(args, model, tokenizer, advance)
-    table = Table(title=f"{args.task} of {checkpoint}")
+    check_options(args)
+    if args.task.startswith(HARNESS_PREFIX):
+        figures, record = run_harness(args)
+    else:
+        scored = load(args)
+        columns = (TextColumn(f"{args.task}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+        with Progress(*columns, console=console, transient=True) as progress:
+            task = progress.add_task(args.task, total=None)
+            advance = lambda done, total: progress.update(task, completed=done, total=total)
+            figures, data_files = score(args, scored.model, scored.tokenizer, advance)
+        record = {
+            "task": args.task, "checkpoint": scored.description, "data": args.data, "data_sha256": files_sha256(data_files),
+            **({"stride": args.stride or scored.model.cfg.context_length // 2} if args.task == "perplexity" else {}),
+        }
+    table = Table(title=f"{args.task} of {record['checkpoint']}")
     for name in ("metric", "value"):
         table.add_column(name)
     for name, value in figures.items():
         table.add_row(name, f"{value:.4f}" if isinstance(value, float) else f"{value:,}")
     console.print(table)
-    record = {
-        "task": args.task, "checkpoint": checkpoint, "data": args.data, "data_sha256": files_sha256(data_files),
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"), **figures,
-        **({"stride": args.stride or model.cfg.context_length // 2} if args.task == "perplexity" else {}),
-    }
+    record = {**record, "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"), **figures}
     path = write_results(args, record)
     console.print(f"results: {path}", markup=False, highlight=False)
     return 0
 
 
-def load(args: argparse.Namespace) -> tuple[Any, Any, str]:
-    """The model in eval mode, its tokenizer, and what to call the checkpoint in the results."""
-    from gptkit.data.tokenizer import Tokenizer
+def check_options(args: argparse.Namespace) -> None:
+    """Refuse options out of range or meant for another kind of task, before anything loads."""
+    from gptkit.errors import GptkitError
+
+    for option in ("limit", "stride", "batch_size"):
+        value = getattr(args, option)
+        if value is not None and value < 1:
+            raise GptkitError(f"--{option.replace('_', '-')} must be at least 1, got {value}")
+    if args.num_fewshot is not None and args.num_fewshot < 0:
+        raise GptkitError(f"--num-fewshot must be 0 or more, got {args.num_fewshot}")
+    if args.task.startswith(HARNESS_PREFIX):
+        for option in ("data", "stride"):
+            if getattr(args, option) is not None:
+                raise GptkitError(f"--{option} is not used by lm-eval tasks (the task names its own data); leave it out")
+        return
+    if args.data is None:
+        raise GptkitError(f"--task {args.task} needs --data SOURCE (the {'text' if args.task == 'perplexity' else 'JSONL questions'} to score)")
+    for option in HARNESS_ONLY:
+        if getattr(args, option) is not None:
+            raise GptkitError(f"--{option.replace('_', '-')} is for lm-eval tasks only; --task {args.task} does not use it")
+
+
+def load(args: argparse.Namespace) -> Any:
+    """The model in eval mode, its tokenizer, and what to call the checkpoint in the results (a `ScoredModel`)."""
     from gptkit.dtypes import torch_dtype
-    from gptkit.generation.loading import load_model
+    from gptkit.evaluation.model_source import load_scored_model
 
-    if args.init_from is None:
-        loaded = load_model(args.run, args.hf_dir, torch_dtype(args.dtype))  # refuses a classifier run
-        return loaded.model, loaded.tokenizer, loaded.description
-    from gptkit.generation.loading import refuse_classifier
-    from gptkit.kernels import accelerate
-    from gptkit.model.config import ModelConfig
-    from gptkit.model.gpt import GPTModel
-    from gptkit.training.init_from import load_initial_weights, resolve_init_source
+    return load_scored_model(args.run, args.hf_dir, args.init_from, torch_dtype(args.dtype))
 
-    source = resolve_init_source(args.init_from)
-    model = GPTModel(ModelConfig.model_validate(source.model))
-    refuse_classifier(Path(args.init_from), model)
-    load_initial_weights(model, source)
-    model = model.to(torch_dtype(args.dtype)).eval()
-    accelerate(model, inference=True)  # the CPU speed paths, as load_model applies them
-    return model, Tokenizer(), f"{args.init_from} ({source.kind})"
+
+def run_harness(args: argparse.Namespace) -> tuple[dict[str, float | int], dict[str, Any]]:
+    from gptkit.evaluation.harness_run import harness_model, run_harness_task
+
+    model_class = harness_model()  # before the weights load: a missing harness is said at once
+    scored = load(args)
+    lm = model_class(scored.model, scored.tokenizer, batch_size=args.batch_size, description=scored.description)
+    name = args.task.removeprefix(HARNESS_PREFIX)
+    with console.status(f"lm-eval {name}"):
+        result = run_harness_task(lm, name, args.include_path, args.limit, args.num_fewshot)
+    figures = {**result.figures, "samples": result.samples}
+    record = {
+        "task": args.task, "checkpoint": scored.description, "include_path": args.include_path,
+        "num_fewshot": result.num_fewshot, "lm_eval_version": result.version,
+    }
+    return figures, record
 
 
 def score(args: argparse.Namespace, model: Any, tokenizer: Any, progress: Any) -> tuple[dict[str, float | int], list[Path]]:
@@ -132,7 +167,8 @@ def write_results(args: argparse.Namespace, record: dict[str, Any]) -> Path:
         path = Path(args.out)
     else:
         folder = Path(args.run) / "eval" if args.run is not None else Path("eval")
-        path = folder / f"{args.task}-{record['date'].replace(':', '').replace('+0000', 'Z')}.json"
+        task = args.task.replace(HARNESS_PREFIX, "lm-eval-").replace("/", "-")
+        path = folder / f"{task}-{record['date'].replace(':', '').replace('+0000', 'Z')}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(path, json.dumps(record, indent=2) + "\n")
     return path

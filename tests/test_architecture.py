@@ -28,7 +28,9 @@ LAYERS: dict[str, set[str]] = {
     "generation": {"layers", "model", "data", "training", "kernels", "interop"},
     "interop": {"layers", "model", "data"},
     "serving": {"layers", "model", "data", "generation", "kernels", "interop"},
-    "evaluation": {"layers", "model", "data"},
+    # generation, training, kernels: a model to score is loaded as generate loads one (or as --init-from
+    # reads it), and the harness adapter's generate_until decodes with generation's loop
+    "evaluation": {"layers", "model", "data", "generation", "training", "kernels"},
 }
 
 

@@ -1,1 +1,1 @@
-"""Scoring a model: perplexity on held-out text, multiple-choice benchmarks."""
+"""Scoring a model: perplexity on held-out text, multiple-choice benchmarks, lm-evaluation-harness tasks."""

@@ -24,6 +24,7 @@ from gptkit.data.instruction_files import (
     read_utf8,
 )
 from gptkit.errors import DataError
+from gptkit.evaluation.last_positions import logits_of_last
 from gptkit.model.gpt import GPTModel
 
 EXPECTED = "JSON lines of {ctx, endings, label} (HellaSwag) or {query, choices, gold} (lm-evaluation-harness)"
@@ -74,7 +75,7 @@ def _question(record: Any, where: str) -> Question:
     return Question(context, tuple(endings), label, where)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def ending_logprobs(model: GPTModel, tokenizer: Any, question: Question) -> list[tuple[float, int]]:
     """(summed log-probability, token count) of each ending after the context."""
     context_ids = tokenizer.encode(question.context)
@@ -86,9 +87,11 @@ def ending_logprobs(model: GPTModel, tokenizer: Any, question: Question) -> list
             raise DataError(f"{question.source}: an ending tokenizes to nothing; every ending needs at least one token")
         ids = (context_ids + ending_ids)[-(model.cfg.context_length + 1) :]
         x = torch.tensor([ids[:-1]], device=device)
-        log_probs = F.log_softmax(model(x)[0].float(), dim=-1)
-        targets = torch.tensor(ids[1:], device=device)
-        picked = log_probs.gather(-1, targets[:, None])[-len(ending_ids) :, 0]
+        scored = min(len(ending_ids), len(x[0]))  # an ending longer than the context keeps its last tokens
+        with logits_of_last(model, scored):  # the ending's positions are all that is read
+            log_probs = F.log_softmax(model(x)[0].float(), dim=-1)
+        targets = torch.tensor(ids[-scored:], device=device)
+        picked = log_probs.gather(-1, targets[:, None])[:, 0]
         out.append((float(picked.sum()), len(ending_ids)))
     return out
 

@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from gptkit.errors import GptkitError
-from gptkit.model.gpt import GPTModel
+from gptkit.evaluation.last_positions import logits_of_last
+from gptkit.model.gpt import IGNORE_INDEX, GPTModel
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,7 @@ def windows(n_tokens: int, context: int, stride: int) -> list[tuple[int, int, in
     return out
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def sliding_window_loss(
     model: GPTModel, ids: torch.Tensor, stride: int | None = None, progress: Callable[[int, int], None] | None = None,
 ) -> PerplexityResult:
@@ -68,11 +69,14 @@ def sliding_window_loss(
         if end - begin < 2:
             continue  # one token and nothing before it in the window: nothing to score (stride = context)
         chunk = ids[begin:end].to(device)
-        logits = model(chunk[None, :-1])[0].float()
         targets = chunk[1:].clone()
-        targets[: max(first - begin - 1, 0)] = -100  # scored by an earlier window
-        total += F.cross_entropy(logits, targets, ignore_index=-100, reduction="sum").item()
-        count += int((targets != -100).sum())
+        targets[: max(first - begin - 1, 0)] = IGNORE_INDEX  # scored by an earlier window
+        scored = int((targets != IGNORE_INDEX).sum())  # the window's last positions
+        # The output head runs on the scored positions alone: half the window at the default stride.
+        with logits_of_last(model, scored):
+            logits = model(chunk[None, :-1])[0].float()
+        total += F.cross_entropy(logits, targets[-scored:], reduction="sum").item()
+        count += scored
         if progress is not None:
             progress(i + 1, len(plan))
     return PerplexityResult(total / count, count, len(plan))
