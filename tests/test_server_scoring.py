@@ -238,6 +238,13 @@ def test_lm_eval_local_completions_gets_the_forward_pass_loglikelihoods(
     assert [ll for ll, _ in results] == pytest.approx([ll for ll, _ in expected], abs=1e-4)
     assert [g for _, g in results] == [g for _, g in expected]
     assert any(g for _, g in expected), "one continuation must be the model's greedy one for is_greedy to mean anything"
+    # The same requests through gptkit's own harness model, no server between: the same numbers.
+    from gptkit.evaluation.harness import GptkitLM
+
+    direct = GptkitLM(model=model, tokenizer=tokenizer, batch_size=2).loglikelihood(
+        [Instance("loglikelihood", doc={}, arguments=pair, idx=i) for i, pair in enumerate(pairs)], disable_tqdm=True)
+    assert [ll for ll, _ in direct] == pytest.approx([ll for ll, _ in results], abs=1e-4)
+    assert [g for _, g in direct] == [g for _, g in results]
 
 
 # --- bad values --------------------------------------------------------------------------------
