@@ -84,20 +84,19 @@ def load(args: argparse.Namespace) -> tuple[Any, Any, str]:
     from gptkit.generation.loading import load_model
 
     if args.init_from is None:
-        loaded = load_model(args.run, args.hf_dir, torch_dtype(args.dtype))  # refuses a classifier run
+        loaded = load_model(args.run, args.hf_dir, torch_dtype(args.dtype), quantize=args.quantize)  # refuses a classifier run
         return loaded.model, loaded.tokenizer, loaded.description
-    from gptkit.generation.loading import refuse_classifier
-    from gptkit.kernels import accelerate
+    from gptkit.generation.loading import check_precision, prepare_for_use, refuse_classifier
     from gptkit.model.config import ModelConfig
     from gptkit.model.gpt import GPTModel
     from gptkit.training.init_from import load_initial_weights, resolve_init_source
 
+    check_precision(torch_dtype(args.dtype), "cpu", args.quantize)
     source = resolve_init_source(args.init_from)
     model = GPTModel(ModelConfig.model_validate(source.model))
     refuse_classifier(Path(args.init_from), model)
     load_initial_weights(model, source)
-    model = model.to(torch_dtype(args.dtype)).eval()
-    accelerate(model, inference=True)  # the CPU speed paths, as load_model applies them
+    prepare_for_use(model, torch_dtype(args.dtype), quantize=args.quantize)  # as load_model does
     return model, Tokenizer(), f"{args.init_from} ({source.kind})"
 
 
