@@ -116,7 +116,7 @@ def load(args: argparse.Namespace) -> Any:
     from gptkit.dtypes import torch_dtype
     from gptkit.evaluation.model_source import load_scored_model
 
-    return load_scored_model(args.run, args.hf_dir, args.init_from, torch_dtype(args.dtype))
+    return load_scored_model(args.run, args.hf_dir, args.init_from, torch_dtype(args.dtype), quantize=args.quantize)
 
 
 def run_harness(args: argparse.Namespace) -> tuple[dict[str, float | int], dict[str, Any]]:

@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gptkit.dtypes import INFERENCE_DTYPES
+from gptkit.dtypes import DTYPE_NAMES, QUANTIZE_SCHEMES
 from gptkit.errors import CheckpointError, ConfigError
 from gptkit.model.config import (
     PRESETS,  # pydantic only: the preset names for --help cost no torch
@@ -73,7 +73,12 @@ def add_source_options(parser: argparse.ArgumentParser) -> None:
 
 
 def add_dtype_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dtype", choices=INFERENCE_DTYPES, default="float32", help="weights' precision (default float32)")
+    """--dtype and --quantize: how the loaded weights are stored (`gptkit.generation.loading.load_model` checks them)."""
+    parser.add_argument("--dtype", choices=DTYPE_NAMES, default="float32", help="weights' precision (default float32; float16: CUDA only)")
+    parser.add_argument(
+        "--quantize", choices=QUANTIZE_SCHEMES, metavar="SCHEME",
+        help=f"store the linear weights in fewer bits ({', '.join(QUANTIZE_SCHEMES)}: weight-only, a scale per output channel; CPU only)",
+    )
 
 
 def add_sampler_options(parser: argparse.ArgumentParser) -> None:

@@ -69,7 +69,7 @@ def run(args: argparse.Namespace, registry: Registry) -> int:
 
     check_limits(args)
     # On the serving device before the CPU kernels are considered: a GPU model gets none.
-    loaded = load_model(args.run, args.hf_dir, torch_dtype(args.dtype), device=args.device)
+    loaded = load_model(args.run, args.hf_dir, torch_dtype(args.dtype), device=args.device, quantize=args.quantize)
     model = loaded.model
     name = args.model_name or Path(args.run or args.hf_dir).resolve().name
     serve_forever(

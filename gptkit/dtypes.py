@@ -11,9 +11,8 @@ if TYPE_CHECKING:
     import torch
 
 DTYPE_NAMES: tuple[str, ...] = ("float32", "bfloat16", "float16")
-# Weights to decode with: float16 weights without a gradient scaler's range checks overflow
-# GPT-2's activations, so generation offers the two that are safe everywhere.
-INFERENCE_DTYPES: tuple[str, ...] = ("float32", "bfloat16")
+# Ways to store a loaded model's weights in fewer bits for decoding (gptkit.kernels.quantize).
+QUANTIZE_SCHEMES: tuple[str, ...] = ("int8",)
 
 
 def torch_dtype(name: str) -> torch.dtype:

@@ -14,8 +14,7 @@ from typing import Any
 
 import torch
 
-from gptkit.generation.loading import load_model, refuse_classifier
-from gptkit.kernels import accelerate
+from gptkit.generation.loading import check_precision, load_model, prepare_for_use, refuse_classifier
 from gptkit.model.config import ModelConfig
 from gptkit.model.gpt import GPTModel
 from gptkit.plugins import default_registry
@@ -35,19 +34,21 @@ def load_scored_model(
     init_from: str | None = None,
     dtype: torch.dtype = torch.float32,
     device: str = "cpu",
+    quantize: str | None = None,
 ) -> ScoredModel:
-    """From exactly one of `run`, `hf_dir` and `init_from`, on `device` (the speed paths are the CPU's)."""
+    """From exactly one of `run`, `hf_dir` and `init_from`, on `device` (the speed paths are the CPU's),
+    its weights in `dtype` and, with `quantize`, its linears quantized as `load_model` does it."""
     if sum(source is not None for source in (run, hf_dir, init_from)) != 1:
         raise ValueError("give exactly one of run, hf_dir and init_from")
     if init_from is None:
-        loaded = load_model(run, hf_dir, dtype, device=device)  # refuses a classifier run
+        loaded = load_model(run, hf_dir, dtype, device=device, quantize=quantize)  # refuses a classifier run
         return ScoredModel(loaded.model, loaded.tokenizer, loaded.description)
+    check_precision(dtype, device, quantize)  # before any weights are read
     source = resolve_init_source(init_from)
     model = GPTModel(ModelConfig.model_validate(source.model))
     refuse_classifier(Path(init_from), model)
     load_initial_weights(model, source)
-    model = model.to(device=device, dtype=dtype).eval()
-    accelerate(model, inference=True)
+    prepare_for_use(model, dtype, device=device, quantize=quantize)  # as load_model does
     # A run's own tokenizer travels with it (its data.tokenizer); a Hugging Face model's is GPT-2's.
     tokenizer = default_registry().create("tokenizer", source.tokenizer or "gpt2")
     return ScoredModel(model, tokenizer, f"{init_from} ({source.kind})")

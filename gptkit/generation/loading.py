@@ -23,7 +23,7 @@ from gptkit.data.learned_tokenizer import load_tokenizer_state
 from gptkit.dtypes import torch_dtype
 from gptkit.errors import CheckpointError, GptkitError
 from gptkit.generation.samplers import Sampler, build_samplers, sampler_specs
-from gptkit.kernels import accelerate
+from gptkit.kernels import accelerate, check_quantize, quantize_weights
 from gptkit.model.gpt import GPTModel
 from gptkit.plugins import default_registry
 from gptkit.registry import split_spec
@@ -157,27 +157,48 @@ def load_model(
     dtype: torch.dtype = torch.float32,
     kernels: bool = True,
     device: str | torch.device = "cpu",
+    quantize: str | None = None,
 ) -> LoadedModel:
     """From exactly one of `run_dir` and `hf_dir`, in eval mode, `dtype` and on `device`.
 
     `kernels`: gptkit's CPU speed paths (`gptkit.kernels`), for a model on the CPU.
+    `quantize`: a scheme of `gptkit.dtypes.QUANTIZE_SCHEMES` for the linear weights.
     """
     if (run_dir is None) == (hf_dir is None):
         raise ValueError("give exactly one of run_dir and hf_dir")
+    check_precision(dtype, device, quantize)  # before the weights are read: a refusal costs nothing
     loaded = load_run(run_dir) if run_dir is not None else load_hf(hf_dir)  # type: ignore[arg-type]
     if loaded.model.cfg.vocab_size < loaded.tokenizer.vocab_size:
         raise CheckpointError(
             f"{loaded.description}: the model has {loaded.model.cfg.vocab_size} token ids but its tokenizer "
             f"has {loaded.tokenizer.vocab_size}; they do not belong together"
         )
+    prepare_for_use(loaded.model, dtype, device, kernels=kernels, quantize=quantize)
+    return loaded
+
+
+def check_precision(dtype: torch.dtype, device: str | torch.device, quantize: str | None) -> None:
+    """A `GptkitError` for a dtype or quantization scheme that `device` cannot decode with."""
+    if dtype == torch.float16 and str(device).startswith("cpu"):
+        raise GptkitError("--dtype float16 needs a CUDA device; on CPU use --dtype bfloat16 or float32")
+    if quantize is not None:
+        check_quantize(quantize, device)
+
+
+def prepare_for_use(
+    model: GPTModel, dtype: torch.dtype, device: str | torch.device = "cpu", *, kernels: bool = True, quantize: str | None = None
+) -> None:
+    """`model`, as loaded (float32, CPU), quantized, cast, moved and accelerated in place for decoding."""
+    check_precision(dtype, device, quantize)
+    if quantize is not None:
+        quantize_weights(model, quantize)  # from the float32 weights, before the cast rounds them
     try:
-        loaded.model.to(device=device, dtype=dtype).eval()
+        model.to(device=device, dtype=dtype).eval()
     except (RuntimeError, AssertionError) as err:  # a device torch does not know, or was not built for
         raise GptkitError(f"cannot use device {str(device)!r}: {str(err).splitlines()[0]}") from None
     if kernels:
         # Decoding streams every weight once per token: huge pages stream them ~6% faster.
-        accelerate(loaded.model, inference=True)
-    return loaded
+        accelerate(model, inference=True)
 
 
 @dataclass
@@ -235,7 +256,7 @@ def open_session(options: Any) -> Session:
         min_p=options.min_p, repetition_penalty=options.repetition_penalty,
     )
     samplers = build_samplers(specs) if specs else None
-    loaded = load_model(options.run, options.hf_dir, torch_dtype(options.dtype))
+    loaded = load_model(options.run, options.hf_dir, torch_dtype(options.dtype), quantize=getattr(options, "quantize", None))
     generator = torch.Generator().manual_seed(options.seed) if options.seed is not None else None
     return Session(
         loaded,

@@ -14,7 +14,10 @@ single parameter, state-dict key or checkpoint byte:
 - `decode_step`: generation's one-token step as flat tensor code (`flat_decoder`);
 - `huge_pages`: a loaded model's weights in transparent huge pages, for decoding;
 - `cpu_allocator`: malloc keeps freed memory, so a training step stops page-faulting
-  (`training_memory`).
+  (`training_memory`);
+- `int8_linear` and `quantize`: weight-only int8 linears for decoding, applied by
+  `quantize_weights(model, "int8")` (this one does change the parameters: a loaded
+  model is quantized for use, never trained or saved that way).
 
 `accelerate` swaps the class of each stock module for its kernel subclass, which
 overrides `forward` (or one method of it) only. The trainer calls it, and the model
@@ -35,7 +38,9 @@ from gptkit.kernels.cpu_allocator import retain_freed_memory
 from gptkit.kernels.decode_step import StockDecoder
 from gptkit.kernels.fused_loss import FusedLossGPTModel
 from gptkit.kernels.huge_pages import move_to_huge_pages
+from gptkit.kernels.int8_linear import Int8Linear
 from gptkit.kernels.onednn_linear import OneDNNLinear
+from gptkit.kernels.quantize import check_quantize, quantize_weights
 from gptkit.layers.attention import MultiHeadAttention
 from gptkit.model.gpt import GPTModel
 
@@ -91,4 +96,7 @@ def training_memory(device: torch.device) -> Iterator[bool]:
         yield active
 
 
-__all__ = ["KERNEL_CLASSES", "accelerate", "flat_decoder", "is_accelerated", "training_memory"]
+__all__ = [
+    "KERNEL_CLASSES", "Int8Linear", "accelerate", "check_quantize", "flat_decoder", "is_accelerated", "quantize_weights",
+    "training_memory",
+]
