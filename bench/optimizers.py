@@ -24,10 +24,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from config import load_run_config  # noqa: E402
-from gptkit import GPTModel, model_preset  # noqa: E402
-from gptkit.plugins import default_registry  # noqa: E402
-from gptkit.training.optimizers import build_optimizer  # noqa: E402
+from config import load_run_config
+from gptkit import GPTModel, model_preset
+from gptkit.plugins import default_registry
+from gptkit.training.optimizers import build_optimizer
 
 OPTIMIZERS = ("adamw", "sgd", "muon")
 RESULTS = Path(__file__).parent / "results" / "optimizers.json"

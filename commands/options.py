@@ -102,7 +102,9 @@ def add_compile_option(parser: argparse.ArgumentParser) -> None:
 
 def read_stored_config(run_dir: str) -> dict[str, Any]:
     """A run directory's config.json as a dict, or a `CheckpointError` saying what is wrong with it."""
-    from gptkit.training.checkpoint import read_run_config  # deferred: the checkpoint module imports torch
+    from gptkit.training.checkpoint import (
+        read_run_config,  # deferred: the checkpoint module imports torch
+    )
 
     if not (Path(run_dir) / "config.json").is_file():
         raise CheckpointError(f"cannot resume {run_dir}: no config.json there (is it a gptkit run directory?)")

@@ -138,7 +138,12 @@ def ready_learned_tokenizer(cfg: RunConfig, tokenizer: object, resume: Path | No
     """A tokenizer learned from the data (char, bpe): read back from the run being resumed (or the
     run --init-from names), else fitted on data.path; the model's vocab_size then follows it."""
     from gptkit.data.corpus import default_cache_dir
-    from gptkit.data.learned_tokenizer import TOKENIZER_FILE, corpus_texts, is_learned, load_tokenizer_state
+    from gptkit.data.learned_tokenizer import (
+        TOKENIZER_FILE,
+        corpus_texts,
+        is_learned,
+        load_tokenizer_state,
+    )
 
     if not is_learned(tokenizer):
         return

@@ -15,7 +15,9 @@ from gptkit.training.callbacks.tensorboard import TensorBoardLogger
 from gptkit.training.callbacks.wandb_logger import WandbLogger
 from gptkit.training.checkpoint import latest_checkpoint
 from gptkit.training.train_state import CallbackContext
-from tests.test_trainer import corpus, make_trainer  # noqa: F401 (corpus is a fixture)
+from tests.test_trainer import corpus, make_trainer
+
+__all__ = ["corpus"]  # a fixture from test_trainer, used by name
 
 LOGGERS = '["metrics", "csv", "tensorboard", {"name": "wandb", "project": "test"}, {"name": "checkpoint", "every": 3}]'
 

@@ -17,8 +17,10 @@ from gptkit.plugins import default_registry
 from gptkit.training.checkpoint import latest_checkpoint
 from gptkit.training.muon import Muon, orthogonalize
 from gptkit.training.optimizers import build_optimizer
-from tests.test_trainer import TINY, StopAt, corpus, make_trainer  # noqa: F401 (corpus is a fixture)
+from tests.test_trainer import TINY, StopAt, corpus, make_trainer
 from trainer import Trainer
+
+__all__ = ["corpus"]  # a fixture from test_trainer, used by name
 
 CPU = torch.device("cpu")
 
@@ -179,6 +181,7 @@ def test_each_optimizer_resumes_exactly(corpus: Path, tmp_path: Path, spec: str)
 SIGN_DESCENT_PLUGIN = """
 import torch
 from gptkit import NoParams, hookimpl
+
 
 class SignDescent(torch.optim.Optimizer):
     @torch.no_grad()

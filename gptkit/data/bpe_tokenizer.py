@@ -91,7 +91,7 @@ class BPETokenizer:
         lib = tokenizers_library()
         try:
             backend = lib.Tokenizer.from_str(text)
-        except Exception as err:  # the Rust side raises its own exception type
+        except Exception as err:  # noqa: BLE001 (the Rust side raises a plain Exception)
             raise ValueError(str(err)) from None
         self._use(backend, text)
 

@@ -14,7 +14,12 @@ from typing import Any
 
 import torch
 
-from gptkit.generation.loading import check_precision, load_model, prepare_for_use, refuse_classifier
+from gptkit.generation.loading import (
+    check_precision,
+    load_model,
+    prepare_for_use,
+    refuse_classifier,
+)
 from gptkit.model.config import ModelConfig
 from gptkit.model.gpt import GPTModel
 from gptkit.plugins import default_registry

@@ -66,10 +66,10 @@ class Muon(torch.optim.Optimizer):
         eps: float = 1e-8,
         weight_decay: float = 0.0,
     ) -> None:
-        defaults = dict(
-            lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps,
-            betas=betas, eps=eps, weight_decay=weight_decay, use_muon=False,
-        )
+        defaults = {
+            "lr": lr, "momentum": momentum, "nesterov": nesterov, "ns_steps": ns_steps,
+            "betas": betas, "eps": eps, "weight_decay": weight_decay, "use_muon": False,
+        }
         super().__init__(list(param_groups), defaults)
         for group in self.param_groups:
             if group["use_muon"] and any(p.dim() != 2 for p in group["params"]):

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, TextIO
 from gptkit.atomic import replace_atomically
 from gptkit.hookspecs import hookimpl
 from gptkit.registry import NoParams
-from gptkit.training.callbacks.scalars import eval_scalars, step_scalars
-from gptkit.training.train_state import CallbackContext, EvalMetrics, StepMetrics, TrainerView, TrainSummary
+from gptkit.training.callbacks.scalars import ScalarLogger
+from gptkit.training.train_state import CallbackContext, TrainerView
 
 if TYPE_CHECKING:
     from gptkit.registry import Registry
@@ -44,7 +44,7 @@ def drop_rows_after(path: Path, step: int) -> None:
     replace_atomically(path, write)
 
 
-class CsvLogger:
+class CsvLogger(ScalarLogger):
     def __init__(self, context: CallbackContext) -> None:
         self.context = context
         self.file: TextIO | None = None
@@ -53,7 +53,7 @@ class CsvLogger:
     def path(self) -> Path:
         return self.context.run_dir / CSV_FILE
 
-    def write(self, step: int, scalars: dict[str, float]) -> None:
+    def write(self, step: int, scalars: dict[str, float], *, new_step: bool) -> None:
         if self.file is not None:
             csv.writer(self.file).writerows([step, name, repr(float(value))] for name, value in scalars.items())
             self.file.flush()
@@ -67,22 +67,6 @@ class CsvLogger:
         self.file = self.path.open("a", newline="", encoding="utf-8")
         if fresh:
             csv.writer(self.file).writerow(HEADER)
-
-    @hookimpl
-    def gptkit_step_end(self, trainer: TrainerView, metrics: StepMetrics) -> None:
-        self.write(metrics.step, step_scalars(metrics))
-
-    @hookimpl
-    def gptkit_evaluate(self, trainer: TrainerView, metrics: EvalMetrics) -> None:
-        self.write(metrics.step, eval_scalars(metrics))
-
-    @hookimpl
-    def gptkit_train_end(self, trainer: TrainerView, summary: TrainSummary) -> None:
-        self.close()
-
-    @hookimpl
-    def gptkit_exception(self, trainer: TrainerView, error: BaseException) -> None:
-        self.close()
 
     def close(self) -> None:
         if self.file is not None:

@@ -13,7 +13,13 @@ import importlib
 from types import ModuleType
 
 from gptkit.errors import GptkitError
-from gptkit.training.train_state import EvalMetrics, StepMetrics
+from gptkit.hookspecs import hookimpl
+from gptkit.training.train_state import (
+    EvalMetrics,
+    StepMetrics,
+    TrainerView,
+    TrainSummary,
+)
 
 
 def step_scalars(metrics: StepMetrics) -> dict[str, float]:
@@ -40,3 +46,33 @@ def import_optional(module: str, callback: str, extra: str) -> ModuleType:
         raise GptkitError(
             f"callback '{callback}' needs the {extra} package, which is not installed: pip install -e \".[{extra}]\""
         ) from None
+
+
+class ScalarLogger:
+    """What every logger does alike: each step's and each evaluation's figures to `write`, `close` at the end.
+
+    A logger opens its file or run in `gptkit_train_start` (main process only) and
+    makes `write` a no-op until then.
+    """
+
+    def write(self, step: int, scalars: dict[str, float], *, new_step: bool) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    @hookimpl
+    def gptkit_step_end(self, trainer: TrainerView, metrics: StepMetrics) -> None:
+        self.write(metrics.step, step_scalars(metrics), new_step=True)
+
+    @hookimpl
+    def gptkit_evaluate(self, trainer: TrainerView, metrics: EvalMetrics) -> None:
+        self.write(metrics.step, eval_scalars(metrics), new_step=False)  # after its step's training figures
+
+    @hookimpl
+    def gptkit_train_end(self, trainer: TrainerView, summary: TrainSummary) -> None:
+        self.close()
+
+    @hookimpl
+    def gptkit_exception(self, trainer: TrainerView, error: BaseException) -> None:
+        self.close()

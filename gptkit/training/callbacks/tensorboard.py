@@ -15,8 +15,8 @@ from pydantic import Field
 
 from gptkit.hookspecs import hookimpl
 from gptkit.registry import ComponentParams
-from gptkit.training.callbacks.scalars import eval_scalars, import_optional, step_scalars
-from gptkit.training.train_state import CallbackContext, EvalMetrics, StepMetrics, TrainerView, TrainSummary
+from gptkit.training.callbacks.scalars import ScalarLogger, import_optional
+from gptkit.training.train_state import CallbackContext, TrainerView
 
 if TYPE_CHECKING:
     from gptkit.registry import Registry
@@ -28,14 +28,14 @@ class TensorBoardParams(ComponentParams):
     flush_secs: int = Field(30, gt=0, description="Write pending events to disk at least this often.")
 
 
-class TensorBoardLogger:
+class TensorBoardLogger(ScalarLogger):
     def __init__(self, context: CallbackContext, flush_secs: int = 30) -> None:
         import_optional("tensorboard", "tensorboard", "tensorboard")  # before the run starts, not at its first step
         self.context = context
         self.flush_secs = flush_secs
         self.writer: Any = None
 
-    def write(self, step: int, scalars: dict[str, float]) -> None:
+    def write(self, step: int, scalars: dict[str, float], *, new_step: bool) -> None:
         if self.writer is not None:
             for name, value in scalars.items():
                 self.writer.add_scalar(name, value, global_step=step)
@@ -50,22 +50,6 @@ class TensorBoardLogger:
         self.writer = SummaryWriter(
             log_dir=str(self.context.run_dir / LOG_DIR), purge_step=step + 1 if step else None, flush_secs=self.flush_secs
         )
-
-    @hookimpl
-    def gptkit_step_end(self, trainer: TrainerView, metrics: StepMetrics) -> None:
-        self.write(metrics.step, step_scalars(metrics))
-
-    @hookimpl
-    def gptkit_evaluate(self, trainer: TrainerView, metrics: EvalMetrics) -> None:
-        self.write(metrics.step, eval_scalars(metrics))
-
-    @hookimpl
-    def gptkit_train_end(self, trainer: TrainerView, summary: TrainSummary) -> None:
-        self.close()
-
-    @hookimpl
-    def gptkit_exception(self, trainer: TrainerView, error: BaseException) -> None:
-        self.close()
 
     def close(self) -> None:
         if self.writer is not None:

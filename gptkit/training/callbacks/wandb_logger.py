@@ -22,8 +22,8 @@ from pydantic import Field
 
 from gptkit.hookspecs import hookimpl
 from gptkit.registry import ComponentParams
-from gptkit.training.callbacks.scalars import eval_scalars, import_optional, step_scalars
-from gptkit.training.train_state import CallbackContext, EvalMetrics, StepMetrics, TrainerView, TrainSummary
+from gptkit.training.callbacks.scalars import ScalarLogger, import_optional
+from gptkit.training.train_state import CallbackContext, TrainerView
 
 if TYPE_CHECKING:
     from gptkit.registry import Registry
@@ -39,7 +39,7 @@ class WandbParams(ComponentParams):
     mode: str | None = Field(None, description="online, offline or disabled; None: $WANDB_MODE, else wandb's default.")
 
 
-class WandbLogger:
+class WandbLogger(ScalarLogger):
     def __init__(self, context: CallbackContext, project: str = "gptkit", entity: str | None = None, run_name: str | None = None,
                  tags: list[str] | None = None, mode: str | None = None) -> None:
         self.wandb = import_optional("wandb", "wandb", "wandb")
@@ -57,7 +57,7 @@ class WandbLogger:
         tmp.write_text(json.dumps({"id": self.run.id, "sent_through": step}))
         os.replace(tmp, self.state_path)
 
-    def send(self, step: int, scalars: dict[str, float], new_step: bool) -> None:
+    def write(self, step: int, scalars: dict[str, float], *, new_step: bool) -> None:
         if self.run is None or step <= self.held_through:
             return
         self.run.log(scalars, step=step)
@@ -78,23 +78,6 @@ class WandbLogger:
         self.held_through = int(known.get("sent_through", 0))
         if not known:
             self.remember(0)
-
-    @hookimpl
-    def gptkit_step_end(self, trainer: TrainerView, metrics: StepMetrics) -> None:
-        self.send(metrics.step, step_scalars(metrics), new_step=True)
-
-    @hookimpl
-    def gptkit_evaluate(self, trainer: TrainerView, metrics: EvalMetrics) -> None:
-        # After its step's training figures (the same step): W&B merges them into one row.
-        self.send(metrics.step, eval_scalars(metrics), new_step=False)
-
-    @hookimpl
-    def gptkit_train_end(self, trainer: TrainerView, summary: TrainSummary) -> None:
-        self.close()
-
-    @hookimpl
-    def gptkit_exception(self, trainer: TrainerView, error: BaseException) -> None:
-        self.close()
 
     def close(self) -> None:
         if self.run is not None:
