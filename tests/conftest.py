@@ -54,6 +54,16 @@ CHECKOUT_COMPONENTS = {
 }
 
 
+def save_tiny_hf_gpt2(tmp_path_factory: pytest.TempPathFactory, shape: dict[str, object]) -> Path:
+    """A Hugging Face GPT-2 folder of random weights (seed 0) of `shape` (GPT2Config's keys), as a test's base model."""
+    import transformers
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("hf") / "tiny-gpt2"
+    transformers.GPT2LMHeadModel(transformers.GPT2Config(**shape)).save_pretrained(folder)
+    return folder
+
+
 def randomize_weights(model: torch.nn.Module, seed: int) -> torch.nn.Module:
     """Weights wide enough (N(0, 0.5); norm scales N(1, 0.1)) that greedy text varies from token to token."""
     generator = torch.Generator().manual_seed(seed)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import save_tiny_hf_gpt2
 from safetensors.torch import load_file
 from test_cli_generate import greedy_text, run_main
 
@@ -37,10 +38,7 @@ def fast(corpus: Path, out: Path, *extra: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("hf") / "tiny-gpt2"
-    hf.GPT2LMHeadModel(hf.GPT2Config(**HF_SHAPE)).save_pretrained(folder)
-    return folder
+    return save_tiny_hf_gpt2(tmp_path_factory, HF_SHAPE)
 
 
 @pytest.fixture(scope="module")

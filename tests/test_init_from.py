@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import REPO_ROOT, subprocess_env
+from conftest import REPO_ROOT, save_tiny_hf_gpt2, subprocess_env
 from hub_server import HubServer
 from safetensors.torch import load_file
 from test_cli_generate import run_main
@@ -39,10 +39,7 @@ FAST = ["train.batch_size=2", "train.eval_batches=2", "train.eval_every=100", "r
 
 @pytest.fixture(scope="module")
 def hf_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("hf") / "tiny-gpt2"
-    hf.GPT2LMHeadModel(hf.GPT2Config(**HF_SHAPE)).save_pretrained(folder)
-    return folder
+    return save_tiny_hf_gpt2(tmp_path_factory, HF_SHAPE)
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import save_tiny_hf_gpt2
 from safetensors import safe_open
 from test_trainer import Recorder, StopAt
 
@@ -54,10 +55,7 @@ def randomize_adapters(model: torch.nn.Module) -> None:
 
 @pytest.fixture(scope="module")
 def base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("hf") / "tiny-gpt2"
-    hf.GPT2LMHeadModel(hf.GPT2Config(**HF_SHAPE)).save_pretrained(folder)
-    return folder
+    return save_tiny_hf_gpt2(tmp_path_factory, HF_SHAPE)
 
 
 @pytest.fixture(scope="module")

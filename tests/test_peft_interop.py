@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import save_tiny_hf_gpt2
 from safetensors.torch import save_file
 from test_cli_generate import run_main
 
@@ -24,10 +25,7 @@ HF_SHAPE = {"n_layer": 2, "n_embd": 32, "n_head": 2, "n_positions": 32, "vocab_s
 
 @pytest.fixture(scope="module")
 def base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("hf") / "tiny-gpt2"
-    hf.GPT2LMHeadModel(hf.GPT2Config(**HF_SHAPE)).save_pretrained(folder)
-    return folder
+    return save_tiny_hf_gpt2(tmp_path_factory, HF_SHAPE)
 
 
 def ids(seed: int) -> torch.Tensor:
