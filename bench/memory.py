@@ -1,24 +1,25 @@
-"""Benchmark: the memory and time of one training step, full finetuning against a trainable subset, each
+"""Benchmark: the memory and time of one training step, full finetuning against LoRA, each
 with and without activation checkpointing.
 
     python bench/memory.py [--preset gpt2|gpt2-medium|gpt2-large] [--batch 4] [--seq-len 256]
                            [--steps 5] [--warmup 1] [--dtype bfloat16|float32]
-                           [--configs full,full+ckpt,subset,subset+ckpt] [--every 1]
-                           [--trainable 'blocks.*.norm*'] [--out bench/results/memory.json] [--threads N]
+                           [--configs full,full+ckpt,lora,lora+ckpt] [--every 1]
+                           [--rank 8] [--targets 'blocks.*.att.qkv,blocks.*.att.out_proj']
+                           [--out bench/results/memory.json] [--threads N]
 
 Each configuration runs in a fresh interpreter of its own, so its peak resident set
 (VmHWM) is its own and glibc's heap carries no history from another. The model is the
-preset with random weights, built and stepped as the Trainer does it: `train.trainable`
-patterns (`gptkit.training.freezing`), `gptkit.kernels.accelerate`, then
+preset with random weights, built and stepped as the Trainer does it: `train.lora`
+(`gptkit.training.lora.wrap_lora`, rank `--rank`, alpha twice the rank, on `--targets`),
+`gptkit.kernels.accelerate`, then
 `run.activation_checkpointing` (every `--every`-th block), trainer.make_optimizer's fused
 AdamW, the loss without logits, clipping to 1.0, the retaining malloc policy
 (`gptkit.kernels.training_memory`). A step is forward, backward, clip, AdamW step,
 zero_grad; `--warmup` untimed steps, then `--steps` timed ones, the median reported.
 
-"subset" stands in for LoRA until it lands: frozen weights get no gradient and no
-optimizer state, as a LoRA base does, and the backward pass still runs through every
-block. The default subset, every block's two LayerNorms, trains about as few parameters
-as LoRA on the attention does (0.03% of GPT-2 124M).
+"lora" is train.lora's default: rank 8, alpha 16, on the attention's two projections
+(0.35% of GPT-2 124M's parameters train). Its frozen base gets no gradient and no
+optimizer state; the backward pass still runs through every block.
 
 As a check that checkpointing changes memory and time only, a configuration's first
 loss must equal the same configuration's without checkpointing (same weights, batch
@@ -54,21 +55,23 @@ from gptkit.training.activation_checkpointing import (
     apply_activation_checkpointing,
     is_checkpointed,
 )
-from gptkit.training.freezing import apply_trainable
+from gptkit.training.lora import LoRASettings, wrap_lora
 from trainer import make_optimizer
 
 DEFAULT_OUT = ROOT / "bench" / "results" / "memory.json"
 PRESETS = ("gpt2", "gpt2-medium", "gpt2-large")
-CONFIGS = ("full", "full+ckpt", "subset", "subset+ckpt")
-DEFAULT_SUBSET = "blocks.*.norm*"
+CONFIGS = ("full", "full+ckpt", "lora", "lora+ckpt")
+DEFAULT_TARGETS = "blocks.*.att.qkv,blocks.*.att.out_proj"  # train.lora's default
 GRAD_CLIP = 1.0
 
 
-def build(preset: str, seq_len: int, trainable: Sequence[str] | None, every: int) -> tuple[GPTModel, torch.optim.Optimizer, int]:
+def build(preset: str, seq_len: int, lora: LoRASettings | None, every: int) -> tuple[GPTModel, torch.optim.Optimizer, int]:
     """The model and optimizer as the Trainer makes them; also how many parameters train."""
     torch.manual_seed(0)
     model = GPTModel(model_preset(preset, context_length=max(seq_len, model_preset(preset).context_length)))
-    trained = apply_trainable(model, trainable, []).trainable
+    if lora is not None:
+        wrap_lora(model, lora)  # before accelerate, as the Trainer: it reaches the base linears inside
+    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
     accelerate(model)
     apply_activation_checkpointing(model, every)
     return model.train(), make_optimizer(model, RunConfig(), torch.device("cpu")), trained
@@ -92,8 +95,8 @@ def train_step(model: GPTModel, optimizer: torch.optim.Optimizer, x: torch.Tenso
 def run_config_child(args: argparse.Namespace, name: str) -> dict[str, Any]:
     """In a fresh process: build configuration `name`, step it, report its peak RSS and step times."""
     before = proc_status_mib("VmRSS")
-    trainable = args.trainable if name.startswith("subset") else None
-    model, optimizer, trained = build(args.preset, args.seq_len, trainable, args.every if name.endswith("+ckpt") else 0)
+    lora = LoRASettings(args.rank, 2.0 * args.rank, 0.0, tuple(args.targets)) if name.startswith("lora") else None
+    model, optimizer, trained = build(args.preset, args.seq_len, lora, args.every if name.endswith("+ckpt") else 0)
     x, y = random_batch(model.cfg.vocab_size, args.batch, args.seq_len)
     dtype = torch_dtype(args.dtype)
     seconds, losses = [], []
@@ -163,12 +166,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16", help="autocast dtype, run.dtype's default (bfloat16)")
     p.add_argument("--configs", default=",".join(CONFIGS), help=f"comma list of {', '.join(CONFIGS)} (default all)")
     p.add_argument("--every", type=int, default=1, help="run.activation_checkpointing of the +ckpt configurations (default 1: every block)")
-    p.add_argument("--trainable", default=DEFAULT_SUBSET, help=f"comma list of train.trainable patterns of 'subset' (default '{DEFAULT_SUBSET}')")
+    p.add_argument("--rank", type=int, default=8, help="train.lora.rank of 'lora', alpha twice that (default 8)")
+    p.add_argument("--targets", default=DEFAULT_TARGETS, help=f"comma list of train.lora.targets of 'lora' (default '{DEFAULT_TARGETS}')")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"results JSON (default {DEFAULT_OUT.relative_to(ROOT)})")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    for flag in ("batch", "seq_len", "steps", "every"):
+    for flag in ("batch", "seq_len", "steps", "every", "rank"):
         if getattr(args, flag) < 1:
             p.error(f"--{flag.replace('_', '-')} must be at least 1")
     if args.warmup < 0:
@@ -180,14 +184,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if unknown or not configs:
         p.error(f"--configs: {'unknown ' + ', '.join(unknown) if unknown else 'none given'}; choose from {', '.join(CONFIGS)}")
     args.configs = list(dict.fromkeys(configs))
-    args.trainable = [t.strip() for t in args.trainable.split(",") if t.strip()]
+    args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    if not args.targets:
+        p.error("--targets: none given")
     return args
 
 
 def child_flags(args: argparse.Namespace, name: str) -> list[str]:
     return ["--child", name, "--preset", args.preset, "--batch", str(args.batch), "--seq-len", str(args.seq_len),
             "--steps", str(args.steps), "--warmup", str(args.warmup), "--dtype", args.dtype, "--every", str(args.every),
-            "--trainable", ",".join(args.trainable)]
+            "--rank", str(args.rank), "--targets", ",".join(args.targets)]
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -206,7 +212,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     report = {
         "machine": machine_info(threads),
         "workload": {"preset": args.preset, "batch": args.batch, "seq_len": args.seq_len, "dtype": args.dtype,
-                     "steps": args.steps, "warmup": args.warmup, "every": args.every, "trainable": args.trainable},
+                     "steps": args.steps, "warmup": args.warmup, "every": args.every,
+                     "lora": {"rank": args.rank, "alpha": 2.0 * args.rank, "targets": args.targets}},
         "configs": results,
     }
     print_table(report)

@@ -19,7 +19,10 @@ from gptkit import GPTModel, ModelConfig, MultiHeadAttention, accelerate
 from gptkit.kernels import KERNEL_CLASSES, is_accelerated
 from gptkit.kernels.bf16_attention import CPUAttention
 from gptkit.kernels.fused_loss import FusedLossGPTModel
+from gptkit.kernels.lora_linear import CPULoRALinear
 from gptkit.kernels.onednn_linear import OneDNNLinear
+from gptkit.layers.lora import LoRALinear
+from gptkit.training.lora import LoRASettings, wrap_lora
 
 TOKENS = torch.randint(0, 97, (3, 12), generator=torch.Generator().manual_seed(0))
 TARGETS = torch.roll(TOKENS, -1, dims=1)
@@ -71,7 +74,42 @@ def test_stock_classes_get_their_kernels_and_nothing_else_changes() -> None:
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     assert linears and {type(m) for m in linears} == {OneDNNLinear}
     assert type(model.final_norm).__name__ == "RMSNorm"  # no kernel for it: untouched
-    assert set(KERNEL_CLASSES.values()) == {OneDNNLinear, CPUAttention, FusedLossGPTModel}
+    assert set(KERNEL_CLASSES.values()) == {OneDNNLinear, CPUAttention, FusedLossGPTModel, CPULoRALinear}
+
+
+def test_a_lora_model_gets_the_same_loss_and_adapter_gradients_accelerated() -> None:
+    plain = small()
+    wrap_lora(plain, LoRASettings(rank=4, alpha=8.0, dropout=0.0, targets=("blocks.*.att.qkv", "blocks.*.att.out_proj")))
+    with torch.no_grad():
+        for m in plain.modules():
+            if isinstance(m, LoRALinear):
+                m.lora_B.normal_(0.0, 0.5)  # not zero, so the update shows in the loss and in A's gradient
+    fast = copy.deepcopy(plain)
+    accelerate(fast)
+    adapters = [m for m in fast.modules() if isinstance(m, LoRALinear)]
+    assert len(adapters) == 4 and {type(m) for m in adapters} == {CPULoRALinear}
+    assert {type(m.base) for m in adapters} == {OneDNNLinear}  # the base linear keeps its own kernel
+
+    def loss_and_grads(model: nn.Module, bf16: bool) -> tuple[float, dict[str, torch.Tensor]]:
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            _, loss = model(TOKENS, TARGETS, keep_logits=False)
+        loss.backward()
+        return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    ref_loss, ref = loss_and_grads(plain, bf16=False)
+    assert len(ref) == 8  # lora_A and lora_B of four layers, nothing else
+    loss, grads = loss_and_grads(fast, bf16=False)
+    assert loss == pytest.approx(ref_loss, rel=1e-6)
+    for name, g in grads.items():
+        torch.testing.assert_close(g, ref[name], rtol=1e-5, atol=1e-5, msg=name)
+
+    def bf16_error(model: nn.Module) -> float:
+        _, g = loss_and_grads(model, bf16=True)
+        return max(((g[n] - ref[n]).abs().max() / ref[n].abs().max()).item() for n in ref)
+
+    # Under bf16 autocast, against float32: no further off than the readable layer (these wide weights round a lot).
+    assert bf16_error(fast) <= 1.5 * bf16_error(plain) + 0.02
 
 
 def test_a_subclass_keeps_its_own_class() -> None:

@@ -11,6 +11,8 @@ single parameter, state-dict key or checkpoint byte:
   about twice SDPA's CPU flash kernel at GPT-2's training lengths;
 - `fused_loss`: the training loss taken from the hidden states in chunks, without
   the (tokens, vocab) logits;
+- `lora_linear`: a LoRA layer's input cast once for base and adapter, the update added
+  by one `addmm`;
 - `decode_step`: generation's one-token step as flat tensor code (`flat_decoder`);
 - `huge_pages`: a loaded model's weights in transparent huge pages, for decoding;
 - `cpu_allocator`: malloc keeps freed memory, so a training step stops page-faulting
@@ -39,9 +41,11 @@ from gptkit.kernels.decode_step import StockDecoder
 from gptkit.kernels.fused_loss import FusedLossGPTModel
 from gptkit.kernels.huge_pages import move_to_huge_pages
 from gptkit.kernels.int8_linear import Int8Linear
+from gptkit.kernels.lora_linear import CPULoRALinear
 from gptkit.kernels.onednn_linear import OneDNNLinear
 from gptkit.kernels.quantize import check_quantize, quantize_weights
 from gptkit.layers.attention import MultiHeadAttention
+from gptkit.layers.lora import LoRALinear
 from gptkit.model.gpt import GPTModel
 
 # Exact stock class -> its kernel subclass. Exact: a researcher's subclass may change
@@ -50,6 +54,7 @@ KERNEL_CLASSES: dict[type[nn.Module], type[nn.Module]] = {
     nn.Linear: OneDNNLinear,
     MultiHeadAttention: CPUAttention,
     GPTModel: FusedLossGPTModel,
+    LoRALinear: CPULoRALinear,
 }
 
 

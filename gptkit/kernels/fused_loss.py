@@ -125,8 +125,10 @@ class _FusedLoss(torch.autograd.Function):
                 # Plain mm, not oneDNN: BLAS reads the transposed operands in place, where
                 # oneDNN would first copy the (tokens, vocab) buffer (206 MB for 4 x 256
                 # GPT-2 tokens) into another layout; the two take the same time here.
-                grad_hidden = torch.mm(grad_logits, w).to(hidden.dtype)
-                grad_weight = _head_weight_grad(grad_logits, h, weight.dtype)
+                grad_hidden = torch.mm(grad_logits, w).to(hidden.dtype) if ctx.needs_input_grad[0] else None
+                # A frozen head (LoRA's base, tied to the frozen embedding) needs no weight gradient:
+                # skipping it saves a (vocab x emb x tokens) matmul, a third of the head's work.
+                grad_weight = _head_weight_grad(grad_logits, h, weight.dtype) if ctx.needs_input_grad[1] else None
                 ctx.save_for_backward(grad_hidden, grad_weight)
         count = keep.sum().clamp(min=1)
         ctx.count = count
@@ -136,7 +138,8 @@ class _FusedLoss(torch.autograd.Function):
     def backward(ctx: Any, grad_loss: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         grad_hidden, grad_weight = ctx.saved_tensors
         scale = grad_loss / ctx.count
-        return grad_hidden.mul_(scale), grad_weight.mul_(scale), None, None
+        return (None if grad_hidden is None else grad_hidden.mul_(scale),
+                None if grad_weight is None else grad_weight.mul_(scale), None, None)
 
 
 def fused_next_token_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
