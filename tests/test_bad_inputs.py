@@ -107,8 +107,8 @@ def test_contradictory_settings(monkeypatch: pytest.MonkeyPatch, overrides: list
     [
         ("train.scheduler=cosin", "train.scheduler: unknown scheduler 'cosin' (did you mean 'cosine'?); valid scheduler names: constant, cosine, linear, wsd"),
         ('sampling.samplers=["top_q"]', "sampling.samplers: unknown sampler 'top_q' (did you mean 'top_p'?); valid sampler names: greedy, min_p, repetition_penalty, temperature, top_k, top_p"),
-        ('train.callbacks=["checkpont"]', "train.callbacks: unknown callback 'checkpont' (did you mean 'checkpoint'?); valid callback names: checkpoint, console, early_stopping, evaluate, loss_plot, metrics, samples"),
-        ("data.tokenizer=gpt3", "data.tokenizer: unknown tokenizer 'gpt3' (did you mean 'gpt2'?); valid tokenizer names: gpt2"),
+        ('train.callbacks=["checkpont"]', "train.callbacks: unknown callback 'checkpont' (did you mean 'checkpoint'?); valid callback names: checkpoint, console, csv, early_stopping, evaluate, loss_plot, metrics, samples, tensorboard, wandb"),
+        ("data.tokenizer=gpt3", "data.tokenizer: unknown tokenizer 'gpt3' (did you mean 'gpt2'?); valid tokenizer names: bpe, char, gpt2"),
     ],
 )
 def test_unknown_scheduler_sampler_callback_and_tokenizer_names(monkeypatch: pytest.MonkeyPatch, override: str, line: str) -> None:

@@ -1,7 +1,7 @@
 """gptkit as an lm-evaluation-harness model, checked against the harness's own `hf` model on the same weights.
 
 The task is one the test writes: a multiple-choice YAML over a local JSONL file, found
-through an include path, so nothing is fetched (the hub and datasets run offline).
+through an include path, and the weights are a local folder, so nothing is fetched.
 The weights are a tiny random model exported with `export_hf`; the harness's `HFLM`
 reads the export with transformers, so its numbers are independent of gptkit's code.
 """
@@ -9,18 +9,12 @@ reads the export with transformers, so its numbers are independent of gptkit's c
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-
-# Read when datasets and huggingface_hub are first imported: set before the harness is.
-os.environ["HF_DATASETS_OFFLINE"] = "1"
-os.environ["HF_HUB_OFFLINE"] = "1"
-
 from conftest import REPO_ROOT, subprocess_env
 from test_cli_generate import random_model, run_main, write_run
 
