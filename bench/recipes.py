@@ -29,6 +29,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results"
 RECIPES = {"gpt2": [], "modern": ["--config", str(REPO / "configs" / "modern-small.toml")]}
+OTHER_CONFIG_HELP = "the recipe to compare with the GPT-2 recipe (default configs/modern-small.toml)"
 
 
 def train(recipe: str, seed: int, steps: int, out_dir: Path, cache: Path) -> dict[str, object]:
@@ -71,7 +72,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[1337, 1338])
     parser.add_argument("--steps", type=int, default=250)
+    parser.add_argument("--config", type=Path, default=REPO / "configs" / "modern-small.toml", help=OTHER_CONFIG_HELP)
     args = parser.parse_args()
+    RECIPES["modern"] = ["--config", str(args.config.resolve())]
     with tempfile.TemporaryDirectory() as tmp:
         out, cache = Path(tmp) / "runs", Path(tmp) / "cache"
         for recipe in RECIPES:  # warm-up: tokenize once, load the libraries into the page cache
