@@ -281,12 +281,11 @@ class Trainer:
         self.last_checkpoint_step: int | None = None
         if resume_from is None:
             return {}
-        if self.base_sha256 is not None:
+        if self.base_sha256 is not None:  # a LoRA checkpoint holds the adapter only; the base came from init_from
             self.state, meta = read_train_state(resume_from)
             load_adapter(self.model, resume_from / ADAPTER_FILE, self.base_sha256)
-            self.last_checkpoint_step = self.state.step
-            return meta
-        self.state, meta = load_checkpoint(resume_from, self.model, restore_rng=False)
+        else:
+            self.state, meta = load_checkpoint(resume_from, self.model, restore_rng=False)
         self.last_checkpoint_step = self.state.step
         return meta
 
