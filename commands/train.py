@@ -143,6 +143,7 @@ def ready_learned_tokenizer(cfg: RunConfig, tokenizer: object, resume: Path | No
         corpus_texts,
         is_learned,
         load_tokenizer_state,
+        run_dir_of,
     )
 
     if not is_learned(tokenizer):
@@ -154,8 +155,9 @@ def ready_learned_tokenizer(cfg: RunConfig, tokenizer: object, resume: Path | No
             "text of its own (prompt templates, labels), so it needs a fixed tokenizer such as gpt2"
         )
     # --init-from a run (or one of its checkpoints): the ids its weights were trained on
-    given = Path(cfg.train.init_from) if cfg.train.init_from else None
-    init_run = next((d for d in ((given, given.parent.parent) if given else ()) if (d / TOKENIZER_FILE).is_file()), None)
+    init_run = run_dir_of(Path(cfg.train.init_from)) if cfg.train.init_from else None
+    if init_run is not None and not (init_run / TOKENIZER_FILE).is_file():
+        init_run = None  # a Hugging Face folder or a hub name: nothing learned to read back
     if resume is not None:
         load_tokenizer_state(tokenizer, resume)
     elif init_run is not None:

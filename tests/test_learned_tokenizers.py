@@ -78,6 +78,16 @@ def test_a_char_run_keeps_its_vocabulary_and_generate_uses_it(tmp_path: Path) ->
     out = main("generate", "--run", str(run), "--prompt", "Speak", "--max-new-tokens", "5", "--seed", "1")
     assert out.returncode == 0, out.stdout + out.stderr
     assert "Speak" in out.stdout
+    scored = main("evaluate", "--init-from", str(run), "--task", "perplexity", "--data", str(tmp_path / "plays.txt"), "--out", str(tmp_path / "eval.json"))
+    assert scored.returncode == 0, scored.stdout + scored.stderr  # the source run's vocabulary, read back
+    # A run started from this one's weights keeps their ids: the vocabulary is read back, not fitted anew.
+    (tmp_path / "more.txt").write_text("Speak, speak.\n" * 200)
+    onward = main("--init-from", str(run / "checkpoints" / "step_000003"), "--set", f"data.path={tmp_path / 'more.txt'}",
+                  "--set", f"data.cache_dir={tmp_path / 'cache'}", "--set", f"run.out_dir={tmp_path / 'runs'}", "--set", "run.name=onward",
+                  "--set", "train.max_steps=1", "--set", "train.batch_size=2", "--set", "train.eval_batches=1",
+                  "--set", "train.callbacks=[\"checkpoint\"]", "--set", "run.dtype=float32")
+    assert onward.returncode == 0, onward.stdout + onward.stderr
+    assert (tmp_path / "runs" / "onward" / "tokenizer.json").read_text() == (run / "tokenizer.json").read_text()
     unseen = main("generate", "--run", str(run), "--prompt", "Speak!", "--max-new-tokens", "2")
     assert_user_error(unseen, "character '!' (U+0021) is not in this char tokenizer's vocabulary")
 

@@ -42,6 +42,11 @@ def save_tokenizer(tokenizer: Any, run_dir: Path) -> None:
     write_text_atomic(run_dir / TOKENIZER_FILE, tokenizer.to_json())
 
 
+def run_dir_of(path: Path) -> Path:
+    """The run directory that `path` (a run, or one of its `checkpoints/step_N` folders) belongs to."""
+    return path.parent.parent if path.parent.name == "checkpoints" else path
+
+
 def load_tokenizer_state(tokenizer: Any, run_dir: Path) -> Any:
     """A learned tokenizer given back what it learned for the run in `run_dir` (others pass through)."""
     if not is_learned(tokenizer):

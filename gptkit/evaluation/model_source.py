@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from gptkit.data.learned_tokenizer import load_tokenizer_state, run_dir_of
 from gptkit.generation.loading import (
     check_precision,
     load_model,
@@ -54,6 +55,9 @@ def load_scored_model(
     refuse_classifier(Path(init_from), model)
     load_initial_weights(model, source)
     prepare_for_use(model, dtype, device=device, quantize=quantize)  # as load_model does
-    # A run's own tokenizer travels with it (its data.tokenizer); a Hugging Face model's is GPT-2's.
+    # A run's own tokenizer travels with it (its data.tokenizer, and what a learned one learned);
+    # a Hugging Face model's is GPT-2's.
     tokenizer = default_registry().create("tokenizer", source.tokenizer or "gpt2")
+    if source.kind in ("run", "checkpoint"):
+        tokenizer = load_tokenizer_state(tokenizer, run_dir_of(source.folder))
     return ScoredModel(model, tokenizer, f"{init_from} ({source.kind})")
