@@ -114,7 +114,8 @@ def test_page_streams_generated_text(playwright_api: tuple[Any, Any], server: Co
     growth = [n for n in lengths if n > 0]
     assert len(set(growth)) >= 3, f"the text did not stream in: lengths seen {lengths}"
     assert growth == sorted(growth), f"the text shrank while streaming: {lengths}"
-    assert text and len(text) == growth[-1]
+    # The page counts UTF-16 code units (an emoji is two), Python counts code points.
+    assert text and len(text.encode("utf-16-le")) // 2 == growth[-1]
     assert "temperature 0.7" in settings and "finished: length" in settings, settings
     assert error == "", error
     assert shot.stat().st_size > 0
