@@ -134,6 +134,24 @@ def test_muon_updates_matrices_as_written_and_the_rest_as_torch_adamw() -> None:
         torch.testing.assert_close(by_name[name].detach(), ref_params[name].detach(), rtol=0, atol=1e-6)
 
 
+def test_muon_updates_same_shaped_matrices_together_as_each_alone() -> None:
+    # Shapes interleaved (a, b, a, tall a): Muon stacks the same-shaped ones; each must get its own update.
+    torch.manual_seed(0)
+    shapes = [(4, 6), (6, 6), (4, 6), (6, 4)]
+    matrices = [nn.Parameter(torch.randn(shape)) for shape in shapes]
+    before = [m.detach().clone() for m in matrices]
+    optimizer = Muon([{"params": matrices, "use_muon": True}], lr=0.02, momentum=0.9, nesterov=False)
+    for m in matrices:
+        m.grad = torch.randn(m.shape)
+    optimizer.step()
+    for m, w, shape in zip(matrices, before, shapes, strict=True):
+        # First step, no Nesterov: the momentum buffer is (1 - 0.9) * grad.
+        expected = w - 0.02 * max(1.0, shape[0] / shape[1]) ** 0.5 * orthogonalize(0.1 * m.grad, 5)
+        torch.testing.assert_close(m.detach(), expected, rtol=0, atol=1e-6)
+    stack = torch.randn(3, 6, 4)
+    assert torch.equal(orthogonalize(stack, 5), torch.stack([orthogonalize(one, 5) for one in stack]))
+
+
 def test_muon_refuses_a_vector_in_its_group_and_sharded_weights() -> None:
     with pytest.raises(GptkitError, match=r"groups\[0\] gives Muon parameters that are not 2-D matrices; add ndim = \[2\]"):
         optimizer_for(Tiny(), {"name": "muon", "groups": [{"names": ["blocks.*"], "optimizer": "muon"}]})

@@ -18,11 +18,11 @@ hold both.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from typing import Any
 
 import torch
+from torch.optim.adamw import adamw
 
 # The quintic's coefficients from modded-nanogpt: chosen to raise small singular values
 # fast (a steep slope at 0) rather than to converge exactly to 1.
@@ -30,21 +30,31 @@ NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 
 
 def orthogonalize(update: torch.Tensor, steps: int) -> torch.Tensor:
-    """Approximately `U V^T` for `update = U S V^T`, by Newton-Schulz iteration in bfloat16."""
+    """Approximately `U V^T` for `update = U S V^T`, by Newton-Schulz iteration in bfloat16.
+
+    `update` is one matrix or a stack of same-shaped ones (`(n, rows, cols)`), each
+    orthogonalised on its own: a stack goes through the iteration as batched matmuls,
+    the same arithmetic in a third as many calls for a GPT's per-block matrices.
+    """
     a, b, c = NS_COEFFICIENTS
     x = update.bfloat16()
-    tall = x.size(0) > x.size(1)
+    single = x.dim() == 2
+    if single:
+        x = x.unsqueeze(0)
+    tall = x.size(1) > x.size(2)
     if tall:  # iterate on the wide side: X X^T is then the smaller product
-        x = x.T.contiguous()  # contiguous: a transposed bfloat16 operand misses oneDNN's fast matmul (~100x slower on CPU)
-    x = x / (x.norm() + 1e-7)  # the spectral norm is at most the Frobenius norm: all singular values <= 1
+        x = x.mT.contiguous()  # contiguous: a transposed bfloat16 operand misses oneDNN's fast matmul (~100x slower on CPU)
+    x = x / (x.norm(dim=(1, 2), keepdim=True) + 1e-7)  # the spectral norm is at most the Frobenius norm: all singular values <= 1
     for _ in range(steps):
-        gram = x @ x.T
-        # x <- a x + (b G + c G^2) x, as two addmm calls: the scaling rides in the matmuls, because
+        gram = x @ x.mT
+        # x <- a x + (b G + c G^2) x, as two baddbmm calls: the scaling rides in the matmuls, because
         # bfloat16 elementwise arithmetic on CPU costs more than the matmuls themselves.
-        poly = torch.addmm(gram, gram, gram, beta=b, alpha=c)
-        x = torch.addmm(x, poly, x, beta=a)
+        poly = torch.baddbmm(gram, gram, gram, beta=b, alpha=c)
+        x = torch.baddbmm(x, poly, x, beta=a)
     if tall:
-        x = x.T
+        x = x.mT
+    if single:
+        x = x.squeeze(0)
     return x.to(update.dtype)
 
 
@@ -83,40 +93,52 @@ class Muon(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                if group["use_muon"]:
-                    self._muon_update(p, group)
-                else:
-                    self._adamw_update(p, group)
+            params = [p for p in group["params"] if p.grad is not None]
+            if group["use_muon"]:
+                self._muon_update(params, group)
+            else:
+                self._adamw_update(params, group)
         return loss
 
-    def _muon_update(self, p: torch.Tensor, group: dict[str, Any]) -> None:
-        state = self.state[p]
-        if "momentum_buffer" not in state:
-            state["momentum_buffer"] = torch.zeros_like(p)
-        buf = state["momentum_buffer"]
-        buf.lerp_(p.grad, 1 - group["momentum"])
-        direction = p.grad.lerp(buf, group["momentum"]) if group["nesterov"] else buf
-        # Orthogonal updates have unit singular values whatever the shape; scaling by
-        # sqrt(rows / cols) for tall matrices keeps the per-element size comparable.
-        scale = max(1.0, p.size(0) / p.size(1)) ** 0.5
-        p.mul_(1 - group["lr"] * group["weight_decay"])
-        p.add_(orthogonalize(direction, group["ns_steps"]), alpha=-group["lr"] * scale)
+    def _muon_update(self, params: list[torch.Tensor], group: dict[str, Any]) -> None:
+        directions = []
+        for p in params:
+            state = self.state[p]
+            if "momentum_buffer" not in state:
+                state["momentum_buffer"] = torch.zeros_like(p)
+            buf = state["momentum_buffer"]
+            buf.lerp_(p.grad, 1 - group["momentum"])
+            directions.append(p.grad.lerp(buf, group["momentum"]) if group["nesterov"] else buf)
+        # Same-shaped matrices (each block's qkv, its projection, ...) are orthogonalised as one stack.
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        for index, p in enumerate(params):
+            by_shape.setdefault(tuple(p.shape), []).append(index)
+        for shape, indices in by_shape.items():
+            updates = orthogonalize(torch.stack([directions[i] for i in indices]), group["ns_steps"])
+            # Orthogonal updates have unit singular values whatever the shape; scaling by
+            # sqrt(rows / cols) for tall matrices keeps the per-element size comparable.
+            scale = max(1.0, shape[0] / shape[1]) ** 0.5
+            for i, update in zip(indices, updates, strict=True):
+                params[i].mul_(1 - group["lr"] * group["weight_decay"])
+                params[i].add_(update, alpha=-group["lr"] * scale)
 
-    def _adamw_update(self, p: torch.Tensor, group: dict[str, Any]) -> None:
-        state = self.state[p]
-        if "step" not in state:
-            # A tensor, not an int: the checkpoint stores an optimizer's tensors only.
-            state["step"] = torch.zeros((), dtype=torch.float32)
-            state["exp_avg"] = torch.zeros_like(p)
-            state["exp_avg_sq"] = torch.zeros_like(p)
+    def _adamw_update(self, params: list[torch.Tensor], group: dict[str, Any]) -> None:
+        for p in params:
+            state = self.state[p]
+            if "step" not in state:
+                # A tensor, not an int: the checkpoint stores an optimizer's tensors only.
+                state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
+                state["exp_avg"] = torch.zeros_like(p)
+                state["exp_avg_sq"] = torch.zeros_like(p)
+        if not params:
+            return
+        states = [self.state[p] for p in params]
         beta1, beta2 = group["betas"]
-        state["step"] += 1
-        step = float(state["step"])
-        state["exp_avg"].lerp_(p.grad, 1 - beta1)
-        state["exp_avg_sq"].mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
-        denom = (state["exp_avg_sq"].sqrt() / math.sqrt(1 - beta2**step)).add_(group["eps"])
-        p.mul_(1 - group["lr"] * group["weight_decay"])
-        p.addcdiv_(state["exp_avg"], denom, value=-group["lr"] / (1 - beta1**step))
+        # torch's own AdamW arithmetic; the fused kernel takes the whole update in one pass over each
+        # tensor, several times faster on CPU than an operation at a time over a GPT's embedding.
+        fused = all(p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.bfloat16, torch.float16) for p in params)
+        adamw(
+            params, [p.grad for p in params], [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states], [],
+            [s["step"] for s in states], foreach=None if fused else False, fused=fused or None, amsgrad=False,
+            beta1=beta1, beta2=beta2, lr=group["lr"], weight_decay=group["weight_decay"], eps=group["eps"], maximize=False,
+        )
