@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gptkit.kernels.frozen_cast import cast_frozen
 from gptkit.kernels.onednn_linear import linear
 from gptkit.model.gpt import GPTModel
 
@@ -89,7 +90,7 @@ class _FusedLoss(torch.autograd.Function):
         ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, dtype: torch.dtype
     ) -> torch.Tensor:
         want_grads = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
-        h, w = hidden.to(dtype), weight.to(dtype)
+        h, w = hidden.to(dtype), cast_frozen(weight, dtype)  # a frozen head (LoRA's) is cast once, not each step
         keep = targets != IGNORE_INDEX
         safe_targets = targets.clamp(min=0).unsqueeze(-1)
         rows_per_chunk = chunk_rows_for(w.shape[0], w.element_size())

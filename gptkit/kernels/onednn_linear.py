@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gptkit.kernels.frozen_cast import autocast_frozen_dtype, cast_frozen
+
 _ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
@@ -107,7 +109,12 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 
 
 class OneDNNLinear(nn.Linear):
-    """`nn.Linear` with the float32 CPU path of `linear`; `gptkit.kernels.accelerate` swaps it in."""
+    """`nn.Linear` with the float32 CPU path of `linear`, and a frozen weight's autocast copy kept
+    between steps (`gptkit.kernels.frozen_cast`); `gptkit.kernels.accelerate` swaps it in."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = autocast_frozen_dtype(x, self.weight)
+        if dtype is not None and (self.bias is None or not self.bias.requires_grad):
+            bias = None if self.bias is None else cast_frozen(self.bias, dtype)
+            return F.linear(x.to(dtype), cast_frozen(self.weight, dtype), bias)
         return linear(x, self.weight, self.bias)
