@@ -324,9 +324,11 @@ def serve_forever(model: GPTModel, tokenizer: Tokenizer, *, console: Console | N
     if not is_loopback(str(server.server_address[0])):
         console.print("[yellow]warning:[/yellow] listening beyond this machine, with no authentication", soft_wrap=True)
     sys.stdout.flush()  # the URL must reach a pipe (a test, a supervisor) before the first request
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        console.print("stopped")
-    finally:
-        server.server_close()
+    # Ctrl-C stops uvicorn, which then raises it again: KeyboardInterrupt, unless SIGINT is ignored
+    # (a background job's), when it just returns. Stopped either way.
+    with contextlib.suppress(KeyboardInterrupt):
+        try:
+            server.serve_forever()
+        finally:
+            server.server_close()
+    console.print("stopped")
