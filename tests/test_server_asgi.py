@@ -247,3 +247,19 @@ def test_requests_are_logged_only_when_asked(model: GPTModel, tokenizer: Tokeniz
     with serving(make_server(model, tokenizer)) as server:
         request(server, "GET", "/health")
     assert capfd.readouterr().err == ""
+
+
+# --- routes that do not exist -------------------------------------------------------------------
+
+
+def test_paths_and_methods_without_a_route_are_answered_in_json(start: Callable[..., CompletionServer], model: GPTModel) -> None:
+    server = start(model, model_name="tiny")
+    status, card = request(server, "GET", "/v1/models/tiny")
+    assert status == 200 and card["id"] == "tiny"
+    assert request(server, "GET", "/v1/models/gpt2") == (404, {"error": {
+        "message": "no such endpoint: GET /v1/models/gpt2", "type": "invalid_request_error", "param": None, "code": "not_found",
+    }})
+    for method, path in (("PUT", "/v1/completions"), ("DELETE", "/health"), ("GET", "/v1/chat/completions")):
+        assert request(server, method, path, b"{}" if method == "PUT" else None) == (405, {"error": {
+            "message": f"{method} is not supported here", "type": "invalid_request_error", "param": None, "code": "method_not_allowed",
+        }})
