@@ -52,15 +52,13 @@ class Exchange:
 
     def __init__(self, loop: asyncio.AbstractEventLoop, outbox: asyncio.Queue[Message]) -> None:
         self.gone = threading.Event()
-        self.started = False  # the status line is out: nothing but the body can follow
-        self.events_started = False  # and it is an event stream: an error must be an event
+        self.events_started = False  # the status line of an event stream is out: an error must be an event
         self._loop, self._outbox = loop, outbox
 
     def _put(self, message: Message) -> None:
         self._loop.call_soon_threadsafe(self._outbox.put_nowait, message)
 
     def _start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
-        self.started = True
         self._put({"type": "http.response.start", "status": status, "headers": headers})
 
     def send_json(self, status: int, obj: Any, headers: dict[str, str] | None = None) -> None:
