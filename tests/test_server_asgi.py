@@ -6,6 +6,7 @@ Over real loopback HTTP with raw sockets, with test_server.py's fixtures.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import socket
 import threading
@@ -28,6 +29,7 @@ from test_server import (  # fixtures and helpers, not tests: nothing here is co
 from gptkit import GPTModel
 from gptkit.data.tokenizer import Tokenizer
 from gptkit.serving.exchange import SPARE_THREADS
+from gptkit.serving.page import PAGE_POLICY
 from gptkit.serving.server import CompletionServer, make_server
 
 __all__ = ["model", "start", "tokenizer"]  # fixtures, used by name
@@ -263,3 +265,36 @@ def test_paths_and_methods_without_a_route_are_answered_in_json(start: Callable[
         assert request(server, method, path, b"{}" if method == "PUT" else None) == (405, {"error": {
             "message": f"{method} is not supported here", "type": "invalid_request_error", "param": None, "code": "method_not_allowed",
         }})
+
+
+# --- headers -------------------------------------------------------------------------------------
+
+
+def exchange_headers(server: CompletionServer, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, dict[str, str]]:
+    """One request's status and reply headers (names in lower case)."""
+    host, port = server.server_address[:2]
+    conn = http.client.HTTPConnection(str(host), port, timeout=TIMEOUT)
+    try:
+        conn.request(method, path, body=None if body is None else json.dumps(body), headers={"Content-Type": "application/json"})
+        reply = conn.getresponse()
+        reply.read()
+        return reply.status, {name.lower(): value for name, value in reply.getheaders()}
+    finally:
+        conn.close()
+
+
+def test_the_page_is_served_under_its_policy_and_a_429_says_when_to_retry(start: Callable[..., CompletionServer], model: GPTModel) -> None:
+    gate = threading.Event()
+    entered, _ = slow_down(model, gate=gate)
+    server = start(model, max_concurrent=1, max_queue=0)
+    status, headers = exchange_headers(server, "GET", "/")
+    assert status == 200 and headers["content-type"] == "text/html; charset=utf-8" and headers["content-security-policy"] == PAGE_POLICY
+    holder = threading.Thread(target=request, args=(server, "POST", "/v1/completions", {"prompt": PROMPT, "max_tokens": 2}))
+    holder.start()
+    try:
+        assert entered.wait(TIMEOUT)
+        status, headers = exchange_headers(server, "POST", "/v1/completions", {"prompt": PROMPT, "max_tokens": 2})
+        assert (status, headers["retry-after"], headers["content-type"]) == (429, "1", "application/json")
+    finally:
+        gate.set()
+        holder.join(TIMEOUT)
