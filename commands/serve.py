@@ -22,10 +22,10 @@ if TYPE_CHECKING:
     from gptkit.registry import Registry
 
 HELP = "serve a web demo and an OpenAI-compatible completions and chat API"
-# Set before torch loads (main.py does it for the command it runs). Each connection is served
-# on a thread of its own, and MKL (float32 linears on Intel CPUs) keeps a buffer pool per thread
-# it ran on: under tests/test_server_load.py's 8 clients the server grew ~25 MiB in 60 s with
-# the pools and stayed flat without them.
+# Set before torch loads (main.py does it for the command it runs). Generations run on a pool of
+# worker threads (as many as the slots let run and wait, and a few), and MKL (float32 linears on
+# Intel CPUs) keeps a buffer pool per thread it ran on: under tests/test_server_load.py's 8 clients
+# the server, then a thread per connection, grew ~25 MiB in 60 s with the pools and stayed flat without them.
 PROCESS_ENV = {"MKL_DISABLE_FAST_MM": "1"}
 
 

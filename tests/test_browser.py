@@ -61,7 +61,7 @@ def server() -> Iterator[CompletionServer]:
 
     model.forward = slow_forward  # type: ignore[method-assign,assignment]
     server = make_server(model, Tokenizer(), host="127.0.0.1", port=0, model_name="tiny")
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield server
     server.shutdown()
@@ -75,7 +75,7 @@ def browser_page(entry: Any, url: str) -> Iterator[Any]:
     with entry() as playwright:
         try:
             browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        except Exception as err:  # an unusable browser is an environment problem, not a failure of the page
+        except Exception as err:  # noqa: BLE001  # an unusable browser is an environment problem, not a failure of the page
             reason = f"cannot launch {CHROMIUM}: {str(err).splitlines()[0]}"
             print(reason)
             pytest.skip(reason)
@@ -133,7 +133,7 @@ SPACE, NEWLINE = 220, 198  # GPT-2's ids of " " and "\n"
 @contextlib.contextmanager
 def serving(model: GPTModel, **options: Any) -> Iterator[CompletionServer]:
     server = make_server(model, Tokenizer(), host="127.0.0.1", port=0, model_name="tiny", **options)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
         yield server

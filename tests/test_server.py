@@ -52,7 +52,7 @@ def start(tokenizer: Tokenizer) -> Iterator[Callable[..., CompletionServer]]:
     def start(model: GPTModel, **options: Any) -> CompletionServer:
         # options["tokenizer"]: another tokenizer than GPT-2's, for a model of its own vocabulary.
         server = make_server(model, options.pop("tokenizer", tokenizer), host="127.0.0.1", port=0, **options)
-        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
         thread.start()
         running.append((server, thread))
         return server

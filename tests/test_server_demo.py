@@ -211,7 +211,7 @@ def served(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[Path], Complet
 
     def serve_in_thread(model: GPTModel, tokenizer: Tokenizer, **options: Any) -> None:
         server = make_server(model, tokenizer, **{**options, "port": 0, "log_requests": False})
-        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
         thread.start()
         running.append((server, thread))
 

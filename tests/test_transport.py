@@ -1,4 +1,4 @@
-"""gptkit/serving/transport.py on its own: a tiny handler on 127.0.0.1, raw bytes over a socket."""
+"""gptkit/serving/transport.py, exchange.py and asgi_server.py on their own: a tiny app on 127.0.0.1, raw bytes over a socket."""
 
 from __future__ import annotations
 
@@ -6,41 +6,55 @@ import socket
 import threading
 import time
 from collections.abc import Generator, Iterator
-from typing import ClassVar
 
+import anyio
 import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
-from gptkit.serving.openai_schema import ApiError
+from gptkit.serving.asgi_server import ApiServer
+from gptkit.serving.exchange import Exchange, RelayedReply
 from gptkit.serving.transport import (
     MAX_BODY_BYTES,
-    ApiHandler,
-    ApiServer,
     ClientGone,
+    RefusedBody,
+    error_reply,
     is_loopback,
+    json_reply,
+    read_body,
 )
 
 TIMEOUT = 10  # seconds any one exchange may take
 TOO_LARGE = b'{"error": {"message": "the request body is %d bytes; at most 65536 are accepted", "type": "invalid_request_error", "param": null, "code": null}}'
 
 
-class Probe(ApiHandler):
-    """POST: the body's length as JSON. GET /ticks: one event, then ticks it never sends, until the client leaves."""
+class Probe:
+    """POST /: the body's length as JSON. GET /ticks: one event, then ticks it never sends, until the client leaves."""
 
-    ticks_closed: ClassVar[threading.Event] = threading.Event()  # the tick generator's clean-up ran
-    outcome: ClassVar[list[str]] = []  # how do_GET's stream ended
+    def __init__(self) -> None:
+        self.ticks_closed = threading.Event()  # the tick generator's clean-up ran
+        self.outcome: list[str] = []  # how the stream's route ended
 
-    def do_POST(self) -> None:
+    def app(self) -> Starlette:
+        return Starlette(routes=[Route("/", self.length, methods=["POST"]), Route("/ticks", self.ticks, methods=["GET"])])
+
+    async def length(self, request: Request) -> Response:
         try:
-            self.send_json(200, {"length": len(self.read_body())})
-        except ApiError as err:
-            self.send_api_error(err)
+            return json_reply(200, {"length": len(await read_body(request))})
+        except RefusedBody as refused:
+            return error_reply(refused.error, close=refused.close)
 
-    def do_GET(self) -> None:
-        self.start_events()
+    async def ticks(self, request: Request) -> Response:
+        return RelayedReply(self._stream, anyio.CapacityLimiter(2))
+
+    def _stream(self, exchange: Exchange) -> None:
+        exchange.start_events()
         try:
-            for n in self.while_connected(self._ticks()):
+            for n in exchange.while_connected(self._ticks()):
                 if n == 0:
-                    self.send_event({"n": 0})
+                    exchange.send_event({"n": 0})
                 time.sleep(0.005)
             self.outcome.append("ran out")
         except ClientGone:
@@ -54,9 +68,14 @@ class Probe(ApiHandler):
 
 
 @pytest.fixture()
-def server() -> Iterator[ApiServer]:
-    server = ApiServer(("127.0.0.1", 0), Probe, log_requests=False)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+def probe() -> Probe:
+    return Probe()
+
+
+@pytest.fixture()
+def server(probe: Probe) -> Iterator[ApiServer]:
+    server = ApiServer(("127.0.0.1", 0), probe.app(), log_requests=False)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield server
     server.shutdown()
@@ -82,6 +101,11 @@ def read_reply(sock: socket.socket) -> tuple[bytes, bytes]:
     return head, body
 
 
+def header_fields(head: bytes) -> dict[bytes, bytes]:
+    """The reply's header fields by lower-case name (HTTP's names are case-insensitive)."""
+    return {name.strip().lower(): value.strip() for name, _, value in (line.partition(b":") for line in head.split(b"\r\n")[1:])}
+
+
 def post(length: int, body: bytes = b"", headers: bytes = b"") -> bytes:
     return b"POST / HTTP/1.1\r\nHost: x\r\n%sContent-Length: %d\r\n\r\n%s" % (headers, length, body)
 
@@ -98,7 +122,7 @@ def test_oversized_body_is_drained_413_and_the_connection_kept(server: ApiServer
         sock.sendall(post(MAX_BODY_BYTES + 1, b"x" * (MAX_BODY_BYTES + 1)))
         head, body = read_reply(sock)
         assert head.startswith(b"HTTP/1.1 413 Request Entity Too Large\r\n") and body == TOO_LARGE % (MAX_BODY_BYTES + 1)
-        assert b"Connection: close" not in head
+        assert b"connection" not in header_fields(head)
         sock.sendall(post(2, b"{}"))  # the dropped body was not taken for this request
         head, body = read_reply(sock)
     assert head.startswith(b"HTTP/1.1 200 OK\r\n") and body == b'{"length": 2}'
@@ -108,7 +132,7 @@ def test_body_too_large_to_drain_413_and_close(server: ApiServer) -> None:
     with connect(server) as sock:
         sock.sendall(post(5_000_000))
         head, body = read_reply(sock)
-        assert head.startswith(b"HTTP/1.1 413 ") and b"\r\nConnection: close" in head and body == TOO_LARGE % 5_000_000
+        assert head.startswith(b"HTTP/1.1 413 ") and header_fields(head)[b"connection"] == b"close" and body == TOO_LARGE % 5_000_000
         assert sock.recv(1) == b""
 
 
@@ -116,7 +140,7 @@ def test_expect_100_continue(server: ApiServer) -> None:
     with connect(server) as sock:  # too large: refused before the body is sent
         sock.sendall(post(70_000, headers=b"Expect: 100-continue\r\n"))
         head, body = read_reply(sock)
-        assert head.startswith(b"HTTP/1.1 413 ") and b"\r\nConnection: close" in head and body == TOO_LARGE % 70_000
+        assert head.startswith(b"HTTP/1.1 413 ") and header_fields(head)[b"connection"] == b"close" and body == TOO_LARGE % 70_000
     with connect(server) as sock:  # small enough: asked to go on
         sock.sendall(post(2, headers=b"Expect: 100-continue\r\n"))
         assert sock.recv(4096) == b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -129,20 +153,20 @@ def test_expect_100_continue(server: ApiServer) -> None:
     ("request_bytes", "status", "message"),
     [
         (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n", b"411 Length Required", b"send the body with a Content-Length, not chunked"),
-        (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n", b"400 Bad Request", b"bad Content-Length header"),
+        # Refused by the HTTP layer, before any route: in JSON all the same.
+        (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n", b"400 Bad Request", b"the request is not valid HTTP/1.1: bad Content-Length"),
     ],
 )
 def test_bodies_without_a_usable_length(server: ApiServer, request_bytes: bytes, status: bytes, message: bytes) -> None:
     with connect(server) as sock:
         sock.sendall(request_bytes)
         head, body = read_reply(sock)
-    assert head.startswith(b"HTTP/1.1 " + status + b"\r\n") and b"\r\nConnection: close" in head
+    assert head.startswith(b"HTTP/1.1 " + status + b"\r\n") and header_fields(head)[b"connection"] == b"close"
+    assert header_fields(head)[b"content-type"] == b"application/json"
     assert body == b'{"error": {"message": "%s", "type": "invalid_request_error", "param": null, "code": null}}' % message
 
 
-def test_a_client_that_leaves_is_seen_without_a_write(server: ApiServer) -> None:
-    Probe.ticks_closed.clear()
-    Probe.outcome.clear()
+def test_a_client_that_leaves_is_seen_without_a_write(server: ApiServer, probe: Probe) -> None:
     with connect(server) as sock:
         sock.sendall(b"GET /ticks HTTP/1.1\r\nHost: x\r\n\r\n")
         received = b""
@@ -152,10 +176,11 @@ def test_a_client_that_leaves_is_seen_without_a_write(server: ApiServer) -> None
             received += chunk
     head, first = received.split(b"\r\n\r\n", 1)
     assert head.startswith(b"HTTP/1.1 200 OK\r\n")
-    assert b"\r\nContent-Type: text/event-stream; charset=utf-8\r\nCache-Control: no-cache\r\nTransfer-Encoding: chunked" in head
+    fields = header_fields(head)
+    assert (fields[b"content-type"], fields[b"cache-control"], fields[b"transfer-encoding"]) == (b"text/event-stream; charset=utf-8", b"no-cache", b"chunked")
     assert first == b'10\r\ndata: {"n": 0}\n\n\r\n'  # one chunk of 0x10 bytes: one event
-    assert Probe.ticks_closed.wait(5), "the generation ran on after the client left"
-    assert Probe.outcome == ["gone"]
+    assert probe.ticks_closed.wait(5), "the generation ran on after the client left"
+    assert probe.outcome == ["gone"]
 
 
 def test_is_loopback() -> None:

@@ -12,11 +12,14 @@ serves, on 127.0.0.1:8000 by default:
     GET  /api/info              model name, request limits and prompt style, for the page
     GET  /health                generations running and waiting, and their limits (cheap: no model work)
 
-Only the standard library's `ThreadingHTTPServer` is used: one thread per
-connection, no new dependency. This file is the routes: what each path answers,
-in terms of the engine and the OpenAI shapes. The HTTP mechanics under them
-(body limits, JSON replies, event streams, clients that leave) are
-`gptkit.serving.transport`; the request schemas and their errors
+It runs on Starlette (routing, requests and replies: the small core FastAPI itself
+sits on; pydantic already validates the schemas, so FastAPI's layer would add
+little) served by uvicorn (`gptkit.serving.asgi_server`). This file is the routes:
+what each path answers, in terms of the engine and the OpenAI shapes. The HTTP
+mechanics under them (body limits, JSON replies and errors) are
+`gptkit.serving.transport`; how a route that generates runs on a worker thread
+while its reply streams from the event loop (slow readers, clients that leave)
+`gptkit.serving.exchange`; the request schemas and their errors
 `gptkit.serving.openai_schema` and `chat_schema`; the reply shapes
 `gptkit.serving.openai_replies`; the slots, the model lock and the token-by-token
 generation `gptkit.serving.engine`. Choices where OpenAI's API leaves room:
@@ -55,6 +58,8 @@ generation `gptkit.serving.engine`. Choices where OpenAI's API leaves room:
 * Generations past `max_concurrent` wait up to `queue_timeout` seconds in a queue
   of `max_queue`; beyond that they are answered 429.
 * A client that goes away stops its generation at the next token and frees its slot.
+  One that reads slowly holds up no generation, its own included: its events wait
+  in memory (one per token at most) while the event loop sends them.
 * There is no authentication: it listens on loopback unless told otherwise.
 """
 
@@ -64,16 +69,23 @@ import contextlib
 import sys
 import time
 import traceback
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Awaitable, Callable, Generator, Sequence
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
+import anyio
 from rich.console import Console
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from gptkit.errors import GptkitError
 from gptkit.model.gpt import GPTModel
+from gptkit.serving.asgi_server import ApiServer
 from gptkit.serving.chat_schema import ChatCompletionRequest
 from gptkit.serving.engine import Job, ModelService, ServedStyle
+from gptkit.serving.exchange import Exchange, RelayedReply, worker_threads
 from gptkit.serving.openai_replies import ChatReplies, Replies, TextReplies, model_card
 from gptkit.serving.openai_schema import (
     ApiError,
@@ -83,162 +95,27 @@ from gptkit.serving.openai_schema import (
 )
 from gptkit.serving.page import PAGE_POLICY, page_template, render_page
 from gptkit.serving.request_sampling import DefaultChain
-from gptkit.serving.transport import ApiHandler, ApiServer, ClientGone, is_loopback
+from gptkit.serving.transport import (
+    ClientGone,
+    RefusedBody,
+    error_reply,
+    is_loopback,
+    json_reply,
+    read_body,
+)
 
 if TYPE_CHECKING:
     from gptkit.data.tokenizer import (
         Tokenizer,  # or any registered tokenizer: encode, decode_bytes, eot_id
     )
 
-# --- the routes -------------------------------------------------------------------
-
-
-class Handler(ApiHandler):
-    """Each method's routes in a table, then what each path answers."""
-
-    server: CompletionServer
-    release_slot: Callable[[], None]  # set per POST: frees its generation slot (a second call does nothing)
-    server_version = "gptkit"
-
-    def do_GET(self) -> None:
-        path = urlsplit(self.path).path
-        routes: dict[str, Callable[[], None]] = {
-            "/": self._page,
-            "/index.html": self._page,
-            "/v1/models": self._models,
-            f"/v1/models/{self.server.service.model_name}": self._model,
-            "/health": self._health,
-            "/api/info": self._info,
-        }
-        if path not in routes:
-            self.send_api_error(ApiError(404, f"no such endpoint: GET {path}", code="not_found"))
-            return
-        routes[path]()
-
-    def do_POST(self) -> None:
-        path = urlsplit(self.path).path
-        # Each path's request schema, and the route that answers it.
-        routes: dict[str, tuple[type[GenerationFields], Callable[[list[Job]], None]]] = {
-            "/v1/completions": (CompletionRequest, lambda jobs: self._openai(jobs, TextReplies(self.server.service, jobs))),
-            "/v1/chat/completions": (ChatCompletionRequest, lambda jobs: self._openai(jobs, ChatReplies(self.server.service, jobs))),
-            "/api/generate": (CompletionRequest, self._generate),
-        }
-        try:
-            body = self.read_body()  # first: a body left unread would be taken for the next request
-            if path not in routes:
-                raise ApiError(404, f"no such endpoint: POST {path}", code="not_found")
-            schema, route = routes[path]
-            jobs = self.server.service.prepare(parse_request(body, schema))
-            with contextlib.ExitStack() as slot:
-                slot.enter_context(self.server.service.slots.hold())
-                # Routes call this as soon as the last token is made: the slot is free before the
-                # reply's last bytes go out, so a client holding a whole reply never sees it taken.
-                self.release_slot = slot.close
-                route(jobs)
-        except ApiError as err:
-            self.send_api_error(err)
-        except ClientGone:
-            pass
-        except Exception:  # noqa: BLE001  # a bug, not the client's doing: logged in full, answered without details
-            traceback.print_exc()
-            self.send_failure(ApiError(500, "the server failed to generate; see its log", kind="server_error"))
-
-    def _method_not_allowed(self) -> None:
-        self.close_connection = True
-        self.send_api_error(ApiError(405, f"{self.command} is not supported here", code="method_not_allowed"))
-
-    do_PUT = do_DELETE = do_PATCH = _method_not_allowed
-
-    # -- GET --
-
-    def _page(self) -> None:
-        self.send_bytes(200, "text/html; charset=utf-8", self.server.page, {"Content-Security-Policy": PAGE_POLICY})
-
-    def _models(self) -> None:
-        self.send_json(200, {"object": "list", "data": [model_card(self.server.service)]})
-
-    def _model(self) -> None:
-        self.send_json(200, model_card(self.server.service))
-
-    def _health(self) -> None:
-        slots = self.server.service.slots  # unlocked reads: a monitor needs a recent figure, not an exact one
-        self.send_json(200, {"status": "ok", "active": slots.active, "waiting": slots.waiting, "limit": slots.limit, "max_queue": slots.max_waiting})
-
-    def _info(self) -> None:
-        service = self.server.service
-        chain = service.default_chain
-        self.send_json(200, {
-            "model": service.model_name, "context_length": service.context_length,
-            "max_tokens_cap": service.max_new_tokens_cap, "max_prompt_tokens": service.max_prompt_tokens,
-            "example_prompt": self.server.example_prompt, "default_max_tokens": self.server.default_max_tokens,
-            "default_samplers": list(chain.specs), "default_fields": chain.fields, **service.chat_style.describe(),
-        })
-
-    # -- POST: each has its slot, and ends the reply itself --
-
-    def _deltas(self, job: Job) -> contextlib.closing[Generator[str, None, None]]:
-        # Closed on the way out of a route, inside its slot: a write that fails mid-stream
-        # ends the generation (and its hold on the model) before the slot is given back.
-        return contextlib.closing(self.while_connected(self.server.service.run(job)))
-
-    def _openai(self, jobs: list[Job], replies: Replies) -> None:
-        """An OpenAI endpoint's answer, whole or as server-sent events ending with [DONE]; `replies` has its shapes."""
-        service = self.server.service
-        if not jobs[0].request.stream:
-            texts = []
-            for job in jobs:
-                with self._deltas(job) as deltas:
-                    texts.append("".join(deltas))
-            logprobs = [service.logprobs(job) for job in jobs]
-            self.release_slot()
-            self.send_json(200, replies.whole(texts, logprobs))
-            return
-        self.start_events()
-        for chunk in replies.opening():
-            self.send_event(chunk)
-        for i, job in enumerate(jobs):
-            if i:  # the choice before is done; the last one's finish waits until the slot is free
-                self.send_event(replies.finish(jobs[i - 1]))
-            for chunk in replies.start(job):
-                self.send_event(chunk)
-            with self._deltas(job) as deltas:
-                for delta in deltas:
-                    if delta:
-                        self.send_event(replies.delta(job, delta))
-        self.release_slot()
-        self.send_event(replies.finish(jobs[-1]))
-        options = jobs[0].request.stream_options
-        if options is not None and options.include_usage:
-            self.send_event(replies.usage())
-        self.send_event(b"[DONE]")
-        self.end_events()
-
-    def _generate(self, jobs: list[Job]) -> None:
-        """The page's stream: one settings event, text events, a logprobs event if asked for, one done event."""
-        if len(jobs) != 1:
-            param = "n" if jobs[0].request.n != 1 else "prompt"
-            raise ApiError(400, f"/api/generate streams one completion, and this request asks for {len(jobs)}: send one prompt and n 1 (POST /v1/completions makes several)", param=param)
-        [job] = jobs
-        service = self.server.service
-        self.start_events()
-        self.send_event({"type": "settings", "model": service.model_name, "settings": job.settings()})
-        started = time.perf_counter()
-        with self._deltas(job) as deltas:
-            for delta in deltas:
-                if delta:
-                    self.send_event({"type": "text", "text": delta})
-        elapsed = time.perf_counter() - started
-        logprobs = service.logprobs(job)
-        self.release_slot()
-        if logprobs is not None:
-            # With the text the offsets put before the completion: the prompt as its tokens spell it, when echoed.
-            self.send_event({"type": "logprobs", "prompt": job.echo, "logprobs": logprobs})
-        self.send_event({"type": "done", "finish_reason": job.finish_reason, "usage": job.usage(), "seconds": round(elapsed, 3)})
-        self.end_events()
+# A generating route, on its worker thread: answers `jobs` on the exchange, calling `release_slot`
+# as soon as the last token is made (the slot is free before the reply's last bytes go out).
+GenerationRoute = Callable[[Exchange, list[Job], Callable[[], None]], None]
 
 
 class CompletionServer(ApiServer):
-    """The server `make_server` builds: `Handler`'s routes over one `ModelService` and the demo page."""
+    """The server `make_server` builds: the routes below over one `ModelService` and the demo page."""
 
     def __init__(
         self, address: tuple[str, int], service: ModelService, page: bytes, *, log_requests: bool,
@@ -250,7 +127,147 @@ class CompletionServer(ApiServer):
         # A model finetuned on instructions is talked to: its page opens in chat mode.
         mode = "chat" if service.chat_style.own else "complete"
         self.page = render_page(page, service.default_chain, example_prompt, self.default_max_tokens, mode)
-        super().__init__(address, Handler, log_requests=log_requests)
+        self.threads = anyio.CapacityLimiter(worker_threads(service.slots.limit, service.slots.max_waiting))
+        super().__init__(address, self._app(), log_requests=log_requests)
+
+    def _app(self) -> Starlette:
+        """Each method's routes in a table; a path or method with none is answered in JSON."""
+        gets: dict[str, Callable[[Request], Awaitable[Response]]] = {
+            "/": self._page, "/index.html": self._page, "/v1/models": self._models, "/v1/models/{name:path}": self._model,
+            "/health": self._health, "/api/info": self._info,
+        }
+        # Each path's request schema, and the route that answers it.
+        posts: dict[str, tuple[type[GenerationFields], GenerationRoute]] = {
+            "/v1/completions": (CompletionRequest, lambda ex, jobs, release: self._openai(ex, jobs, release, TextReplies(self.service, jobs))),
+            "/v1/chat/completions": (ChatCompletionRequest, lambda ex, jobs, release: self._openai(ex, jobs, release, ChatReplies(self.service, jobs))),
+            "/api/generate": (CompletionRequest, self._generate),
+        }
+        routes = [Route(path, endpoint, methods=["GET"]) for path, endpoint in gets.items()]
+        routes += [Route(path, self._generating(schema, route), methods=["POST"]) for path, (schema, route) in posts.items()]
+        return Starlette(routes=routes, exception_handlers={404: self._not_found, 405: self._not_allowed})
+
+    # -- no such route --
+
+    async def _not_found(self, request: Request, exc: Exception) -> Response:
+        return error_reply(ApiError(404, f"no such endpoint: {request.method} {request.url.path}", code="not_found"))
+
+    async def _not_allowed(self, request: Request, exc: Exception) -> Response:
+        allowed = exc.headers if isinstance(exc, HTTPException) and exc.headers else {}
+        return json_reply(405, ApiError(405, f"{request.method} is not supported here", code="method_not_allowed").body(), dict(allowed))
+
+    # -- GET: on the event loop, none of them touches the model --
+
+    async def _page(self, request: Request) -> Response:
+        return Response(self.page, media_type="text/html; charset=utf-8", headers={"Content-Security-Policy": PAGE_POLICY})
+
+    async def _models(self, request: Request) -> Response:
+        return json_reply(200, {"object": "list", "data": [model_card(self.service)]})
+
+    async def _model(self, request: Request) -> Response:
+        if request.path_params["name"] != self.service.model_name:
+            return await self._not_found(request, HTTPException(404))
+        return json_reply(200, model_card(self.service))
+
+    async def _health(self, request: Request) -> Response:
+        slots = self.service.slots  # unlocked reads: a monitor needs a recent figure, not an exact one
+        return json_reply(200, {"status": "ok", "active": slots.active, "waiting": slots.waiting, "limit": slots.limit, "max_queue": slots.max_waiting})
+
+    async def _info(self, request: Request) -> Response:
+        service = self.service
+        chain = service.default_chain
+        return json_reply(200, {
+            "model": service.model_name, "context_length": service.context_length,
+            "max_tokens_cap": service.max_new_tokens_cap, "max_prompt_tokens": service.max_prompt_tokens,
+            "example_prompt": self.example_prompt, "default_max_tokens": self.default_max_tokens,
+            "default_samplers": list(chain.specs), "default_fields": chain.fields, **service.chat_style.describe(),
+        })
+
+    # -- POST: the body read on the event loop, the rest on a worker thread, in a slot --
+
+    def _generating(self, schema: type[GenerationFields], route: GenerationRoute) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            try:
+                body = await read_body(request)
+            except RefusedBody as refused:
+                return error_reply(refused.error, close=refused.close)
+            return RelayedReply(lambda exchange: self._generate_on(exchange, body, schema, route), self.threads)
+
+        return endpoint
+
+    def _generate_on(self, exchange: Exchange, body: bytes, schema: type[GenerationFields], route: GenerationRoute) -> None:
+        """`body` as a `schema` request, answered by `route` in a generation slot; errors answered as OpenAI does."""
+        try:
+            jobs = self.service.prepare(parse_request(body, schema))
+            with contextlib.ExitStack() as slot:
+                slot.enter_context(self.service.slots.hold())
+                route(exchange, jobs, slot.close)
+        except ApiError as err:
+            exchange.send_api_error(err)
+        except ClientGone:
+            pass
+        except Exception:  # noqa: BLE001  # a bug, not the client's doing: logged in full, answered without details
+            traceback.print_exc()
+            exchange.send_failure(ApiError(500, "the server failed to generate; see its log", kind="server_error"))
+
+    def _deltas(self, exchange: Exchange, job: Job) -> contextlib.closing[Generator[str, None, None]]:
+        # Closed on the way out of a route, inside its slot: a client gone mid-stream ends the
+        # generation (and its hold on the model) before the slot is given back.
+        return contextlib.closing(exchange.while_connected(self.service.run(job)))
+
+    def _openai(self, exchange: Exchange, jobs: list[Job], release_slot: Callable[[], None], replies: Replies) -> None:
+        """An OpenAI endpoint's answer, whole or as server-sent events ending with [DONE]; `replies` has its shapes."""
+        service = self.service
+        if not jobs[0].request.stream:
+            texts = []
+            for job in jobs:
+                with self._deltas(exchange, job) as deltas:
+                    texts.append("".join(deltas))
+            logprobs = [service.logprobs(job) for job in jobs]
+            release_slot()
+            exchange.send_json(200, replies.whole(texts, logprobs))
+            return
+        exchange.start_events()
+        for chunk in replies.opening():
+            exchange.send_event(chunk)
+        for i, job in enumerate(jobs):
+            if i:  # the choice before is done; the last one's finish waits until the slot is free
+                exchange.send_event(replies.finish(jobs[i - 1]))
+            for chunk in replies.start(job):
+                exchange.send_event(chunk)
+            with self._deltas(exchange, job) as deltas:
+                for delta in deltas:
+                    if delta:
+                        exchange.send_event(replies.delta(job, delta))
+        release_slot()
+        exchange.send_event(replies.finish(jobs[-1]))
+        options = jobs[0].request.stream_options
+        if options is not None and options.include_usage:
+            exchange.send_event(replies.usage())
+        exchange.send_event(b"[DONE]")
+        exchange.end_events()
+
+    def _generate(self, exchange: Exchange, jobs: list[Job], release_slot: Callable[[], None]) -> None:
+        """The page's stream: one settings event, text events, a logprobs event if asked for, one done event."""
+        if len(jobs) != 1:
+            param = "n" if jobs[0].request.n != 1 else "prompt"
+            raise ApiError(400, f"/api/generate streams one completion, and this request asks for {len(jobs)}: send one prompt and n 1 (POST /v1/completions makes several)", param=param)
+        [job] = jobs
+        service = self.service
+        exchange.start_events()
+        exchange.send_event({"type": "settings", "model": service.model_name, "settings": job.settings()})
+        started = time.perf_counter()
+        with self._deltas(exchange, job) as deltas:
+            for delta in deltas:
+                if delta:
+                    exchange.send_event({"type": "text", "text": delta})
+        elapsed = time.perf_counter() - started
+        logprobs = service.logprobs(job)
+        release_slot()
+        if logprobs is not None:
+            # With the text the offsets put before the completion: the prompt as its tokens spell it, when echoed.
+            exchange.send_event({"type": "logprobs", "prompt": job.echo, "logprobs": logprobs})
+        exchange.send_event({"type": "done", "finish_reason": job.finish_reason, "usage": job.usage(), "seconds": round(elapsed, 3)})
+        exchange.end_events()
 
 
 # --- entry points -------------------------------------------------------------
@@ -307,9 +324,11 @@ def serve_forever(model: GPTModel, tokenizer: Tokenizer, *, console: Console | N
     if not is_loopback(str(server.server_address[0])):
         console.print("[yellow]warning:[/yellow] listening beyond this machine, with no authentication", soft_wrap=True)
     sys.stdout.flush()  # the URL must reach a pipe (a test, a supervisor) before the first request
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        console.print("stopped")
-    finally:
-        server.server_close()
+    # Ctrl-C stops uvicorn, which then raises it again: KeyboardInterrupt, unless SIGINT is ignored
+    # (a background job's), when it just returns. Stopped either way.
+    with contextlib.suppress(KeyboardInterrupt):
+        try:
+            server.serve_forever()
+        finally:
+            server.server_close()
+    console.print("stopped")
