@@ -1,21 +1,36 @@
 """Load test: `python main.py serve` under concurrent /v1/completions clients on loopback.
 
     python bench/load_server.py [--clients 8] [--seconds 60] [--max-concurrent 2] [--max-queue 2]
+    python bench/load_server.py --scenario streaming --preset gpt2 [--clients 8,32] [--seconds 60] [--baseline-seconds 20]
 
-Builds a small random-weight GPT-2 folder in a temporary directory, starts
-`python main.py serve --hf-dir ... --port 0` on 127.0.0.1 (one torch thread),
-warms it up, then runs `--clients` threads for `--seconds` seconds, each issuing
-requests back to back: plain completions, streamed completions, and streams the
-client abandons after the first event (its socket closed, as a browser tab
-does). The server's limit on running generations is below the client count, so
-some requests are turned away with 429; a client that gets one waits
-`--backoff` seconds before its next request. The run stops by itself.
+Builds a random-weight GPT-2 folder in a temporary directory (`--preset small`, the
+default, or `gpt2`: 124M shapes), starts `python main.py serve --hf-dir ... --port 0`
+on 127.0.0.1 (one torch thread) and drives it from client threads. The run stops by
+itself: every request has a timeout, and the server is killed at the end whatever happens.
 
-Records every request's outcome, latency of the complete ones, and the server's
-resident memory (VmRSS from /proc) after warm-up, once a second during the run,
-and at the end. Prints a Markdown table and writes bench/results/server_load.json.
-Not a test (tests/test_server_load.py is, on a tinier model): latencies depend on
-the machine and on whatever else runs on it (check `uptime`).
+The mixed scenario (the default) warms the server up, then runs `--clients` threads for
+`--seconds` seconds, each issuing requests back to back: plain completions, streamed
+completions, and streams the client abandons after the first event (its socket closed,
+as a browser tab does). The server's limit on running generations (2 unless given) is
+below the client count, so some requests are turned away with 429; a client that gets
+one waits `--backoff` seconds before its next request. Records every request's outcome,
+latency of the complete ones, and the server's resident memory (VmRSS from /proc) after
+warm-up, once a second during the run, and at the end. Prints a Markdown table and
+writes bench/results/server_load.json.
+
+The streaming scenario leaves the server its default limits unless `--max-concurrent`,
+`--max-queue` or `--queue-timeout` are given. Each client streams completions back to
+back (`--max-tokens`, temperature sampling with a seed per request) and notes when each
+text event arrives. One client alone for `--baseline-seconds` comes first, then each
+load of `--clients` (e.g. 8,32) for `--seconds`, each after `--warmup` seconds of the
+same load. Reports aggregate tokens/s and p50/p99 gaps between tokens against the
+baseline, time to first token, 2xx/429/5xx counts (and whether each 429 had
+Retry-After), /health's queue once a second, and resident memory after warm-up and at
+the end; checks the targets and prints PASS or MISS for each. Writes
+bench/results/server_load_streaming.json.
+
+Not a test (tests/test_server_load.py is, on a tinier model, for seconds): throughput
+and latencies depend on the machine and on whatever else runs on it (check `uptime`).
 """
 
 from __future__ import annotations
