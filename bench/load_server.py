@@ -578,9 +578,11 @@ class StreamingPhase:
     run: LoadRun  # wall time and the once-a-second samples
     rss_mib: dict[str, float]  # after this phase's warm-up, and at its end
     health_after: dict[str, Any]
+    window: tuple[float, float] = (0.0, 0.0)  # perf_counter() when the clients started, and when they stopped starting requests
 
 
 def run_streaming(server: ServerProcess, settings: StreamingSettings, clients: int, seconds: float, seed: int) -> tuple[list[list[Stream]], LoadRun]:
+    """`clients` streaming clients for `seconds` (then each ends its stream under way): each client's streams, the samples."""
     streams: list[list[Stream]] = [[] for _ in range(clients)]
     until = time.monotonic() + seconds
     loops = [functools.partial(streaming_client, server.host, server.port, settings, seed * 1000 + i, until, streams[i]) for i in range(clients)]
@@ -592,9 +594,10 @@ def streaming_phase(server: ServerProcess, settings: StreamingSettings, clients:
     run_streaming(server, settings, clients, settings.warmup_seconds, seed=seed + 500)
     wait_idle(server.host, server.port)
     start = rss_mib(server.pid)
+    began = time.perf_counter()
     streams, run = run_streaming(server, settings, clients, seconds, seed=seed)
     health = wait_idle(server.host, server.port)
-    return StreamingPhase(clients, streams, run, {"start": start, "end": rss_mib(server.pid)}, health)
+    return StreamingPhase(clients, streams, run, {"start": start, "end": rss_mib(server.pid)}, health, (began, began + seconds))
 
 
 @dataclass
@@ -625,10 +628,17 @@ def summarize_phase(phase: StreamingPhase) -> dict[str, Any]:
     refused = [s for s in streams if s.status == 429]
     tokens = sum(s.tokens for s in complete)
     queue = [h for h in phase.run.health if h]
+    # A cross-check on tokens/s, which counts finished streams over the whole phase, the clients'
+    # last streams after the window included: text events (a token, or a few when one decodes to
+    # no text yet) that arrived within the window, finished streams or not.
+    opened, closed = phase.window
+    in_window = sum(opened <= t < closed for client in phase.streams for s in client for t in s.arrivals)
+    rss = [mib for _, mib in phase.run.rss_mib]
     return {
         "clients": phase.clients, "seconds": phase.run.seconds, "requests": len(streams),
         "statuses": dict(Counter(status_class(s.status) for s in streams)), "complete_streams": len(complete),
         "tokens": tokens, "tokens_per_s": tokens / phase.run.seconds,
+        "text_events_per_s_in_window": in_window / (closed - opened) if closed > opened else None,
         "gap_ms": {"count": len(gaps_ms), "p50": percentile(gaps_ms, 50), "p99": percentile(gaps_ms, 99), "max": max(gaps_ms, default=None)},
         "worst_client_gap_p99_ms": max((p for p in client_p99 if p is not None), default=None),
         "first_token_ms": {"p50": percentile(first_token_ms, 50), "p99": percentile(first_token_ms, 99), "max": max(first_token_ms, default=None)},
@@ -638,7 +648,11 @@ def summarize_phase(phase: StreamingPhase) -> dict[str, Any]:
             "max_waiting": max((h["waiting"] for h in queue), default=None), "max_active": max((h["active"] for h in queue), default=None),
             "max_queue": queue[0]["max_queue"] if queue else None, "limit": queue[0]["limit"] if queue else None,
         },
-        "rss_mib": {**phase.rss_mib, "growth": phase.rss_mib["end"] - phase.rss_mib["start"]},
+        "rss_mib": {
+            **phase.rss_mib, "growth": phase.rss_mib["end"] - phase.rss_mib["start"],
+            # leak or not: a leak keeps growing, a heap reaching its working size levels off
+            "growth_second_half": phase.rss_mib["end"] - rss[len(rss) // 2] if rss else None, "samples": phase.run.rss_mib,
+        },
         "server_threads_max": max(phase.run.threads, default=None),
         "health_after": phase.health_after,
         "problems": sum(s.problem is not None for s in streams),
@@ -692,7 +706,15 @@ def streaming_table(result: dict[str, Any]) -> str:
             f" | {_fmt(gap['p50'], 1)} | {_fmt(gap['p99'], 1)} | {_fmt(_ratio(gap['p99'], baseline['gap_ms']['p99']), 2)}"
             f" | {_fmt(row['first_token_ms']['p99'])} | {_fmt(row['queue']['max_waiting'])} | {rss['start']:.1f} -> {rss['end']:.1f} ({rss['growth']:+.1f}) |"
         )
-    lines += ["", "gaps: between consecutive text events of a stream, all streams pooled; first token: from the request, queueing included", ""]
+    rows = [baseline, *result["loads"]]
+    lines += [
+        "",
+        "tokens/s: finished streams' completion_tokens over the phase, its last streams' ends included; text events/s within it: "
+        + ", ".join(f"{r['clients']}: {_fmt(r['text_events_per_s_in_window'], 1)}" for r in rows),
+        "gaps: between consecutive text events of a stream, all streams pooled; first token: from the request, queueing included",
+        "RSS growth over the second half of each phase: " + ", ".join(f"{r['clients']}: {_fmt(r['rss_mib']['growth_second_half'], 1)} MiB" for r in rows),
+        "",
+    ]
     lines += [f"{'PASS' if t['pass'] else 'MISS'}  {t['clients']} clients: {t['target']} ({t['found']})" for t in result["targets"]]
     return "\n".join(lines)
 
