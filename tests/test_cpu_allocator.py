@@ -83,3 +83,43 @@ def test_disabled_does_nothing() -> None:
     out = measure("off")
     assert not out["active"]
     assert all(f > STEP_PAGES // 2 for f in out["inside"]), out
+
+
+ARENA_PROBE = textwrap.dedent("""
+    import ctypes, ctypes.util, sys, tempfile, threading
+    from gptkit.kernels.cpu_allocator import limit_malloc_arenas
+    took = limit_malloc_arenas(1) if sys.argv[1] == "limit" else None
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+    together = threading.Barrier(6)
+    def work():
+        together.wait()  # all allocating at once: each thread then wants an arena of its own
+        blocks = [libc.malloc(4096) for _ in range(200)]
+        together.wait()
+        for block in blocks:
+            libc.free(block)
+    threads = [threading.Thread(target=work) for _ in range(6)]
+    for t in threads: t.start()
+    for t in threads: t.join()
+    # glibc's own account of its arenas: one <heap nr=...> element per arena.
+    libc.fopen.restype, libc.fopen.argtypes = ctypes.c_void_p, [ctypes.c_char_p, ctypes.c_char_p]
+    libc.malloc_info.argtypes, libc.fclose.argtypes = [ctypes.c_int, ctypes.c_void_p], [ctypes.c_void_p]
+    with tempfile.NamedTemporaryFile(suffix=".xml") as out:
+        fp = libc.fopen(out.name.encode(), b"w")
+        libc.malloc_info(0, fp)
+        libc.fclose(fp)
+        print(json.dumps({"took": took, "arenas": open(out.name).read().count("<heap nr=")}))
+""").replace("import ctypes,", "import json, ctypes,")
+
+
+def arenas_after_six_threads(mode: str) -> dict[str, object]:
+    result = subprocess.run(
+        [sys.executable, "-c", ARENA_PROBE, mode], capture_output=True, text=True, check=True, cwd=REPO_ROOT, env=subprocess_env(),
+    )
+    return json.loads(result.stdout)
+
+
+def test_limited_arenas_make_threads_share_one() -> None:
+    assert arenas_after_six_threads("default")["arenas"] > 1  # each thread got its own, as glibc does by default
+    assert arenas_after_six_threads("limit") == {"took": True, "arenas": 1}
