@@ -114,7 +114,8 @@ class ContinuousBatcher:
 
     @torch.inference_mode()
     def advance(self, tokens: Mapping[BatchedSequence, int]) -> None:
-        """Append each row's next token (every row needs one); rows that end leave, the others get new logits."""
+        """Append each row's next token (every row not cancelled needs one); rows that end leave, the others get new logits."""
+        self._drop([seq for seq in self.rows if seq.cancelled])
         if len(tokens) != len(self.rows) or any(seq not in tokens for seq in self.rows):
             raise ValueError("advance takes one token for every sequence in the batch")
         for seq in self.rows:
