@@ -79,15 +79,15 @@ class ContinuousBatcher:
         """Prefill `prompt` alone and give it a row; it takes part from the next `step` on."""
         if not prompt:
             raise ValueError("every prompt needs at least one token (start an empty one with <|endoftext|>)")
-        if not self.has_room:
-            raise ValueError(f"the batch has all its {self.cache.max_rows} rows in use")
         device = self.cache.layers[0].keys.device
         history = torch.empty(1, len(prompt) + max_new_tokens, dtype=torch.long, device=device)
         history[0, : len(prompt)] = torch.tensor(list(prompt), dtype=torch.long)
         seq = BatchedSequence(history, len(prompt), max_new_tokens, samplers, generator, eos_id)
-        if max_new_tokens == 0:
+        if max_new_tokens == 0:  # nothing to generate: it never takes a row
             seq.finished = True
             return seq
+        if not self.has_room:
+            raise ValueError(f"the batch has all its {self.cache.max_rows} rows in use")
         alone = self._prefill(seq)
         self.cache.add(alone)
         self.rows.append(seq)
@@ -114,9 +114,13 @@ class ContinuousBatcher:
 
     @torch.inference_mode()
     def advance(self, tokens: Mapping[BatchedSequence, int]) -> None:
-        """Append each row's next token (every row not cancelled needs one); rows that end leave, the others get new logits."""
+        """Append each row's next token; rows that end leave, the others get new logits.
+
+        Every row needs a token but a cancelled one (it leaves now: `cancel` may come from
+        another thread at any moment, so a token drawn for it is ignored).
+        """
         self._drop([seq for seq in self.rows if seq.cancelled])
-        if len(tokens) != len(self.rows) or any(seq not in tokens for seq in self.rows):
+        if any(seq not in tokens for seq in self.rows):
             raise ValueError("advance takes one token for every sequence in the batch")
         for seq in self.rows:
             token = tokens[seq]
