@@ -4,7 +4,10 @@
 the caller's thread reads the tokens as they are made. The loop thread owns the
 model: it prefills new prompts, which join the batch at the next step
 (`gptkit.generation.continuous_batching`), and steps the batch while anything
-runs; it ends when nothing does, and the next submission starts it again.
+runs. Idle for `IDLE_SECONDS` it ends, and the next submission starts it again:
+one long-lived thread under load (a thread per burst of requests would spread the
+model's allocations over glibc's per-thread heaps, which keep what is freed), none
+left behind by a service no longer used.
 
 It never waits for a reader: each ticket's queue is unbounded (a generation
 makes at most its max_tokens), so a slow client does not stall the others. A
@@ -28,6 +31,7 @@ from gptkit.generation.samplers import Sampler
 from gptkit.model.gpt import GPTModel
 
 _END = object()  # the ticket's last item: no more tokens
+IDLE_SECONDS = 1.0
 
 
 class Ticket:
@@ -78,7 +82,7 @@ class BatchLoop:
         self._batcher: ContinuousBatcher | None = None  # made on first use: its cache holds max_rows full windows
         self._pending: deque[_Request] = deque()
         self._running: dict[BatchedSequence, Ticket] = {}
-        self._state = threading.Lock()  # guards _pending and _thread
+        self._state = threading.Condition()  # guards _pending and _thread; notified on each submission
         self._thread: threading.Thread | None = None
 
     def submit(
@@ -88,6 +92,7 @@ class BatchLoop:
         ticket = Ticket()
         with self._state:
             self._pending.append(_Request(list(prompt), max_new_tokens, samplers, generator, eos_id, ticket))
+            self._state.notify()
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="gptkit-batch", daemon=True)
                 self._thread.start()
@@ -99,7 +104,7 @@ class BatchLoop:
         batcher = self._batcher
         while True:
             with self._state:
-                if not self._pending and not self._running:
+                if not self._running and not self._state.wait_for(lambda: self._pending, timeout=IDLE_SECONDS):
                     self._thread = None
                     return
                 free = batcher.cache.max_rows - len(batcher.rows)
