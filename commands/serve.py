@@ -36,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-name", metavar="NAME", help="the model's name in API replies (default: the folder's name)")
     parser.add_argument("--device", default="cpu", help="torch device to run the model on (default cpu)")
     add_dtype_option(parser)
-    parser.add_argument("--max-concurrent", type=int, default=2, metavar="N", help="generations running at once (default 2)")
+    parser.add_argument("--max-concurrent", type=int, default=8, metavar="N", help="generations decoded together in one batch (default 8)")
     parser.add_argument("--max-queue", type=int, default=8, metavar="N", help="requests waiting for a slot before 429 (default 8)")
     parser.add_argument("--queue-timeout", type=float, default=10.0, metavar="SECONDS", help="longest wait for a slot before 429 (default 10)")
     parser.add_argument("--max-tokens-cap", type=int, default=512, metavar="N", help="largest max_tokens a request may ask for (default 512)")

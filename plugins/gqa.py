@@ -87,7 +87,7 @@ class GroupedQueryAttention(nn.Module):
         self,
         x: torch.Tensor,
         position: PositionEncoding | None = None,
-        start_pos: int = 0,
+        start_pos: int | torch.Tensor = 0,
         kv_cache: LayerKVCache | None = None,
     ) -> torch.Tensor:
         batch, seq_len, _ = x.shape
@@ -103,9 +103,11 @@ class GroupedQueryAttention(nn.Module):
             k = F.rms_norm(k, (self.head_dim,), self.k_norm.weight.to(k.dtype), self.k_norm.eps)
         if position is not None:
             q, k = position.rotate(q, k, start_pos)
+        key_mask = None
         if kv_cache is not None:
             k, v = kv_cache.update(k, v)  # the cache holds n_kv_heads heads, not num_heads
-        context = self.attend(q, k, v)
+            key_mask = kv_cache.key_mask(self.window)  # rows of their own lengths: each row's keys, in the window
+        context = self.attend(q, k, v) if key_mask is None else self.attend_rows(q, k, v, key_mask)
         return self.out_proj(context.transpose(1, 2).reshape(batch, seq_len, self.d_out))
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -117,6 +119,11 @@ class GroupedQueryAttention(nn.Module):
             return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True, enable_gqa=True)
         mask = causal_mask(q_len, k_len, q.device) if self.window is None else sliding_window_mask(q_len, k_len, self.window, q.device)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, enable_gqa=True)
+
+    def attend_rows(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+        """`attend` for one query per row, each against the keys `key_mask` (batch, 1, 1, keys) allows it."""
+        dropout = self.dropout if self.training else 0.0
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, dropout_p=dropout, enable_gqa=True)
 
 
 # --- registration: three names, one module with different defaults ------------------------

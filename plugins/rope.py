@@ -12,6 +12,7 @@ import torch
 from pydantic import Field
 
 from gptkit import ComponentParams, ModelConfig, PositionEncoding, Registry, hookimpl
+from gptkit.layers.embeddings import position_ids
 
 
 class RotaryPositionEncoding(PositionEncoding):
@@ -30,10 +31,16 @@ class RotaryPositionEncoding(PositionEncoding):
         self.register_buffer("cos", angles.cos(), persistent=False)
         self.register_buffer("sin", angles.sin(), persistent=False)
 
-    def rotate(self, q: torch.Tensor, k: torch.Tensor, start_pos: int) -> tuple[torch.Tensor, torch.Tensor]:
-        end = start_pos + q.shape[-2]
-        cos = self.cos[start_pos:end].to(q.dtype)
-        sin = self.sin[start_pos:end].to(q.dtype)
+    def rotate(self, q: torch.Tensor, k: torch.Tensor, start_pos: int | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if isinstance(start_pos, torch.Tensor):
+            # Each row from its own position: (batch, seq, head_dim) angles, broadcast over the heads.
+            positions = position_ids(start_pos, q.shape[-2])
+            cos = self.cos[positions].to(q.dtype)[:, None]
+            sin = self.sin[positions].to(q.dtype)[:, None]
+        else:
+            end = start_pos + q.shape[-2]
+            cos = self.cos[start_pos:end].to(q.dtype)
+            sin = self.sin[start_pos:end].to(q.dtype)
         return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
 
 

@@ -3,12 +3,15 @@
 The prompt is run through the model once (prefill); after that each new token
 is a single-position forward pass against the cached keys and values.
 
-Prompts of different lengths are grouped by length, and each group decodes as
-a batch of its own with its own cache. Left padding into one batch would need a
-key-padding mask and per-row positions in every attention and position
-component, plugins included; grouping needs neither, and each row computes
-exactly what it would alone. Groups advance in lock step, so callers still see
-one (batch, 1) tensor per step.
+Prompts of different lengths decode as one ragged batch
+(`gptkit.generation.continuous_batching`): each row prefilled alone, then one
+forward pass per step for all rows, each at its own position. Rows are still
+sampled group by group (the rows of one prompt length together, in order of
+first appearance), so a shared generator draws what it drew when each length
+was a batch of its own. Prompts of one length are one plain batch with one
+cache, and so is a compiled generation (its graphs are for uniform positions):
+there, each length group decodes as a batch of its own, in lock step. Either
+way callers see one (batch, 1) tensor per step.
 
 When a row's tokens outgrow the context window the oldest ones are dropped and
 the cache is rebuilt from the remaining window: every remaining token attended
@@ -38,6 +41,7 @@ from typing import Any
 import torch
 
 from gptkit.generation.compiled import CompiledForward
+from gptkit.generation.continuous_batching import BatchedSequence, ContinuousBatcher
 from gptkit.generation.samplers import Sampler, draw
 from gptkit.kernels import flat_decoder
 from gptkit.kernels.decode_step import StockDecoder
@@ -88,6 +92,53 @@ class _Group:
             self.logits = self.forward(nxt, start_pos=self.cache.length, kv_cache=self.cache, last_only=True)[:, -1]
 
 
+class _UniformGroups:
+    """Each length group a batch of its own, with its own cache."""
+
+    def __init__(self, groups: list[_Group]) -> None:
+        self.groups = groups
+
+    def advance(self, live: list[_Group], out: torch.Tensor) -> None:
+        for group in live:
+            group.append(out[group.rows])
+
+
+class _RaggedGroup:
+    """The rows of one prompt length, as sequences of a shared ragged batch."""
+
+    def __init__(self, rows: list[int], seqs: list[BatchedSequence], device: torch.device) -> None:
+        self.rows = torch.tensor(rows, device=device)
+        self.seqs = seqs
+
+    @property
+    def logits(self) -> torch.Tensor:
+        return torch.cat([seq.logits for seq in self.seqs])
+
+    @property
+    def tokens(self) -> torch.Tensor:
+        return torch.cat([seq.tokens for seq in self.seqs])
+
+
+class _RaggedGroups:
+    """Every row in one `ContinuousBatcher`: one forward pass per step; groups only for drawing."""
+
+    def __init__(self, model: GPTModel, decoder: StockDecoder | None, groups: list[tuple[list[int], torch.Tensor]], max_new_tokens: int) -> None:
+        self.batcher = ContinuousBatcher(model, sum(len(rows) for rows, _ in groups), decoder=decoder)
+        self.groups = [
+            _RaggedGroup(rows, [self.batcher.add(ids.tolist(), max_new_tokens, ()) for ids in prompts], prompts.device)
+            for rows, prompts in groups
+        ]
+
+    def advance(self, live: list[_RaggedGroup], out: torch.Tensor) -> None:
+        # A group whose rows have all ended leaves the batch; the rows of the others all step.
+        stepping = {id(group) for group in live}
+        for group in self.groups:
+            if id(group) not in stepping:
+                for seq in group.seqs:
+                    seq.cancel()
+        self.batcher.advance({seq: int(out[row, 0]) for group in live for row, seq in zip(group.rows.tolist(), group.seqs)})
+
+
 def _group_by_length(prompt: Prompts, device: torch.device) -> list[tuple[list[int], torch.Tensor]]:
     if isinstance(prompt, torch.Tensor):
         if prompt.ndim != 2:
@@ -134,12 +185,17 @@ def generate_tokens(
     decoder = flat_decoder(model) if use_cache and not compile else None
     try:
         device = prompt.device if isinstance(prompt, torch.Tensor) else next(model.parameters()).device
-        groups = [_Group(model, forward, decoder, rows, ids, max_new_tokens, use_cache) for rows, ids in _group_by_length(prompt, device)]
-        batch = sum(len(g.rows) for g in groups)
+        by_length = _group_by_length(prompt, device)
+        batch = sum(len(rows) for rows, _ in by_length)
+        groups: _UniformGroups | _RaggedGroups
+        if len(by_length) > 1 and use_cache and not compile and max_new_tokens > 0:
+            groups = _RaggedGroups(model, decoder, by_length, max_new_tokens)
+        else:
+            groups = _UniformGroups([_Group(model, forward, decoder, rows, ids, max_new_tokens, use_cache) for rows, ids in by_length])
         finished = torch.zeros(batch, dtype=torch.bool, device=device)
         for step in range(max_new_tokens):
             out = torch.full((batch, 1), -1 if eos_id is None else eos_id, dtype=torch.long, device=device)
-            live = [g for g in groups if not bool(finished[g.rows].all())]
+            live = [g for g in groups.groups if not bool(finished[g.rows].all())]
             for group in live:
                 out[group.rows] = draw(group.logits, group.tokens, samplers, generator)
             if eos_id is not None:
@@ -148,8 +204,7 @@ def generate_tokens(
             yield out
             if step + 1 == max_new_tokens or bool(finished.all()):
                 return
-            for group in live:
-                group.append(out[group.rows])
+            groups.advance(live, out)
     finally:
         model.train(was_training)
 

@@ -34,7 +34,7 @@ from gptkit.layers.block import TransformerBlock
 from gptkit.layers.embeddings import LearnedPositionEmbedding, PositionEncoding
 from gptkit.layers.feed_forward import FeedForward
 from gptkit.layers.gelu import GELU
-from gptkit.layers.kv_cache import KVCache
+from gptkit.layers.kv_cache import KVCache, RaggedKVCache
 from gptkit.layers.layer_norm import LayerNorm
 
 
@@ -115,23 +115,38 @@ class StockDecoder:
             return None
         return cls(model, layers)  # type: ignore[arg-type]
 
-    def __call__(self, idx: torch.Tensor, start_pos: int, kv_cache: KVCache) -> torch.Tensor:
-        """Logits (batch, 1, vocab) after the tokens `idx` (batch, 1) at position `start_pos`."""
-        if idx.shape[1] != 1 or start_pos != kv_cache.length or start_pos >= self.context_length:
+    def __call__(self, idx: torch.Tensor, start_pos: int | torch.Tensor, kv_cache: KVCache | RaggedKVCache) -> torch.Tensor:
+        """Logits (batch, 1, vocab) after the tokens `idx` (batch, 1) at position `start_pos`.
+
+        With a `RaggedKVCache`, `start_pos` is each row's position, (batch,), its cache's lengths.
+        """
+        ragged = isinstance(kv_cache, RaggedKVCache)
+        if ragged:
+            fits = isinstance(start_pos, torch.Tensor) and torch.equal(start_pos, kv_cache.length) and (
+                not len(start_pos) or int(start_pos.max()) < self.context_length
+            )
+        else:
+            fits = not isinstance(start_pos, torch.Tensor) and start_pos == kv_cache.length and start_pos < self.context_length
+        if idx.shape[1] != 1 or not fits:
+            shown = start_pos.tolist() if isinstance(start_pos, torch.Tensor) else start_pos
+            held = kv_cache.length.tolist() if ragged else kv_cache.length
             raise ValueError(
                 f"a decode step takes one token per row at the end of a cache with room in the context window, "
-                f"got shape {tuple(idx.shape)} at position {start_pos} (cache {kv_cache.length}, window {self.context_length})"
+                f"got shape {tuple(idx.shape)} at position {shown} (cache {held}, window {self.context_length})"
             )
         batch = idx.shape[0]
         x = F.embedding(idx, self.token_table)
         if self.position_table is not None:
-            x = x + self.position_table[start_pos : start_pos + 1]
+            if isinstance(start_pos, torch.Tensor):
+                x = x + self.position_table[start_pos][:, None]
+            else:
+                x = x + self.position_table[start_pos : start_pos + 1]
         for layer, cache in zip(self.layers, kv_cache.layers):
             h = F.layer_norm(x, layer.norm1.weight.shape, *layer.norm1)
             # The fused projection's layout per row is (3, heads, head_dim); one token adds a length-1 axis.
             q, k, v = linear(h, layer.qkv_weight, layer.qkv_bias).view(batch, 3, layer.heads, 1, layer.head_dim).unbind(1)
             keys, values = cache.update(k, v)
-            context = F.scaled_dot_product_attention(q, keys, values)
+            context = F.scaled_dot_product_attention(q, keys, values, attn_mask=cache.key_mask())
             x = x + linear(context.reshape(batch, 1, -1), layer.out_weight, layer.out_bias)
             h = F.layer_norm(x, layer.norm2.weight.shape, *layer.norm2)
             h = F.gelu(linear(h, layer.fc1_weight, layer.fc1_bias), approximate=layer.gelu_approximate)

@@ -3,6 +3,10 @@
 Each token's query is compared with the keys of itself and every earlier token;
 the softmax of those scores weights the values. Heads do this in parallel on
 slices of the embedding, and a final projection mixes them back together.
+
+A cache whose rows hold different numbers of positions (`RaggedKVCache`) hands
+attention a key mask as well: which of the returned keys belong to each row. A
+uniform cache hands none, and the mask-free paths run as before.
 """
 
 from __future__ import annotations
@@ -67,7 +71,7 @@ class MultiHeadAttention(nn.Module):
         self,
         x: torch.Tensor,
         position: PositionEncoding | None = None,
-        start_pos: int = 0,
+        start_pos: int | torch.Tensor = 0,
         kv_cache: LayerKVCache | None = None,
     ) -> torch.Tensor:
         batch, seq_len, _ = x.shape
@@ -75,15 +79,29 @@ class MultiHeadAttention(nn.Module):
         q, k, v = self.qkv(x).view(batch, seq_len, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         if position is not None:
             q, k = position.rotate(q, k, start_pos)
+        key_mask = None
         if kv_cache is not None:
             k, v = kv_cache.update(k, v)
-        context = self.attend(q, k, v)
+            key_mask = kv_cache.key_mask()
+        context = self.attend(q, k, v) if key_mask is None else self.attend_rows(q, k, v, key_mask)
         context = context.transpose(1, 2).reshape(batch, seq_len, self.d_out)
         return self.out_proj(context)
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """softmax(q·kᵀ / sqrt(head_dim))·v under the causal mask, per head."""
         return self._sdpa(q, k, v) if self.use_sdpa else self._explicit(q, k, v)
+
+    def attend_rows(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+        """`attend` for one query per row against the keys `key_mask` (batch, 1, 1, keys) allows that row.
+
+        Each query is its row's newest position, so its row's keys are all earlier:
+        the mask is the causal mask too.
+        """
+        if not self.use_sdpa:
+            scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)
+            return self.attn_dropout(torch.softmax(scores.masked_fill(~key_mask, float("-inf")), dim=-1)) @ v
+        dropout = self.dropout if self.training else 0.0
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, dropout_p=dropout)
 
     def _explicit(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)

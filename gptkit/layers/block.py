@@ -52,7 +52,7 @@ class TransformerBlock(nn.Module):
         self,
         x: torch.Tensor,
         position: PositionEncoding | None = None,
-        start_pos: int = 0,
+        start_pos: int | torch.Tensor = 0,
         kv_cache: LayerKVCache | None = None,
     ) -> torch.Tensor:
         x = x + self.drop_shortcut(self.att(self.norm1(x), position, start_pos, kv_cache))

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gptkit.layers.kv_cache import KVCache
+from gptkit.layers.kv_cache import KVCache, RaggedKVCache
 from gptkit.model.config import ModelConfig, model_preset
 from gptkit.registry import Registry
 
@@ -98,13 +98,22 @@ class GPTModel(nn.Module):
             dtype=ref.dtype, device=ref.device,
         )
 
+    def make_ragged_kv_cache(self, max_rows: int, max_len: int | None = None) -> RaggedKVCache:
+        """A cache of `max_rows` rows that each hold their own number of positions (continuous batching)."""
+        ref = self.tok_emb.weight
+        heads = self.cfg.attention.params.get("n_kv_heads") or self.cfg.n_heads
+        return RaggedKVCache(
+            self.cfg.n_layers, max_rows, heads, max_len or self.cfg.context_length, self.cfg.head_dim,
+            dtype=ref.dtype, device=ref.device,
+        )
+
     def forward(
         self,
         idx: torch.Tensor,
         targets: torch.Tensor | None = None,
         *,
-        start_pos: int = 0,
-        kv_cache: KVCache | None = None,
+        start_pos: int | torch.Tensor = 0,
+        kv_cache: KVCache | RaggedKVCache | None = None,
         last_only: bool = False,
         keep_logits: bool = True,
     ) -> torch.Tensor | tuple[torch.Tensor | None, torch.Tensor]:
@@ -119,11 +128,14 @@ class GPTModel(nn.Module):
         if last_only and targets is not None:
             raise ValueError("last_only drops the positions the loss needs; pass targets or last_only, not both")
         seq_len = idx.shape[1]
-        if kv_cache is not None and start_pos != kv_cache.length:
-            # Positions and the cache's causal alignment would disagree: wrong logits, no error.
-            raise ValueError(f"start_pos {start_pos} does not match the KV cache, which holds {kv_cache.length} positions")
-        if start_pos + seq_len > self.cfg.context_length:
-            raise ValueError(f"{start_pos + seq_len} positions exceed the context length {self.cfg.context_length}")
+        if isinstance(start_pos, torch.Tensor) or isinstance(kv_cache, RaggedKVCache):
+            self._check_row_positions(start_pos, seq_len, kv_cache)
+        else:
+            if kv_cache is not None and start_pos != kv_cache.length:
+                # Positions and the cache's causal alignment would disagree: wrong logits, no error.
+                raise ValueError(f"start_pos {start_pos} does not match the KV cache, which holds {kv_cache.length} positions")
+            if start_pos + seq_len > self.cfg.context_length:
+                raise ValueError(f"{start_pos + seq_len} positions exceed the context length {self.cfg.context_length}")
         x = self.tok_emb(idx)
         absolute = self.pos_emb.absolute(start_pos, seq_len)
         if absolute is not None:
@@ -140,6 +152,18 @@ class GPTModel(nn.Module):
         if targets is None:
             return logits
         return logits, next_token_loss(logits, targets)
+
+    def _check_row_positions(self, start_pos: int | torch.Tensor, seq_len: int, kv_cache: KVCache | RaggedKVCache | None) -> None:
+        """Per-row positions, (batch,): each row's own, matching a ragged cache's lengths."""
+        lengths = None if kv_cache is None else kv_cache.length
+        if not isinstance(start_pos, torch.Tensor) or start_pos.ndim != 1 or (
+            lengths is not None and not (isinstance(lengths, torch.Tensor) and torch.equal(start_pos, lengths))
+        ):
+            shown = start_pos.tolist() if isinstance(start_pos, torch.Tensor) else start_pos
+            found = lengths.tolist() if isinstance(lengths, torch.Tensor) else lengths
+            raise ValueError(f"start_pos {shown} does not match the KV cache, which holds {found} positions per row")
+        if len(start_pos) and int(start_pos.max()) + seq_len > self.cfg.context_length:
+            raise ValueError(f"{int(start_pos.max()) + seq_len} positions exceed the context length {self.cfg.context_length}")
 
     def head_loss(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """The loss of the output head on the final hidden states (`gptkit.kernels` has a faster one)."""

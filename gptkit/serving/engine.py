@@ -1,12 +1,14 @@
-"""Generations for the server: requests made into jobs, slots that bound how many run, one model lock.
+"""Generations for the server: requests made into jobs, slots that bound how many run, one decoding thread.
 
 `ModelService` checks a request against the server's model and limits, tokenises
 it and resolves its seeds, length and samplers (`prepare`; fields a request leaves
 out take the run's own chain, `DefaultChain`), making one job per choice, then
-yields each job's text token by token (`run`), taking the model lock around each
-step so that several generations interleave without two threads ever running the
-model at once. `logprobs` scores a finished job's tokens (`prompt_scoring`) under
-the same lock. `Slots` bounds how many requests run and how many wait.
+yields each job's text token by token (`run`). The jobs' tokens are made by one
+background thread that owns the model (`batch_loop.BatchLoop`): every running
+job is a row of one batch, one forward pass per step, so concurrent generations
+cost one model call per token between them. `logprobs` scores a finished job's
+tokens (`prompt_scoring`) under the lock that thread takes around each step.
+`Slots` bounds how many requests run and how many wait.
 
 A completion request makes `n` choices of each of its prompts, ordered prompt by
 prompt as OpenAI orders them (prompt i's sample j is choice i * n + j). Sample j
@@ -29,16 +31,17 @@ import time
 import uuid
 from collections.abc import Generator, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
 from gptkit.data.prompt_styles import ChatStyle
 from gptkit.errors import DataError, GptkitError
-from gptkit.generation.generate import TextStream, encode_prompt, generate_tokens
+from gptkit.generation.generate import TextStream, encode_prompt
 from gptkit.generation.styled_reply import prompt_ids, reply_stops, strip_leading_space
 from gptkit.hookspecs import PromptStyle
 from gptkit.model.gpt import GPTModel
+from gptkit.serving.batch_loop import BatchLoop
 from gptkit.serving.chat_schema import ChatCompletionRequest
 from gptkit.serving.openai_schema import (
     MAX_CHOICES,
@@ -173,7 +176,7 @@ class Slots:
 
 
 class ModelService:
-    """The model, its tokenizer, the limits, and the lock that serialises forward passes."""
+    """The model, its tokenizer, the limits, and the thread that decodes every job in one batch."""
 
     def __init__(
         self, model: GPTModel, tokenizer: Tokenizer, *, model_name: str, max_concurrent: int, max_queue: int,
@@ -190,7 +193,8 @@ class ModelService:
         self.max_prompt_tokens = max_prompt_tokens or self.context_length
         self.device = next(model.parameters()).device
         self.slots = Slots(max_concurrent, max_queue, queue_timeout)
-        self.model_lock = threading.Lock()
+        # One row per generation the slots let run; jobs past that (a request's n choices) wait for a row.
+        self.batch = BatchLoop(self.model, max_concurrent)
         self.created = int(time.time())
         self.default_chain = default_chain if default_chain is not None else DefaultChain()
         self.chat_style = chat_style if chat_style is not None else ServedStyle.default()
@@ -270,27 +274,21 @@ class ModelService:
     def _deltas(self, job: Job) -> Generator[str, None, None]:
         if job.max_tokens == 0:  # a prompt to score: nothing to generate, and finish_reason stays "length"
             return
-        prompt = torch.tensor([job.prompt_ids], dtype=torch.long, device=self.device)
         generator = torch.Generator(device=self.device).manual_seed(job.seed)
-        tokens = cast(Generator[torch.Tensor, None, None], generate_tokens(
-            self.model, prompt, max_new_tokens=job.max_tokens, samplers=job.samplers, generator=generator,
-            eos_id=self.tokenizer.eot_id,
-        ))
+        ticket = self.batch.submit(job.prompt_ids, job.max_tokens, job.samplers, generator=generator, eos_id=self.tokenizer.eot_id)
         text = TextStream(self.tokenizer, job.stop)
         try:
             while not text.done:
-                with self.model_lock:
-                    step = next(tokens, None)
-                if step is None:
+                token = ticket.next()
+                if token is None:
                     break
-                job.completion_ids.append(int(step[0, 0]))
-                yield text.push(job.completion_ids[-1])
+                job.completion_ids.append(token)
+                yield text.push(token)
             # Done early means end-of-text or a stop string; otherwise max_tokens ran out.
             job.finish_reason = "stop" if text.done else "length"
             yield text.close()
         finally:
-            with self.model_lock:  # runs generate_tokens' own clean-up, which touches the model
-                tokens.close()
+            ticket.cancel()  # a stop string, or a reader that went away: the row is freed at the next step
 
     def logprobs(self, job: Job) -> dict[str, Any] | None:
         """The `logprobs` object of a finished job's choice, or None when its request asks for none.
@@ -303,7 +301,7 @@ class ModelService:
             return None
         ids = job.prompt_ids + job.completion_ids
         first = 1 if request.echo else len(job.prompt_ids)
-        with self.model_lock:
+        with self.batch.lock:
             scores: list[TokenScore | None] = list(score_tokens(self.model, ids, request.logprobs, first))
         _, offsets = spell(self.tokenizer, job.completion_ids)
         if not request.echo:

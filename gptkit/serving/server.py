@@ -280,7 +280,7 @@ def make_server(
     host: str = "127.0.0.1",
     port: int = 0,
     model_name: str = "gptkit",
-    max_concurrent: int = 2,
+    max_concurrent: int = 8,
     max_queue: int = 8,
     max_new_tokens_cap: int = 512,
     max_prompt_tokens: int | None = None,
