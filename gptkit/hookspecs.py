@@ -77,27 +77,32 @@ class ModelShape(Protocol):
 class PositionEncoding(Protocol):
     """What the position kind builds (`gptkit.layers.embeddings.PositionEncoding` is the base class)."""
 
-    def absolute(self, start_pos: int, seq_len: int) -> torch.Tensor | None:
+    def absolute(self, start_pos: int | torch.Tensor, seq_len: int) -> torch.Tensor | None:
         """(seq_len, emb_dim) vectors added to the token embeddings, or None."""
 
-    def rotate(self, q: torch.Tensor, k: torch.Tensor, start_pos: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def rotate(self, q: torch.Tensor, k: torch.Tensor, start_pos: int | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Queries and keys of shape (batch, heads, seq, head_dim), rotated by position."""
 
 
 class LayerKVCache(Protocol):
     """One layer's key/value cache (`gptkit.layers.kv_cache.LayerKVCache`)."""
 
-    length: int
+    length: int | torch.Tensor  # a tensor of each row's length for a ragged cache (rows decoded together)
 
     def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Append this step's keys and values; return all of them so far."""
+
+    def key_mask(self, window: int | None = None) -> torch.Tensor | None:
+        """None when every row holds the same positions; else (rows, 1, 1, keys), True where a row's query
+        may attend (`gptkit.layers.kv_cache.RaggedKVCache`). An attention plugin must apply it."""
 
 
 class SelfAttention(Protocol):
     """What the attention and block kinds build: a module called like `MultiHeadAttention`."""
 
     def __call__(
-        self, x: torch.Tensor, position: PositionEncoding | None = None, start_pos: int = 0, kv_cache: LayerKVCache | None = None
+        self, x: torch.Tensor, position: PositionEncoding | None = None, start_pos: int | torch.Tensor = 0,
+        kv_cache: LayerKVCache | None = None,
     ) -> torch.Tensor: ...
 
 

@@ -13,6 +13,8 @@ single parameter, state-dict key or checkpoint byte:
   the (tokens, vocab) logits;
 - `lora_linear`: a LoRA layer's input cast once for base and adapter, the update added
   by one `addmm`;
+- `frozen_cast`: a frozen weight's autocast copy kept between steps (a LoRA run's base
+  model is otherwise recast every forward pass);
 - `decode_step`: generation's one-token step as flat tensor code (`flat_decoder`);
 - `huge_pages`: a loaded model's weights in transparent huge pages, for decoding;
 - `cpu_allocator`: malloc keeps freed memory, so a training step stops page-faulting

@@ -51,10 +51,11 @@ generation `gptkit.serving.engine`. Choices where OpenAI's API leaves room:
   `max_tokens` null is the server's cap.
 * The page is rendered once, at start-up, with the run's example prompt and its
   chain's values in its fields.
-* Forward passes are serialised by one lock per model, taken around each step of
-  the token iterator: up to `max_concurrent` generations interleave token by token,
-  so a long one does not hold a short one up until it ends, and no two threads
-  ever run the model (or touch its mode) at once.
+* Up to `max_concurrent` generations are decoded together (`gptkit.serving.batch_loop`):
+  one thread owns the model and runs one forward pass per step for every running
+  generation, each in its own row of a ragged KV cache (`gptkit.generation.continuous_batching`);
+  a new one joins after its prompt's prefill, a finished or abandoned one leaves at the
+  next step. Scoring takes the same lock the loop holds around each step.
 * Generations past `max_concurrent` wait up to `queue_timeout` seconds in a queue
   of `max_queue`; beyond that they are answered 429.
 * A client that goes away stops its generation at the next token and frees its slot.
