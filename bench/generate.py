@@ -225,6 +225,31 @@ def hf_variant(base: GPTModel, variant: Variant) -> Any:
     return hf.to(torch_dtype(variant.dtype))
 
 
+def fresh_model(cfg: ModelConfig) -> GPTModel:
+    """The benchmark's random weights: the same values every time for one config."""
+    torch.manual_seed(0)
+    return GPTModel(cfg).eval()
+
+
+def build_pair(cfg: ModelConfig, group: list[Variant]) -> dict[Variant, Any]:
+    """gptkit's variant (and Hugging Face in its dtype) from fresh weights, at most two float32 copies alive.
+
+    The fresh model becomes gptkit's in place. Hugging Face's twin (its own transposed
+    copy of the matrices) is made from the float32 weights: before they are cast or
+    quantized, or from gptkit's prepared float32 model, which holds the same values.
+    """
+    base = fresh_model(cfg)
+    ours, twin = group[0], (group[1] if len(group) > 1 else None)
+    models: dict[Variant, Any] = {}
+    if twin is not None and (ours.dtype != "float32" or ours.quantize):
+        models[twin] = hf_variant(base, twin)
+    prepare_for_use(base, torch_dtype(ours.dtype), quantize=ours.quantize)
+    models[ours] = base
+    if twin is not None and twin not in models:
+        models[twin] = hf_variant(base, twin)
+    return {v: models[v] for v in group}
+
+
 def rotate(
     methods: dict[str, Callable[[], torch.Tensor]], repeats: int
 ) -> tuple[dict[str, list[float]], dict[str, torch.Tensor]]:
@@ -262,14 +287,16 @@ def run_matrix(args: argparse.Namespace) -> dict[str, Any]:
     bandwidths.append(stream_bandwidth(probe))
     rows: list[dict[str, Any]] = []
     for preset in presets:
-        torch.manual_seed(0)
         cfg = ModelConfig(**QUICK_CONFIG) if preset == "quick" else model_preset(preset)
-        base = GPTModel(cfg).eval()
-        hold_all = sum(p.numel() * 4 for p in base.parameters()) <= HOLD_ALL_BYTES
-        for group in matrix_groups(variants, hold_all):
-            models: dict[Variant, Any] = {}
-            for v in group:
-                models[v] = gptkit_variant(base, v) if v.library == "gptkit" else hf_variant(base, v)
+        with torch.device("meta"):
+            float32_bytes = sum(p.numel() * 4 for p in GPTModel(cfg).parameters())
+        hold_all = float32_bytes <= HOLD_ALL_BYTES and not args.hold_two
+        base = fresh_model(cfg) if hold_all else None
+        for group_index, group in enumerate(matrix_groups(variants, hold_all)):
+            if base is not None:
+                models = {v: gptkit_variant(base, v) if v.library == "gptkit" else hf_variant(base, v) for v in group}
+            else:
+                models = build_pair(cfg, group)
             for batch in args.batch:
                 prompt = torch.randint(0, cfg.vocab_size, (batch, PROMPT_TOKENS), generator=torch.Generator().manual_seed(batch))
                 mask = torch.ones_like(prompt)
@@ -287,7 +314,7 @@ def run_matrix(args: argparse.Namespace) -> dict[str, Any]:
                     out = outputs[v.name]
                     assert out.shape == (batch, PROMPT_TOKENS + new), (v.name, out.shape)
                     rows.append({
-                        "preset": preset, "batch": batch, "library": v.library, "dtype": v.dtype, "quantize": v.quantize,
+                        "preset": preset, "group": group_index, "batch": batch, "library": v.library, "dtype": v.dtype, "quantize": v.quantize,
                         "name": v.name, "median_s": median, "runs_s": times[v.name],
                         "tokens_per_s": batch * new / median, "steps_per_s": new / median,
                         "weight_bytes_per_step": gptkit_step_bytes(m) if v.library == "gptkit" else hf_step_bytes(m),
@@ -296,7 +323,7 @@ def run_matrix(args: argparse.Namespace) -> dict[str, Any]:
             del models
             gc.collect()
             bandwidths.append(stream_bandwidth(probe))
-        del base
+        base = None
         gc.collect()
     bandwidth = statistics.median(bandwidths)
     for row in rows:
@@ -308,9 +335,11 @@ def run_matrix(args: argparse.Namespace) -> dict[str, Any]:
     return {"bandwidth_gb_s": bandwidth, "bandwidth_probes_gb_s": bandwidths, "runs": rows, "ratios": ratios(rows)}
 
 
-def find_row(rows: list[dict[str, Any]], preset: str, batch: int, v: Variant) -> dict[str, Any] | None:
-    return next((r for r in rows if (r["preset"], r["batch"], r["library"], r["dtype"], r["quantize"]) ==
-                 (preset, batch, v.library, v.dtype, v.quantize)), None)
+def find_row(rows: list[dict[str, Any]], preset: str, batch: int, v: Variant, group: int | None = None) -> dict[str, Any] | None:
+    """`v`'s row for `preset` and `batch`: the one timed in `group` where there is one (a pair's twin), else the first."""
+    found = [r for r in rows if (r["preset"], r["batch"], r["library"], r["dtype"], r["quantize"]) ==
+             (preset, batch, v.library, v.dtype, v.quantize)]
+    return next((r for r in found if r["group"] == group), found[0] if found else None)
 
 
 def ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -318,7 +347,7 @@ def ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for row in rows:
         def against(v: Variant, batch: int | None = None, row: dict[str, Any] = row) -> float | None:
-            other = find_row(rows, row["preset"], batch or row["batch"], v)
+            other = find_row(rows, row["preset"], batch or row["batch"], v, row["group"])
             return None if other is None else row["tokens_per_s"] / other["tokens_per_s"]
 
         entry = {"preset": row["preset"], "batch": row["batch"], "name": row["name"],
@@ -395,6 +424,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch", nargs="+", type=int, default=[1, 8])
     parser.add_argument("--dtype", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16"])
     parser.add_argument("--quantize", nargs="+", default=["none", "int8"], choices=["none", "int8"])
+    parser.add_argument("--hold-two", action="store_true", help="time two models at a time whatever the preset's size")
     parser.add_argument("--out", default=None, help="where the matrix's JSON goes (default bench/results/generate_matrix.json)")
     return parser.parse_args(argv)
 

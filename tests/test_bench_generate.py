@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
+from pathlib import Path
 from types import ModuleType
 
 import pytest
@@ -53,6 +54,7 @@ def test_quick_matrix_writes_every_variant_and_batch(result: dict) -> None:
     assert result["targets"] == {"bfloat16 vs float32": 1.8, "int8 vs float32": 3.0, "batch 8 vs batch 1": 5.0}
     names = ["gptkit float32", "gptkit float32 + int8", "gptkit bfloat16", "gptkit bfloat16 + int8", "hf float32", "hf bfloat16"]
     assert [(r["batch"], r["name"]) for r in result["runs"]] == [(b, n) for b in (1, 8) for n in names]
+    assert {r["group"] for r in result["runs"]} == {0}  # a tiny preset: every model held and timed together
     assert len(result["bandwidth_probes_gb_s"]) == 2 and all(b > 0 for b in result["bandwidth_probes_gb_s"])
     for row in result["runs"]:
         assert len(row["runs_s"]) == 1 and row["median_s"] == row["runs_s"][0] > 0
@@ -96,6 +98,27 @@ def test_ratios_divide_the_rows_they_name_and_float32_tokens_agree(result: dict)
         # The same float32 weights through both libraries: the same greedy tokens.
         assert rows[batch, "hf float32"]["tokens"] == rows[batch, "gptkit float32"]["tokens"]
         assert rows[batch, "hf float32"]["tokens_equal_to_gptkit_float32"] == batch * 4
+
+
+def test_two_at_a_time_makes_the_same_weights_afresh_for_each_pair(result: dict, tmp_path: Path) -> None:
+    out = tmp_path / "pairs.json"
+    load_bench_generate().main(["--quick", "--hold-two", "--threads", "1", "--batch", "1", "--out", str(out)])
+    pairs = json.loads(out.read_text())
+    names = [r["name"] for r in pairs["runs"]]
+    assert names == ["gptkit float32", "hf float32", "gptkit float32 + int8", "hf float32", "gptkit bfloat16", "hf bfloat16",
+                     "gptkit bfloat16 + int8", "hf bfloat16"]
+    assert [r["group"] for r in pairs["runs"]] == [0, 0, 1, 1, 2, 2, 3, 3]
+    all_at_once = {r["name"]: r for r in result["runs"] if r["batch"] == 1}
+    for row in pairs["runs"]:
+        # Fresh weights from the same seed: the tokens of the run that held every model at once.
+        assert row["tokens"] == all_at_once[row["name"]]["tokens"], row["name"]
+        assert row["weight_bytes_per_step"] == all_at_once[row["name"]]["weight_bytes_per_step"]
+    rate = [r["tokens_per_s"] for r in pairs["runs"]]
+    ratios = pairs["ratios"]
+    # Against Hugging Face: the twin timed in the same pair, not the first row of that name.
+    assert ratios[2]["vs_hf_float32"] == pytest.approx(rate[2] / rate[3])
+    assert ratios[6]["vs_hf_bfloat16"] == pytest.approx(rate[6] / rate[7])
+    assert ratios[4]["vs_gptkit_float32"] == pytest.approx(rate[4] / rate[0])
 
 
 def test_large_presets_are_timed_two_models_at_a_time() -> None:
