@@ -53,8 +53,11 @@ def dequantize_rows(int8_weight: torch.Tensor, scales: torch.Tensor, dtype: torc
 
 
 def _use_gemv(rows: torch.Tensor, int8_weight: torch.Tensor) -> bool:
+    # A ctypes call is neither differentiable nor traceable: under autograd or torch.compile, aten's op serves.
     return (
-        0 < rows.shape[0] <= int8_gemv.MAX_ROWS
+        not torch.compiler.is_compiling()
+        and not (rows.requires_grad and torch.is_grad_enabled())
+        and 0 < rows.shape[0] <= int8_gemv.MAX_ROWS
         and rows.device.type == "cpu"
         and rows.dtype in (torch.float32, torch.bfloat16)
         and int8_weight.is_contiguous()
