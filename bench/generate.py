@@ -277,6 +277,39 @@ def matrix_groups(variants: list[Variant], hold_all: bool) -> list[list[Variant]
     return groups
 
 
+def time_group(
+    models: dict[Variant, Any], preset: str, group_index: int, batch: int, vocab_size: int, new: int, repeats: int
+) -> list[dict[str, Any]]:
+    """One batch size through every model of a group, interleaved: a row per model.
+
+    A function of its own so that nothing here (the timed closures) keeps a model alive after its group.
+    """
+    rows: list[dict[str, Any]] = []
+    prompt = torch.randint(0, vocab_size, (batch, PROMPT_TOKENS), generator=torch.Generator().manual_seed(batch))
+    mask = torch.ones_like(prompt)
+    methods: dict[str, Callable[[], torch.Tensor]] = {}
+    for v, m in models.items():
+        if v.library == "gptkit":
+            methods[v.name] = lambda m=m, prompt=prompt: generate(m, prompt, new, [Greedy()])
+        else:
+            methods[v.name] = lambda m=m, prompt=prompt, mask=mask: m.generate(
+                prompt, attention_mask=mask, max_new_tokens=new, do_sample=False, use_cache=True
+            )
+    times, outputs = rotate(methods, repeats)
+    for v, m in models.items():
+        median = statistics.median(times[v.name])
+        out = outputs[v.name]
+        assert out.shape == (batch, PROMPT_TOKENS + new), (v.name, out.shape)
+        rows.append({
+            "preset": preset, "group": group_index, "batch": batch, "library": v.library, "dtype": v.dtype, "quantize": v.quantize,
+            "name": v.name, "median_s": median, "runs_s": times[v.name],
+            "tokens_per_s": batch * new / median, "steps_per_s": new / median,
+            "weight_bytes_per_step": gptkit_step_bytes(m) if v.library == "gptkit" else hf_step_bytes(m),
+            "tokens": out[:, PROMPT_TOKENS:].tolist(),
+        })
+    return rows
+
+
 def run_matrix(args: argparse.Namespace) -> dict[str, Any]:
     presets = ["quick"] if args.quick else args.preset
     new = args.new_tokens
@@ -298,28 +331,7 @@ def run_matrix(args: argparse.Namespace) -> dict[str, Any]:
             else:
                 models = build_pair(cfg, group)
             for batch in args.batch:
-                prompt = torch.randint(0, cfg.vocab_size, (batch, PROMPT_TOKENS), generator=torch.Generator().manual_seed(batch))
-                mask = torch.ones_like(prompt)
-                methods: dict[str, Callable[[], torch.Tensor]] = {}
-                for v, m in models.items():
-                    if v.library == "gptkit":
-                        methods[v.name] = lambda m=m, prompt=prompt: generate(m, prompt, new, [Greedy()])
-                    else:
-                        methods[v.name] = lambda m=m, prompt=prompt, mask=mask: m.generate(
-                            prompt, attention_mask=mask, max_new_tokens=new, do_sample=False, use_cache=True
-                        )
-                times, outputs = rotate(methods, args.repeats)
-                for v, m in models.items():
-                    median = statistics.median(times[v.name])
-                    out = outputs[v.name]
-                    assert out.shape == (batch, PROMPT_TOKENS + new), (v.name, out.shape)
-                    rows.append({
-                        "preset": preset, "group": group_index, "batch": batch, "library": v.library, "dtype": v.dtype, "quantize": v.quantize,
-                        "name": v.name, "median_s": median, "runs_s": times[v.name],
-                        "tokens_per_s": batch * new / median, "steps_per_s": new / median,
-                        "weight_bytes_per_step": gptkit_step_bytes(m) if v.library == "gptkit" else hf_step_bytes(m),
-                        "tokens": out[:, PROMPT_TOKENS:].tolist(),
-                    })
+                rows += time_group(models, preset, group_index, batch, cfg.vocab_size, new, args.repeats)
             del models
             gc.collect()
             bandwidths.append(stream_bandwidth(probe))

@@ -7,9 +7,11 @@ greedy tokens of gptkit and Hugging Face against each other (same weights).
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import json
 import sys
+import weakref
 from pathlib import Path
 from types import ModuleType
 
@@ -100,10 +102,27 @@ def test_ratios_divide_the_rows_they_name_and_float32_tokens_agree(result: dict)
         assert rows[batch, "hf float32"]["tokens_equal_to_gptkit_float32"] == batch * 4
 
 
-def test_two_at_a_time_makes_the_same_weights_afresh_for_each_pair(result: dict, tmp_path: Path) -> None:
+def test_two_at_a_time_makes_the_same_weights_afresh_for_each_pair(
+    result: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bench = load_bench_generate()
+    earlier: list[weakref.ref] = []
+    build_pair = bench.build_pair
+
+    def build_after_the_last_pair_is_gone(*args: object) -> dict:
+        gc.collect()
+        assert all(ref() is None for ref in earlier), "a previous pair's model is still alive"
+        models = build_pair(*args)
+        earlier.extend(weakref.ref(m) for m in models.values())
+        return models
+
+    monkeypatch.setattr(bench, "build_pair", build_after_the_last_pair_is_gone)
     out = tmp_path / "pairs.json"
-    load_bench_generate().main(["--quick", "--hold-two", "--threads", "1", "--batch", "1", "--out", str(out)])
+    bench.main(["--quick", "--hold-two", "--threads", "1", "--batch", "1", "8", "--out", str(out)])
+    assert len(earlier) == 8
     pairs = json.loads(out.read_text())
+    pairs["runs"] = [r for r in pairs["runs"] if r["batch"] == 1]
+    pairs["ratios"] = [r for r in pairs["ratios"] if r["batch"] == 1]
     names = [r["name"] for r in pairs["runs"]]
     assert names == ["gptkit float32", "hf float32", "gptkit float32 + int8", "hf float32", "gptkit bfloat16", "hf bfloat16",
                      "gptkit bfloat16 + int8", "hf bfloat16"]
