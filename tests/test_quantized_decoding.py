@@ -84,16 +84,16 @@ def test_int8_gemv_equals_the_dequantized_product_in_float64(m: int, k: int, n: 
 
 
 @needs_gemv
-def test_int8_linear_sends_up_to_eight_rows_to_the_kernel_and_aten_serves_without_it(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_int8_linear_sends_up_to_32_rows_to_the_kernel_and_aten_serves_without_it(monkeypatch: pytest.MonkeyPatch) -> None:
     torch.manual_seed(3)
     layer = Int8Linear.from_linear(torch.nn.Linear(48, 32))
-    x = torch.randn(9, 48)
+    x = torch.randn(33, 48)
     rows_seen: list[int] = []
     kernel = gemv.int8_gemv
     monkeypatch.setattr(gemv, "int8_gemv", lambda rows, *rest: rows_seen.append(rows.shape[0]) or kernel(rows, *rest))
     with torch.inference_mode():
-        by_kernel = {rows: layer(x[:rows]) for rows in (1, 8, 9)}
-        assert rows_seen == [1, 8]  # nine rows: dequantized, one matmul
+        by_kernel = {rows: layer(x[:rows]) for rows in (1, 8, 32, 33)}
+        assert rows_seen == [1, 8, 32]  # 33 rows: dequantized, one matmul
         monkeypatch.setattr(gemv, "available", lambda: False)  # as where no compiler could build it
         for rows in (1, 8):
             torch.testing.assert_close(layer(x[:rows]), by_kernel[rows], rtol=1e-5, atol=1e-5)
@@ -101,7 +101,7 @@ def test_int8_linear_sends_up_to_eight_rows_to_the_kernel_and_aten_serves_withou
         by_aten = layer_bf16(x[:1].bfloat16())
         monkeypatch.setattr(gemv, "available", lambda: True)
         torch.testing.assert_close(layer_bf16(x[:1].bfloat16()), by_aten, rtol=2e-2, atol=2e-2)
-    assert rows_seen == [1, 8, 1]
+    assert rows_seen == [1, 8, 32, 1]
 
 
 def test_the_kernel_is_built_once_into_the_cache_and_not_at_all_without_a_compiler(

@@ -104,7 +104,7 @@ void int8_gemv(const float *x, int64_t m, int64_t k, const int8_t *w, int64_t n,
 }
 """
 
-MAX_ROWS = 8  # beyond this the weight is no longer the only cost: a real matmul does better
+MAX_ROWS = 32  # a prompt of up to this many rows too: 32 rows took 166 ms here against 289 ms dequantizing (gpt2 blocks)
 
 
 def _cache_dir() -> Path:

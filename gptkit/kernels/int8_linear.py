@@ -5,7 +5,7 @@ is scaled so that its largest magnitude maps to 127 and rounded, `weight ≈ int
 scale[row]`; the activations keep the model's dtype. A decode step streams every
 weight once per token, so a quarter of float32's bytes is what makes it faster.
 
-A few rows at a time (a decode step: one row per sequence, up to `int8_gemv.MAX_ROWS`)
+A few rows at a time (a decode step: one row per sequence; a short prompt; up to `int8_gemv.MAX_ROWS`)
 go through gptkit's own kernel, `gptkit.kernels.int8_gemv`, which streams each int8
 weight row once and computes in float32 whatever the activations' dtype. It is used
 because PyTorch's kernel for this layout, `aten._weight_int8pack_mm`, was slower on
