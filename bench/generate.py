@@ -16,18 +16,38 @@ latency of one cached decode step at cache lengths 128, 512 and 1000, through
 
 Prints a Markdown table and writes bench/results/generate.json. Not a test:
 figures depend on the machine and on whatever else runs on it (check `uptime`).
+
+    python bench/generate.py --matrix [--preset gpt2 gpt2-xl] [--batch 1 8]
+        [--dtype float32 bfloat16] [--quantize none int8] [--new-tokens N] [--repeats N]
+    python bench/generate.py --quick --out PATH     # tiny settings, seconds: checks the script
+
+The matrix: each preset (random weights) prepared as `main.py generate` loads it
+(`prepare_for_use`: quantized, cast, kernels, huge pages) in every dtype x
+quantization asked for, and Hugging Face's `generate` on the same weights in each
+dtype (it has no int8 path on the CPU, so gptkit's int8 rows are set against its
+float32 and bfloat16 ones). Greedy, a 16-token prompt per row, batch 1 and 8; one
+warm-up round, then the median of `--repeats` interleaved rounds. Small presets
+hold every variant at once and rotate through all of them; a preset over
+`HOLD_ALL_BYTES` in float32 (gpt2-xl: 6.2 GB) holds two models at a time, gptkit's
+variant and Hugging Face's in the same dtype, and rotates through that pair.
+The memory bandwidth is measured in the same run (a sum over a large float32
+tensor, median of several, before, between and after the groups), and each figure
+is also given as weight bytes read per step x steps per second / that bandwidth.
+Results in bench/results/generate_matrix.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,15 +56,18 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from gptkit import GPTModel, model_preset
+from gptkit import GPTModel, ModelConfig, model_preset
+from gptkit.dtypes import torch_dtype
+from gptkit.generation.generate import generate
+from gptkit.generation.loading import prepare_for_use
+from gptkit.generation.samplers import Greedy
+from gptkit.interop.hf_convert import hf_config_dict, to_hf_state_dict
 from gptkit.kernels import accelerate
 from gptkit.kernels.decode_step import StockDecoder
-from gptkit.generation.generate import generate
-from gptkit.interop.hf_convert import hf_config_dict, to_hf_state_dict
 from gptkit.kernels.huge_pages import move_to_huge_pages
-from gptkit.generation.samplers import Greedy
 
 RESULTS = ROOT / "bench" / "results" / "generate.json"
+MATRIX_RESULTS = ROOT / "bench" / "results" / "generate_matrix.json"
 PROMPT_TOKENS = 16
 CONTEXT_LENGTHS = (128, 512, 1000)
 
@@ -139,12 +162,290 @@ def decode_step_ms(model: GPTModel, hf: Any, length: int, repeats: int) -> dict[
     return {name: 1000 * statistics.median(ts) for name, ts in timings.items()}
 
 
-def main() -> None:
+HOLD_ALL_BYTES = 2 * 10**9  # presets larger than this in float32 are timed two models at a time
+BANDWIDTH_BYTES = 1 << 30  # the bandwidth probe: far larger than any cache
+QUICK_CONFIG = {"vocab_size": 512, "context_length": 64, "emb_dim": 64, "n_heads": 4, "n_layers": 2}
+TARGETS = {"bfloat16 vs float32": 1.8, "int8 vs float32": 3.0, "batch 8 vs batch 1": 5.0}
+
+
+@dataclass(frozen=True)
+class Variant:
+    library: str  # "gptkit" or "hf"
+    dtype: str
+    quantize: str | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.library} {self.dtype}" + (f" + {self.quantize}" if self.quantize else "")
+
+
+def stream_bandwidth(nbytes: int, repeats: int = 5) -> float:
+    """GB/s at which this process reads memory now: a float32 sum over `nbytes`, median of `repeats`."""
+    big = torch.ones(nbytes // 4)
+    big.sum()  # pages touched, threads started
+    times = [seconds(big.sum) for _ in range(repeats)]
+    return nbytes / statistics.median(times) / 1e9
+
+
+def weight_bytes_per_step(model: torch.nn.Module, skip: Sequence[torch.Tensor]) -> int:
+    """Bytes of the parameters and buffers a decode step reads whole, each tensor once (a tied head is one).
+
+    `skip`: the tables a step reads one row of (position embeddings, an untied token embedding).
+    """
+    skipped = {t.data_ptr() for t in skip}
+    sizes = {t.data_ptr(): t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()] if t.numel()}
+    return sum(size for ptr, size in sizes.items() if ptr not in skipped)
+
+
+def gptkit_step_bytes(model: GPTModel) -> int:
+    skip = [model.tok_emb.weight] if getattr(model.out_head, "weight", None) is not model.tok_emb.weight else []
+    skip += [p for p in model.pos_emb.parameters()]
+    return weight_bytes_per_step(model, skip)
+
+
+def hf_step_bytes(hf: Any) -> int:
+    return weight_bytes_per_step(hf, [hf.transformer.wpe.weight])  # wte is the tied head: read whole
+
+
+def gptkit_variant(base: GPTModel, variant: Variant) -> GPTModel:
+    """`base`'s weights prepared as `main.py generate` loads a model, without a second float32 copy."""
+    with torch.device("meta"):
+        model = GPTModel(base.cfg)
+    model.load_state_dict(base.state_dict(), assign=True)  # new parameters on base's memory
+    if base.out_head.weight is base.tok_emb.weight:
+        model.out_head.weight = model.tok_emb.weight
+    assert not any(t.is_meta for t in [*model.parameters(), *model.buffers()])
+    # Quantized, cast, kernels on, weights moved into huge pages: base's tensors are left as they are.
+    prepare_for_use(model.eval(), torch_dtype(variant.dtype), quantize=variant.quantize)
+    return model
+
+
+def hf_variant(base: GPTModel, variant: Variant) -> Any:
+    hf = hf_twin(base)  # float32: shares base's memory
+    return hf.to(torch_dtype(variant.dtype))
+
+
+def fresh_model(cfg: ModelConfig) -> GPTModel:
+    """The benchmark's random weights: the same values every time for one config."""
+    torch.manual_seed(0)
+    return GPTModel(cfg).eval()
+
+
+def build_pair(cfg: ModelConfig, group: list[Variant]) -> dict[Variant, Any]:
+    """gptkit's variant (and Hugging Face in its dtype) from fresh weights, at most two float32 copies alive.
+
+    The fresh model becomes gptkit's in place. Hugging Face's twin (its own transposed
+    copy of the matrices) is made from the float32 weights: before they are cast or
+    quantized, or from gptkit's prepared float32 model, which holds the same values.
+    """
+    base = fresh_model(cfg)
+    ours, twin = group[0], (group[1] if len(group) > 1 else None)
+    models: dict[Variant, Any] = {}
+    if twin is not None and (ours.dtype != "float32" or ours.quantize):
+        models[twin] = hf_variant(base, twin)
+    prepare_for_use(base, torch_dtype(ours.dtype), quantize=ours.quantize)
+    models[ours] = base
+    if twin is not None and twin not in models:
+        models[twin] = hf_variant(base, twin)
+    return {v: models[v] for v in group}
+
+
+def rotate(
+    methods: dict[str, Callable[[], torch.Tensor]], repeats: int
+) -> tuple[dict[str, list[float]], dict[str, torch.Tensor]]:
+    """Each method once per round, in turn; round 0 warms up. Times and last outputs by name."""
+    times: dict[str, list[float]] = {name: [] for name in methods}
+    outputs: dict[str, torch.Tensor] = {}
+    with torch.inference_mode():
+        for round_ in range(repeats + 1):
+            for name, fn in methods.items():
+                start = time.perf_counter()
+                outputs[name] = fn()
+                if round_:
+                    times[name].append(time.perf_counter() - start)
+    return times, outputs
+
+
+def matrix_groups(variants: list[Variant], hold_all: bool) -> list[list[Variant]]:
+    """The variants timed together: all of them, or each gptkit one with Hugging Face in its dtype."""
+    if hold_all:
+        return [variants]
+    groups = []
+    for v in (v for v in variants if v.library == "gptkit"):
+        twin = Variant("hf", v.dtype)
+        groups.append([v, twin] if twin in variants else [v])
+    return groups
+
+
+def time_group(
+    models: dict[Variant, Any], preset: str, group_index: int, batch: int, vocab_size: int, new: int, repeats: int
+) -> list[dict[str, Any]]:
+    """One batch size through every model of a group, interleaved: a row per model.
+
+    A function of its own so that nothing here (the timed closures) keeps a model alive after its group.
+    """
+    rows: list[dict[str, Any]] = []
+    prompt = torch.randint(0, vocab_size, (batch, PROMPT_TOKENS), generator=torch.Generator().manual_seed(batch))
+    mask = torch.ones_like(prompt)
+    methods: dict[str, Callable[[], torch.Tensor]] = {}
+    for v, m in models.items():
+        if v.library == "gptkit":
+            methods[v.name] = lambda m=m, prompt=prompt: generate(m, prompt, new, [Greedy()])
+        else:
+            methods[v.name] = lambda m=m, prompt=prompt, mask=mask: m.generate(
+                prompt, attention_mask=mask, max_new_tokens=new, do_sample=False, use_cache=True
+            )
+    times, outputs = rotate(methods, repeats)
+    for v, m in models.items():
+        median = statistics.median(times[v.name])
+        out = outputs[v.name]
+        assert out.shape == (batch, PROMPT_TOKENS + new), (v.name, out.shape)
+        rows.append({
+            "preset": preset, "group": group_index, "batch": batch, "library": v.library, "dtype": v.dtype, "quantize": v.quantize,
+            "name": v.name, "median_s": median, "runs_s": times[v.name],
+            "tokens_per_s": batch * new / median, "steps_per_s": new / median,
+            "weight_bytes_per_step": gptkit_step_bytes(m) if v.library == "gptkit" else hf_step_bytes(m),
+            "tokens": out[:, PROMPT_TOKENS:].tolist(),
+        })
+    return rows
+
+
+def run_matrix(args: argparse.Namespace) -> dict[str, Any]:
+    presets = ["quick"] if args.quick else args.preset
+    new = args.new_tokens
+    variants = [Variant("gptkit", d, None if q == "none" else q) for d in args.dtype for q in args.quantize]
+    variants += [Variant("hf", d) for d in args.dtype]
+    bandwidths: list[float] = []
+    probe = 32 << 20 if args.quick else BANDWIDTH_BYTES
+    bandwidths.append(stream_bandwidth(probe))
+    rows: list[dict[str, Any]] = []
+    for preset in presets:
+        cfg = ModelConfig(**QUICK_CONFIG) if preset == "quick" else model_preset(preset)
+        with torch.device("meta"):
+            float32_bytes = sum(p.numel() * 4 for p in GPTModel(cfg).parameters())
+        hold_all = float32_bytes <= HOLD_ALL_BYTES and not args.hold_two
+        base = fresh_model(cfg) if hold_all else None
+        for group_index, group in enumerate(matrix_groups(variants, hold_all)):
+            if base is not None:
+                models = {v: gptkit_variant(base, v) if v.library == "gptkit" else hf_variant(base, v) for v in group}
+            else:
+                models = build_pair(cfg, group)
+            for batch in args.batch:
+                rows += time_group(models, preset, group_index, batch, cfg.vocab_size, new, args.repeats)
+            del models
+            gc.collect()
+            bandwidths.append(stream_bandwidth(probe))
+        base = None
+        gc.collect()
+    bandwidth = statistics.median(bandwidths)
+    for row in rows:
+        row["bandwidth_share"] = row["weight_bytes_per_step"] * row["steps_per_s"] / (bandwidth * 1e9)
+        reference = find_row(rows, row["preset"], row["batch"], Variant("gptkit", "float32"))
+        row["tokens_equal_to_gptkit_float32"] = (
+            None if reference is None else sum(a == b for r, q in zip(row["tokens"], reference["tokens"]) for a, b in zip(r, q))
+        )
+    return {"bandwidth_gb_s": bandwidth, "bandwidth_probes_gb_s": bandwidths, "runs": rows, "ratios": ratios(rows)}
+
+
+def find_row(rows: list[dict[str, Any]], preset: str, batch: int, v: Variant, group: int | None = None) -> dict[str, Any] | None:
+    """`v`'s row for `preset` and `batch`: the one timed in `group` where there is one (a pair's twin), else the first."""
+    found = [r for r in rows if (r["preset"], r["batch"], r["library"], r["dtype"], r["quantize"]) ==
+             (preset, batch, v.library, v.dtype, v.quantize)]
+    return next((r for r in found if r["group"] == group), found[0] if found else None)
+
+
+def ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each row's tokens/s against gptkit float32, Hugging Face (same dtype; int8: both) and its own batch 1."""
+    out = []
+    for row in rows:
+        def against(v: Variant, batch: int | None = None, row: dict[str, Any] = row) -> float | None:
+            other = find_row(rows, row["preset"], batch or row["batch"], v, row["group"])
+            return None if other is None else row["tokens_per_s"] / other["tokens_per_s"]
+
+        entry = {"preset": row["preset"], "batch": row["batch"], "name": row["name"],
+                 "vs_gptkit_float32": against(Variant("gptkit", "float32"))}
+        for dtype in (("float32", "bfloat16") if row["quantize"] else (row["dtype"],)):
+            entry[f"vs_hf_{dtype}"] = against(Variant("hf", dtype))
+        if row["batch"] != 1:
+            entry["vs_batch_1"] = against(Variant(row["library"], row["dtype"], row["quantize"]), 1)
+        out.append(entry)
+    return out
+
+
+def print_matrix(result: dict[str, Any], new: int) -> None:
+    print(f"\nmemory bandwidth (float32 sum, median of probes): {result['bandwidth_gb_s']:.1f} GB/s "
+          f"(probes {', '.join(f'{b:.1f}' for b in result['bandwidth_probes_gb_s'])}); {new} new tokens\n")
+    print("| preset | batch | method | tokens/s | vs gptkit fp32 | vs HF (same dtype) | vs batch 1 | bandwidth share | tokens = gptkit fp32 |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|")
+    for row, ratio in zip(result["runs"], result["ratios"]):
+        def fmt(x: float | None) -> str:
+            return "-" if x is None else f"{x:.2f}x"
+        hf = " / ".join(fmt(ratio[k]) for k in ratio if k.startswith("vs_hf_"))
+        equal = row["tokens_equal_to_gptkit_float32"]
+        same = "-" if equal is None else f"{equal}/{row['batch'] * new}"
+        print(f"| {row['preset']} | {row['batch']} | {row['name']} | {row['tokens_per_s']:.1f} | {fmt(ratio['vs_gptkit_float32'])} | "
+              f"{hf} | {fmt(ratio.get('vs_batch_1'))} | {100 * row['bandwidth_share']:.0f}% | "
+              f"{same} |")
+
+
+def matrix_main(args: argparse.Namespace) -> None:
+    if args.quick:
+        args.new_tokens, args.repeats = min(args.new_tokens, 4), 1
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()[0]
+    result = run_matrix(args)
+    print_matrix(result, args.new_tokens)
+    import transformers
+
+    from gptkit.kernels import int8_gemv
+
+    out = Path(args.out) if args.out else MATRIX_RESULTS
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({
+        "settings": {
+            "presets": ["quick"] if args.quick else args.preset, "batches": args.batch, "dtypes": args.dtype,
+            "quantize": args.quantize, "prompt_tokens": PROMPT_TOKENS, "new_tokens": args.new_tokens,
+            "repeats": args.repeats, "threads": torch.get_num_threads(), "weights": "random (seed 0)",
+            "load_average_at_start": load_before, "load_average_at_end": os.getloadavg()[0],
+            "int8_kernel": "gptkit int8_gemv" if int8_gemv.available() else "aten _weight_int8pack_mm",
+            "hugging_face_int8": "none on the CPU: int8 rows are compared with its float32 and bfloat16",
+        },
+        "machine": machine(transformers.__version__),
+        "targets": TARGETS,
+        **result,
+    }, indent=2) + "\n")
+    print(f"\nwritten to {out}")
+
+
+def machine(transformers_version: str) -> dict[str, Any]:
+    return {
+        "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+        "torch": torch.__version__, "transformers": transformers_version, "python": platform.python_version(),
+    }
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
-    args = parser.parse_args()
+    parser.add_argument("--matrix", action="store_true", help="presets x batches x dtypes x quantization -> generate_matrix.json")
+    parser.add_argument("--quick", action="store_true", help="the matrix on a tiny model with 4 new tokens: checks the script")
+    parser.add_argument("--preset", nargs="+", default=["gpt2"], choices=["gpt2", "gpt2-xl"])
+    parser.add_argument("--batch", nargs="+", type=int, default=[1, 8])
+    parser.add_argument("--dtype", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16"])
+    parser.add_argument("--quantize", nargs="+", default=["none", "int8"], choices=["none", "int8"])
+    parser.add_argument("--hold-two", action="store_true", help="time two models at a time whatever the preset's size")
+    parser.add_argument("--out", default=None, help="where the matrix's JSON goes (default bench/results/generate_matrix.json)")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.matrix or args.quick:
+        matrix_main(args)
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     load_before = os.getloadavg()[0]

@@ -1,4 +1,4 @@
-"""bfloat16 and int8 weights for decoding: the int8 product by hand, the KV cache, held-out perplexity, the flags."""
+"""bfloat16 and int8 weights for decoding: the int8 products by hand, the KV cache, held-out perplexity, the flags."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from gptkit.generation.generate import generate
 from gptkit.generation.loading import prepare_for_use
 from gptkit.generation.samplers import Greedy
 from gptkit.kernels import Int8Linear, flat_decoder, int8_linear, quantize_weights
+from gptkit.kernels import int8_gemv as gemv
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
@@ -56,6 +57,65 @@ def test_int8_linear_equals_dequantize_then_matmul(dtype: torch.dtype, in_featur
     assert got.dtype == dtype and got.shape == (2, rows, 97)
     scale = expected.abs().max().item()
     torch.testing.assert_close(got.double(), expected, rtol=0, atol=(1e-5 if dtype == torch.float32 else 2e-2) * scale)
+
+
+needs_gemv = pytest.mark.skipif(not gemv.available(), reason="no C compiler here to build gptkit's int8 kernel")
+
+
+@needs_gemv
+@pytest.mark.parametrize(("m", "k", "n"), [(1, 768, 2304), (2, 7, 5), (3, 48, 97), (8, 770, 13), (5, 16, 4), (1, 3072, 6)])
+@pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no-bias"])
+def test_int8_gemv_equals_the_dequantized_product_in_float64(m: int, k: int, n: int, with_bias: bool) -> None:
+    generator = torch.Generator().manual_seed(1000 * m + k + n)
+    x = torch.randn(m, k, generator=generator)
+    int8 = torch.randint(-127, 128, (n, k), generator=generator, dtype=torch.int8)
+    scales = torch.rand(n, generator=generator) * 0.01 + 1e-4
+    bias = torch.randn(n, generator=generator) if with_bias else None
+    got = gemv.int8_gemv(x, int8, scales, bias)
+    weight = int8.double() * scales.double()[:, None]  # exact: both factors are float32 values
+    bias64 = bias.double() if bias is not None else torch.zeros(n, dtype=torch.float64)
+    expected = x.double() @ weight.T + bias64
+    # A float32 sum of k products, scaled, plus a bias: k + 3 roundings at most, each of at most 2^-24 of the
+    # running magnitude, so every result lies within (k + 3) 2^-24 of the sum of its terms' magnitudes.
+    bound = (k + 3) * 2**-24 * (x.double().abs() @ weight.abs().T + bias64.abs())
+    assert got.dtype == torch.float32 and got.shape == (m, n)
+    assert ((got.double() - expected).abs() <= bound).all(), ((got.double() - expected).abs() / bound).max()
+    assert not torch.equal(got, gemv.int8_gemv(x, int8, scales.flip(0), bias))  # the scales reach each output
+
+
+@needs_gemv
+def test_int8_linear_sends_up_to_32_rows_to_the_kernel_and_aten_serves_without_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(3)
+    layer = Int8Linear.from_linear(torch.nn.Linear(48, 32))
+    x = torch.randn(33, 48)
+    rows_seen: list[int] = []
+    kernel = gemv.int8_gemv
+    monkeypatch.setattr(gemv, "int8_gemv", lambda rows, *rest: rows_seen.append(rows.shape[0]) or kernel(rows, *rest))
+    with torch.inference_mode():
+        by_kernel = {rows: layer(x[:rows]) for rows in (1, 8, 32, 33)}
+        assert rows_seen == [1, 8, 32]  # 33 rows: dequantized, one matmul
+        monkeypatch.setattr(gemv, "available", lambda: False)  # as where no compiler could build it
+        for rows in (1, 8):
+            torch.testing.assert_close(layer(x[:rows]), by_kernel[rows], rtol=1e-5, atol=1e-5)
+        layer_bf16 = copy.deepcopy(layer).to(torch.bfloat16)
+        by_aten = layer_bf16(x[:1].bfloat16())
+        monkeypatch.setattr(gemv, "available", lambda: True)
+        torch.testing.assert_close(layer_bf16(x[:1].bfloat16()), by_aten, rtol=2e-2, atol=2e-2)
+    assert rows_seen == [1, 8, 32, 1]
+
+
+def test_the_kernel_is_built_once_into_the_cache_and_not_at_all_without_a_compiler(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    if gemv.available():
+        assert gemv._build() is not None
+        built = list((tmp_path / "gptkit" / "kernels").glob("int8_gemv-*.so"))
+        assert len(built) == 1
+        stamp = built[0].stat().st_mtime_ns
+        assert gemv._build() is not None and built[0].stat().st_mtime_ns == stamp  # loaded, not compiled again
+    monkeypatch.setattr(gemv.shutil, "which", lambda name: None)
+    assert gemv._build() is None
 
 
 def tiny_model(dtype: torch.dtype = torch.float32) -> GPTModel:

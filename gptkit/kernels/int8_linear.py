@@ -5,19 +5,24 @@ is scaled so that its largest magnitude maps to 127 and rounded, `weight ≈ int
 scale[row]`; the activations keep the model's dtype. A decode step streams every
 weight once per token, so a quarter of float32's bytes is what makes it faster.
 
-The product runs in PyTorch's own CPU kernel for exactly this layout,
-`aten._weight_int8pack_mm(x, int8, scales)`, which reads the int8 rows and applies
-the scales without building a float copy of the weight. Two limits of that kernel
-in this build decide where it is used (measured on torch 2.13, AVX-512 with BF16):
+A few rows at a time (a decode step: one row per sequence; a short prompt; up to `int8_gemv.MAX_ROWS`)
+go through gptkit's own kernel, `gptkit.kernels.int8_gemv`, which streams each int8
+weight row once and computes in float32 whatever the activations' dtype. It is used
+because PyTorch's kernel for this layout, `aten._weight_int8pack_mm`, was slower on
+this project's CPU: in float32 it has no vectorised path (a GPT-2 124M decode step
+was 2.5x slower than plain float32), and in bfloat16 it read the int8 weights from
+memory at about a third of the rate MKL reads float32 ones. Where that kernel
+cannot be built (no C compiler), aten's serves, with two limits of its own (torch 2.13,
+AVX-512 with BF16):
 
 - in bfloat16 it needs `in_features` a multiple of 16: other widths gave garbage
   or crashed the process (K = 7, 8, 24, 100);
 - in float32 its time grows with every row (3072 x 768: 8 ms for 1 row, 85 ms for
   64, where dequantizing and one matmul took 29 ms).
 
-Elsewhere (many float32 rows: a prompt, an evaluation window; an odd width) the
-weight is dequantized for the call and multiplied by `F.linear`: the same numbers
-up to summation order, more slowly.
+Elsewhere (many rows: a prompt, an evaluation window; an odd width without gptkit's
+kernel) the weight is dequantized for the call and multiplied by `F.linear`: the
+same numbers up to summation order, more slowly.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from gptkit.kernels import int8_gemv
 
 INT8_KERNEL = hasattr(torch.ops.aten, "_weight_int8pack_mm")
 BF16_WIDTH_MULTIPLE = 16  # the kernel's bfloat16 path reads the input in blocks of this many
@@ -45,6 +52,19 @@ def dequantize_rows(int8_weight: torch.Tensor, scales: torch.Tensor, dtype: torc
     return (int8_weight.to(scales.dtype) * scales[:, None]).to(dtype)
 
 
+def _use_gemv(rows: torch.Tensor, int8_weight: torch.Tensor) -> bool:
+    # A ctypes call is neither differentiable nor traceable: under autograd or torch.compile, aten's op serves.
+    return (
+        not torch.compiler.is_compiling()
+        and not (rows.requires_grad and torch.is_grad_enabled())
+        and 0 < rows.shape[0] <= int8_gemv.MAX_ROWS
+        and rows.device.type == "cpu"
+        and rows.dtype in (torch.float32, torch.bfloat16)
+        and int8_weight.is_contiguous()
+        and int8_gemv.available()
+    )
+
+
 def _use_kernel(rows: torch.Tensor, int8_weight: torch.Tensor) -> bool:
     if not INT8_KERNEL or rows.device.type != "cpu" or rows.numel() == 0:
         return False
@@ -58,6 +78,9 @@ def int8_linear(
 ) -> torch.Tensor:
     """`F.linear(x, int8_weight * scales[:, None], bias)` in x's dtype, through the int8 kernel where it serves."""
     rows = x.reshape(-1, x.shape[-1])
+    if _use_gemv(rows, int8_weight):
+        out = int8_gemv.int8_gemv(rows, int8_weight, scales, bias).to(x.dtype)
+        return out.view(*x.shape[:-1], int8_weight.shape[0])
     if _use_kernel(rows, int8_weight):
         out = torch.ops.aten._weight_int8pack_mm(rows.contiguous(), int8_weight, scales.to(x.dtype))
     else:
