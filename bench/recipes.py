@@ -3,8 +3,8 @@
 Both train the default run's model size on the default corpus for the default
 budget (250 steps of 8 x 128 tokens): the GPT-2 recipe is `python main.py` as it
 ships (learned positions, LayerNorm, GELU MLP, tied head, AdamW); the other is
-`configs/modern-small.toml` (rotary positions, RMSNorm, ReLU², QK-norm, an
-untied zero-initialised head, Muon). Each runs with two seeds, the runs
+`configs/modern-small.toml` (rotary positions, RMSNorm, Muon; nothing else
+changed). Each runs with two seeds, the runs
 interleaved (gpt2, modern, gpt2, modern) as fresh `main.py` processes after a
 one-step warm-up that fills the token cache. Reported: the held-out loss at the
 last evaluation, the training wall time (the loop's own clock, in
