@@ -238,3 +238,23 @@ def test_an_optimizer_from_a_plugin_is_chosen_by_name(corpus: Path, tmp_path: Pa
     lr1, lr2 = trainer.schedule(0), trainer.schedule(1)
     assert float(moved.max()) == pytest.approx(lr1 + lr2, rel=1e-4)
     assert type(trainer.optimizer).__name__ == "SignDescent"
+
+
+def test_the_modern_recipe_is_the_default_run_with_three_registry_names_swapped(corpus: Path, tmp_path: Path) -> None:
+    # bench/recipes.py's comparison is fair only if nothing but these names differs from `python main.py`.
+    recipe = run_config.load_run_config("configs/modern-small.toml").model_dump()
+    default = run_config.load_run_config().model_dump()
+    changed = {
+        f"{section}.{key}": value for section in ("model", "train", "data", "run")
+        for key, value in recipe[section].items() if value != default[section][key]
+    }
+    assert {k: v if isinstance(v, str) else v["name"] for k, v in changed.items()} == {
+        "model.position": "rope", "model.norm": "rmsnorm", "train.optimizer": "muon",
+    }
+    cfg = run_config.load_run_config(
+        "configs/modern-small.toml",
+        overrides=[*TINY, f"data.path={corpus}", f"data.cache_dir={corpus.parent / 'cache'}", "train.max_steps=2", "train.callbacks=[]"],
+    )
+    data = prepare_dataset(cfg.data.path, Tokenizer(), Path(cfg.data.cache_dir), cfg.data.val_fraction)
+    trainer = Trainer(cfg, tmp_path, data, Tokenizer(), default_registry())
+    assert isinstance(trainer.optimizer, Muon) and trainer.fit().steps == 2
