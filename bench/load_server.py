@@ -749,10 +749,15 @@ def main_streaming(args: argparse.Namespace, shape: ModelShape, clients: tuple[i
         "answers_after": found.answers_after,
         "server_log_tracebacks": tracebacks,
     }
-    STREAMING_RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    STREAMING_RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    print(streaming_table(result))
-    print(f"\nwrote {STREAMING_RESULTS.relative_to(ROOT)}")
+    return write_results(STREAMING_RESULTS, result, streaming_table(result))
+
+
+def write_results(path: Path, result: dict[str, Any], text: str) -> int:
+    """The run's JSON to `path` and its table to the terminal; the exit status."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(text)
+    print(f"\nwrote {path.relative_to(ROOT)}")
     return 0
 
 
@@ -823,11 +828,7 @@ def main(argv: list[str] | None = None) -> int:
         "answers_after": found.answers_after,
         "server_log_tracebacks": tracebacks,
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    print(table(result))
-    print(f"\nwrote {RESULTS.relative_to(ROOT)}")
-    return 0
+    return write_results(RESULTS, result, table(result))
 
 
 if __name__ == "__main__":

@@ -19,6 +19,9 @@ from typing import Any
 
 import pytest
 import torch
+from test_server_asgi import (
+    serving as running,  # starts a built server on a thread, stops it on exit
+)
 
 from gptkit import GPTModel, ModelConfig
 from gptkit.data.tokenizer import Tokenizer
@@ -132,15 +135,8 @@ SPACE, NEWLINE = 220, 198  # GPT-2's ids of " " and "\n"
 
 @contextlib.contextmanager
 def serving(model: GPTModel, **options: Any) -> Iterator[CompletionServer]:
-    server = make_server(model, Tokenizer(), host="127.0.0.1", port=0, model_name="tiny", **options)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with running(make_server(model, Tokenizer(), host="127.0.0.1", port=0, model_name="tiny", **options)) as server:
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(10)
 
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import torch
 from conftest import randomize_weights
+from test_generation import registry_variants as generation_variants
 
 from gptkit import GPTModel, ModelConfig, accelerate
 from gptkit.data.tokenizer import Tokenizer
@@ -24,7 +25,6 @@ from gptkit.generation.samplers import Greedy, Sampler, Temperature, TopK
 from gptkit.kernels.decode_step import StockDecoder
 from gptkit.layers.embeddings import LearnedPositionEmbedding
 from gptkit.layers.kv_cache import RaggedKVCache
-from gptkit.plugins import default_registry
 from gptkit.serving.engine import Job, ModelService
 from gptkit.serving.openai_schema import ApiError, CompletionRequest
 from gptkit.serving.server import make_server
@@ -48,15 +48,10 @@ def build(seed: int = 0, **components: object) -> GPTModel:
 
 
 def registry_variants() -> list[tuple[str, dict[str, object]]]:
-    """Every attention and position component in the registry, MHA's explicit path, and a short sliding window."""
-    registry = default_registry()
-    variants = [
-        (f"{attention}+{position}", {"attention": attention, "position": position})
-        for attention in registry.names("attention")
-        for position in registry.names("position")
-    ]
-    variants += [(f"mha-explicit+{p}", {"attention": {"name": "mha", "use_sdpa": False}, "position": p}) for p in ("learned", "rope")]
-    return variants + [("window-5+rope", {"attention": {"name": "sliding_window", "window": 5}, "position": "rope"})]
+    """test_generation's variants (every attention and position in the registry, MHA's explicit path, a
+    LLaMA-like model), and a sliding window short enough to slide within these tests."""
+    window = ("window-5+rope", {"attention": {"name": "sliding_window", "window": 5}, "position": "rope"})
+    return [*generation_variants(), window]
 
 
 VARIANTS = registry_variants()
