@@ -207,28 +207,42 @@ def _check_429(reply: http.client.HTTPResponse) -> str | None:
     return None
 
 
-def _read_stream(reply: http.client.HTTPResponse, abandon: bool) -> str | None:
-    """Read server-sent events to [DONE] (or, when abandoning, to the first event); a problem or None."""
+class StreamProblem(Exception):
+    """A server-sent stream that is not what the API promises."""
+
+
+def sse_events(reply: http.client.HTTPResponse) -> Iterator[dict[str, Any]]:
+    """The JSON events of a server-sent stream, up to its [DONE]; StreamProblem for a malformed one."""
     if not reply.getheader("Content-Type", "").startswith("text/event-stream"):
-        return f"stream with Content-Type {reply.getheader('Content-Type')!r}"
-    finish = None
+        raise StreamProblem(f"stream with Content-Type {reply.getheader('Content-Type')!r}")
     while line := reply.readline():
         if not line.startswith(b"data: "):
             continue
         data = line[6:].strip()
         if data == b"[DONE]":
             if (rest := reply.read()) != b"\n":  # the blank line ending the event, then the end of the chunked body
-                return f"{rest[:100]!r} after [DONE]"
-            return None if finish in ("stop", "length") else f"stream ended with finish_reason {finish!r}"
+                raise StreamProblem(f"{rest[:100]!r} after [DONE]")
+            return
         event = json.loads(data)
         if "error" in event:
-            return f"error event: {event['error']}"
-        if event.get("object") != "text_completion" or finish is not None:
-            return f"unexpected event: {str(event)[:200]}"  # only the last event before [DONE] may say why it ended
-        if abandon:
-            return None
-        finish = event["choices"][0]["finish_reason"]
-    return "stream ended without [DONE]"
+            raise StreamProblem(f"error event: {event['error']}")
+        yield event
+    raise StreamProblem("stream ended without [DONE]")
+
+
+def _read_stream(reply: http.client.HTTPResponse, abandon: bool) -> str | None:
+    """Read server-sent events to [DONE] (or, when abandoning, to the first event); a problem or None."""
+    finish = None
+    try:
+        for event in sse_events(reply):
+            if event.get("object") != "text_completion" or finish is not None:
+                return f"unexpected event: {str(event)[:200]}"  # only the last event before [DONE] may say why it ended
+            if abandon:
+                return None
+            finish = event["choices"][0]["finish_reason"]
+    except StreamProblem as problem:
+        return str(problem)
+    return None if finish in ("stop", "length") else f"stream ended with finish_reason {finish!r}"
 
 
 def one_request(conn: http.client.HTTPConnection, kind: Kind, rng: random.Random, max_tokens: int) -> Outcome:
@@ -498,35 +512,26 @@ class StreamingSettings:
 
 def _read_token_stream(reply: http.client.HTTPResponse, stream: Stream, max_tokens: int) -> str | None:
     """Read events to [DONE], timing each text event; a problem or None."""
-    if not reply.getheader("Content-Type", "").startswith("text/event-stream"):
-        return f"stream with Content-Type {reply.getheader('Content-Type')!r}"
     finish = usage = None
-    while line := reply.readline():
-        if not line.startswith(b"data: "):
-            continue
-        data = line[6:].strip()
-        if data == b"[DONE]":
-            if (rest := reply.read()) != b"\n":  # the blank line ending the event, then the end of the chunked body
-                return f"{rest[:100]!r} after [DONE]"
-            if finish not in ("stop", "length") or usage is None:
-                return f"stream ended with finish_reason {finish!r}, usage {usage!r}"
-            stream.tokens = usage["completion_tokens"]
-            if not len(stream.arrivals) <= stream.tokens <= max_tokens:
-                return f"{len(stream.arrivals)} text events and completion_tokens {stream.tokens} (max_tokens {max_tokens})"
-            return None
-        event = json.loads(data)
-        if "error" in event:
-            return f"error event: {event['error']}"
-        if event.get("usage") is not None:
-            usage = event["usage"]
-            continue
-        if event.get("object") != "text_completion" or finish is not None:
-            return f"unexpected event: {str(event)[:200]}"
-        choice = event["choices"][0]
-        if choice["text"]:
-            stream.arrivals.append(time.perf_counter())
-        finish = choice["finish_reason"]
-    return "stream ended without [DONE]"
+    try:
+        for event in sse_events(reply):
+            if event.get("usage") is not None:
+                usage = event["usage"]
+                continue
+            if event.get("object") != "text_completion" or finish is not None:
+                return f"unexpected event: {str(event)[:200]}"
+            choice = event["choices"][0]
+            if choice["text"]:
+                stream.arrivals.append(time.perf_counter())
+            finish = choice["finish_reason"]
+    except StreamProblem as problem:
+        return str(problem)
+    if finish not in ("stop", "length") or usage is None:
+        return f"stream ended with finish_reason {finish!r}, usage {usage!r}"
+    stream.tokens = usage["completion_tokens"]
+    if not len(stream.arrivals) <= stream.tokens <= max_tokens:
+        return f"{len(stream.arrivals)} text events and completion_tokens {stream.tokens} (max_tokens {max_tokens})"
+    return None
 
 
 def stream_completion(conn: http.client.HTTPConnection, rng: random.Random, settings: StreamingSettings) -> Stream:
