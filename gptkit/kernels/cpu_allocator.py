@@ -10,11 +10,6 @@ first few fault-free. The heap may grow a few times before then (torch's 64-byte
 requests need a free chunk a little larger than the block freed), so the resident size
 can settle somewhat above the peak use.
 
-A server has the opposite problem (`limit_malloc_arenas`): glibc gives each thread
-that allocates its own arena, up to eight per core, and a thread's freed memory stays
-in its arena. The HTTP server's worker threads each allocate a reply's buffers, so its
-resident size crept up run after run with the number of threads that ever served one.
-
 Only glibc has `mallopt`; elsewhere (macOS, musl) this does nothing.
 """
 
@@ -29,7 +24,6 @@ from collections.abc import Iterator
 # mallopt parameters, from glibc's malloc.h.
 M_TRIM_THRESHOLD = -1
 M_MMAP_MAX = -4
-M_ARENA_MAX = -8
 # glibc's defaults, restored on exit (the dynamic mmap threshold re-adapts by itself).
 DEFAULT_TRIM_THRESHOLD = 128 * 1024
 DEFAULT_MMAP_MAX = 65536
@@ -57,15 +51,6 @@ def set_retain_freed_memory(enabled: bool) -> bool:
     if enabled:
         return bool(mallopt(M_MMAP_MAX, 0) and mallopt(M_TRIM_THRESHOLD, NEVER_TRIM))
     return bool(mallopt(M_MMAP_MAX, DEFAULT_MMAP_MAX) and mallopt(M_TRIM_THRESHOLD, DEFAULT_TRIM_THRESHOLD))
-
-
-def limit_malloc_arenas(count: int) -> bool:
-    """At most `count` malloc arenas for the whole process from now on; returns whether the C library took it.
-
-    Threads then share arenas (and their free lists) instead of each keeping its own.
-    """
-    mallopt = _mallopt()
-    return mallopt is not None and bool(mallopt(M_ARENA_MAX, count))
 
 
 @contextlib.contextmanager
