@@ -105,7 +105,7 @@ class ServerProcess:
 @contextlib.contextmanager
 def serve(
     folder: Path, log: Path, *, max_concurrent: int | None, max_queue: int | None, queue_timeout: float | None,
-    max_tokens_cap: int | None, env: dict[str, str] | None = None, start_timeout: float = 300.0,
+    max_tokens_cap: int | None, env: dict[str, str] | None = None, start_timeout: float = 300.0, dtype: str | None = None,
 ) -> Iterator[ServerProcess]:
     """`python main.py serve` on 127.0.0.1 and a free port, stopped (and waited for) on exit.
 
@@ -117,6 +117,7 @@ def serve(
     env.setdefault("OMP_NUM_THREADS", "1")
     command = [sys.executable, str(ROOT / "main.py"), "serve", "--hf-dir", str(folder), "--host", "127.0.0.1", "--port", "0", "--quiet"]
     limits = {"--max-concurrent": max_concurrent, "--max-queue": max_queue, "--queue-timeout": queue_timeout, "--max-tokens-cap": max_tokens_cap}
+    limits["--dtype"] = dtype  # None: serve's default (float32)
     command += [part for flag, value in limits.items() if value is not None for part in (flag, str(value))]
     with log.open("wb") as sink:
         process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
@@ -508,6 +509,7 @@ class StreamingSettings:
     max_concurrent: int | None = None  # None: the server's defaults
     max_queue: int | None = None
     queue_timeout: float | None = None
+    dtype: str | None = None  # serve --dtype; None: its default (float32)
 
 
 def _read_token_stream(reply: http.client.HTTPResponse, stream: Stream, max_tokens: int) -> str | None:
@@ -616,7 +618,7 @@ class StreamingMeasurement:
 def measure_streaming(folder: Path, log: Path, settings: StreamingSettings, env: dict[str, str] | None = None) -> StreamingMeasurement:
     """Start the server on `folder` (its default limits unless `settings` gives them), run the baseline, then each load."""
     with serve(folder, log, max_concurrent=settings.max_concurrent, max_queue=settings.max_queue, queue_timeout=settings.queue_timeout,
-               max_tokens_cap=None, env=env) as server:
+               max_tokens_cap=None, env=env, dtype=settings.dtype) as server:
         baseline = streaming_phase(server, settings, 1, settings.baseline_seconds, seed=1)
         loads = [streaming_phase(server, settings, n, settings.seconds, seed=10 + i) for i, n in enumerate(settings.clients)]
         status, models = get_json(server.host, server.port, "/v1/models")
@@ -697,7 +699,8 @@ def streaming_table(result: dict[str, Any]) -> str:
     s, baseline = result["settings"], result["baseline"]
     lines = [
         (f"streaming clients, {s['max_tokens']} tokens each at temperature {s['temperature']:g}: 1 client for {s['baseline_seconds']:g} s,"
-         f" then {', '.join(map(str, s['clients']))} for {s['seconds']:g} s each ({s['model']}; limits {s['limits']};"
+         f" then {', '.join(map(str, s['clients']))} for {s['seconds']:g} s each ({s['model']}, {s.get('dtype') or 'float32'};"
+         f" limits {s['limits']};"
          f" load average {s['load_average_at_start']:.2f} at start)"),
         "",
         "| clients | streams 2xx | 429 | 5xx | no reply | tokens/s | x one | gap p50 ms | gap p99 ms | p99 x one | first token p99 ms | waiting max | RSS MiB |",
@@ -728,7 +731,7 @@ def main_streaming(args: argparse.Namespace, shape: ModelShape, clients: tuple[i
     settings = StreamingSettings(
         clients=clients, seconds=args.seconds, baseline_seconds=args.baseline_seconds, warmup_seconds=args.warmup,
         max_tokens=args.max_tokens, temperature=args.temperature, max_concurrent=args.max_concurrent, max_queue=args.max_queue,
-        queue_timeout=args.queue_timeout,
+        queue_timeout=args.queue_timeout, dtype=args.dtype,
     )
     load_average = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="gptkit-load-") as tmp:
@@ -787,6 +790,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline-seconds", type=float, default=20.0, help="streaming: seconds of one client alone, first")
     parser.add_argument("--max-tokens", type=int, default=64, help="streaming: max_tokens of each completion")
     parser.add_argument("--temperature", type=float, default=0.8, help="streaming: sampling temperature (each request has a seed)")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default=None, help="streaming: serve --dtype (default: serve's, float32)")
     parser.add_argument("--max-concurrent", type=int, default=None, help="given to serve (default: mixed 2; streaming the server's own)")
     parser.add_argument("--max-queue", type=int, default=None, help="given to serve (default: mixed 2; streaming the server's own)")
     parser.add_argument("--queue-timeout", type=float, default=None, help="given to serve (default: mixed 10; streaming the server's own)")
