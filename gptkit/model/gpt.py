@@ -7,6 +7,7 @@ each part, the registry builds it, and the blocks of `gptkit.layers` do the work
 from __future__ import annotations
 
 import math
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +16,8 @@ from torch import nn
 from gptkit.layers.kv_cache import KVCache, RaggedKVCache
 from gptkit.model.config import ModelConfig, model_preset
 from gptkit.registry import Registry
+
+CacheT = TypeVar("CacheT", KVCache, RaggedKVCache)
 
 IGNORE_INDEX = -100  # targets with this value (padding) are left out of the loss, as in PyTorch
 
@@ -90,20 +93,18 @@ class GPTModel(nn.Module):
         return total
 
     def make_kv_cache(self, batch: int, max_len: int | None = None) -> KVCache:
-        ref = self.tok_emb.weight
-        # Grouped-query attention caches fewer key/value heads than it has query heads.
-        heads = self.cfg.attention.params.get("n_kv_heads") or self.cfg.n_heads
-        return KVCache(
-            self.cfg.n_layers, batch, heads, max_len or self.cfg.context_length, self.cfg.head_dim,
-            dtype=ref.dtype, device=ref.device,
-        )
+        return self._make_cache(KVCache, batch, max_len)
 
     def make_ragged_kv_cache(self, max_rows: int, max_len: int | None = None) -> RaggedKVCache:
         """A cache of `max_rows` rows that each hold their own number of positions (continuous batching)."""
+        return self._make_cache(RaggedKVCache, max_rows, max_len)
+
+    def _make_cache(self, kind: type[CacheT], rows: int, max_len: int | None) -> CacheT:
         ref = self.tok_emb.weight
+        # Grouped-query attention caches fewer key/value heads than it has query heads.
         heads = self.cfg.attention.params.get("n_kv_heads") or self.cfg.n_heads
-        return RaggedKVCache(
-            self.cfg.n_layers, max_rows, heads, max_len or self.cfg.context_length, self.cfg.head_dim,
+        return kind(
+            self.cfg.n_layers, rows, heads, max_len or self.cfg.context_length, self.cfg.head_dim,
             dtype=ref.dtype, device=ref.device,
         )
 
