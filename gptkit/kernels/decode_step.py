@@ -141,12 +141,15 @@ class StockDecoder:
                 x = x + self.position_table[start_pos][:, None]
             else:
                 x = x + self.position_table[start_pos : start_pos + 1]
-        for layer, cache in zip(self.layers, kv_cache.layers):
+        mask: torch.Tensor | None = None
+        for index, (layer, cache) in enumerate(zip(self.layers, kv_cache.layers)):
             h = F.layer_norm(x, layer.norm1.weight.shape, *layer.norm1)
             # The fused projection's layout per row is (3, heads, head_dim); one token adds a length-1 axis.
             q, k, v = linear(h, layer.qkv_weight, layer.qkv_bias).view(batch, 3, layer.heads, 1, layer.head_dim).unbind(1)
             keys, values = cache.update(k, v)
-            context = F.scaled_dot_product_attention(q, keys, values, attn_mask=cache.key_mask())
+            if index == 0:  # every layer's cache holds the same positions per row: one mask serves them all
+                mask = cache.key_mask()
+            context = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
             x = x + linear(context.reshape(batch, 1, -1), layer.out_weight, layer.out_bias)
             h = F.layer_norm(x, layer.norm2.weight.shape, *layer.norm2)
             h = F.gelu(linear(h, layer.fc1_weight, layer.fc1_bias), approximate=layer.gelu_approximate)
