@@ -398,7 +398,7 @@ def matrix_main(args: argparse.Namespace) -> None:
     print_matrix(result, args.new_tokens)
     import transformers
 
-    from gptkit.kernels import int8_gemv
+    from gptkit.kernels import gemv
 
     out = Path(args.out) if args.out else MATRIX_RESULTS
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -408,7 +408,7 @@ def matrix_main(args: argparse.Namespace) -> None:
             "quantize": args.quantize, "prompt_tokens": PROMPT_TOKENS, "new_tokens": args.new_tokens,
             "repeats": args.repeats, "threads": torch.get_num_threads(), "weights": "random (seed 0)",
             "load_average_at_start": load_before, "load_average_at_end": os.getloadavg()[0],
-            "int8_kernel": "gptkit int8_gemv" if int8_gemv.available() else "aten _weight_int8pack_mm",
+            "int8_kernel": "gptkit gemv" if gemv.available() else "aten _weight_int8pack_mm",
             "hugging_face_int8": "none on the CPU: int8 rows are compared with its float32 and bfloat16",
         },
         "machine": machine(transformers.__version__),

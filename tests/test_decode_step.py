@@ -10,6 +10,7 @@ from torch import nn
 from gptkit import GPTModel, ModelConfig, accelerate
 from gptkit.generation.generate import generate
 from gptkit.generation.samplers import Greedy
+from gptkit.kernels import quantize_weights
 from gptkit.kernels.decode_step import StockDecoder
 from gptkit.layers import TransformerBlock
 
@@ -23,14 +24,18 @@ def build(**options: object) -> GPTModel:
     return model  # type: ignore[return-value]
 
 
+@pytest.mark.parametrize("quantize", [None, "int8"], ids=["float", "int8"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize(
     "options",
     [{}, {"position": "none"}, {"qkv_bias": False, "weight_tying": False}, {"activation": {"name": "gelu", "approximate": "none"}}],
     ids=["gpt2", "no-positions", "no-qkv-bias-untied", "exact-gelu"],
 )
-def test_decode_steps_equal_the_model_bit_for_bit(options: dict[str, object], dtype: torch.dtype) -> None:
-    model = build(**options).to(dtype)
+def test_decode_steps_equal_the_model_bit_for_bit(options: dict[str, object], dtype: torch.dtype, quantize: str | None) -> None:
+    model = build(**options)
+    if quantize is not None:
+        assert quantize_weights(model, quantize) == 2 * 4 + 1  # four linears per block, and the head
+    model = model.to(dtype)
     decoder = StockDecoder.for_model(model)
     assert decoder is not None
     ours, theirs = model.make_kv_cache(3), model.make_kv_cache(3)

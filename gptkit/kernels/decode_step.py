@@ -12,7 +12,7 @@ and no module in between.
 It applies only where that is safe to assume: a `GPTModel` that
 `gptkit.kernels.accelerate` switched over, whose blocks are exactly gptkit's
 `TransformerBlock`, `LayerNorm`, `MultiHeadAttention` (SDPA), `FeedForward` with
-`GELU` and linears, learned or no position embeddings,
+`GELU` and linears (float or `Int8Linear`), learned or no position embeddings,
 every module in eval mode, no forward hooks and no compiled module. Anything
 else (RoPE, RMSNorm, a plugin block, a hook a researcher put on a layer) gets
 `None` from `StockDecoder.for_model`, and generation calls the model as usual.
@@ -29,6 +29,7 @@ from torch.nn.modules import module as nn_module
 
 from gptkit.kernels.bf16_attention import CPUAttention
 from gptkit.kernels.fused_loss import FusedLossGPTModel
+from gptkit.kernels.int8_linear import Int8Linear, int8_linear
 from gptkit.kernels.onednn_linear import OneDNNLinear, linear
 from gptkit.layers.block import TransformerBlock
 from gptkit.layers.embeddings import LearnedPositionEmbedding, PositionEncoding
@@ -44,26 +45,44 @@ class _Norm(NamedTuple):
     eps: float
 
 
+class _Linear(NamedTuple):
+    """A linear's tensors: a float weight (scales None), or an `Int8Linear`'s int8 weight and scales."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    scales: torch.Tensor | None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        # What the module's forward computes, without the module call.
+        if self.scales is None:
+            return linear(x, self.weight, self.bias)
+        return int8_linear(x, self.weight, self.scales, self.bias)
+
+
 class _Layer(NamedTuple):
     """The tensors of one stock block, in the order a decode step uses them."""
 
     norm1: _Norm
     heads: int
     head_dim: int
-    qkv_weight: torch.Tensor
-    qkv_bias: torch.Tensor | None
-    out_weight: torch.Tensor
-    out_bias: torch.Tensor | None
+    qkv: _Linear
+    out_proj: _Linear
     norm2: _Norm
-    fc1_weight: torch.Tensor
-    fc1_bias: torch.Tensor | None
+    fc1: _Linear
     gelu_approximate: str
-    fc2_weight: torch.Tensor
-    fc2_bias: torch.Tensor | None
+    fc2: _Linear
 
 
 def _norm(norm: nn.Module) -> _Norm | None:
     return _Norm(norm.weight, norm.bias, norm.eps) if type(norm) is LayerNorm else None
+
+
+def _linear(module: nn.Module) -> _Linear | None:
+    if type(module) is OneDNNLinear:
+        return _Linear(module.weight, module.bias, None)
+    if type(module) is Int8Linear:
+        return _Linear(module.int8_weight, module.bias, module.scales)
+    return None
 
 
 def _layer(block: nn.Module) -> _Layer | None:
@@ -71,13 +90,10 @@ def _layer(block: nn.Module) -> _Layer | None:
         return None
     att, ff = block.att, block.ff
     norm1, norm2 = _norm(block.norm1), _norm(block.norm2)
-    stock_linears = all(type(lin) is OneDNNLinear for lin in (att.qkv, att.out_proj, ff.fc1, ff.fc2))
-    if not (att.use_sdpa and type(ff.activation) is GELU and norm1 and norm2 and stock_linears):
+    qkv, out_proj, fc1, fc2 = (_linear(lin) for lin in (att.qkv, att.out_proj, ff.fc1, ff.fc2))
+    if not (att.use_sdpa and type(ff.activation) is GELU and norm1 and norm2 and qkv and out_proj and fc1 and fc2):
         return None
-    return _Layer(
-        norm1, att.num_heads, att.head_dim, att.qkv.weight, att.qkv.bias, att.out_proj.weight, att.out_proj.bias,
-        norm2, ff.fc1.weight, ff.fc1.bias, ff.activation.approximate, ff.fc2.weight, ff.fc2.bias,
-    )
+    return _Layer(norm1, att.num_heads, att.head_dim, qkv, out_proj, norm2, fc1, ff.activation.approximate, fc2)
 
 
 def _calls_do_more(model: nn.Module) -> bool:
@@ -99,7 +115,7 @@ class StockDecoder:
         self.position_table = model.pos_emb.weight if isinstance(model.pos_emb, LearnedPositionEmbedding) else None
         self.layers = layers
         self.final_norm = _norm(model.final_norm)
-        self.head = model.out_head.weight
+        self.head = _linear(model.out_head)
 
     @classmethod
     def for_model(cls, model: nn.Module) -> StockDecoder | None:
@@ -108,7 +124,7 @@ class StockDecoder:
             return None
         if type(model.pos_emb) not in (LearnedPositionEmbedding, PositionEncoding) or _norm(model.final_norm) is None:
             return None
-        if type(model.tok_emb) is not nn.Embedding or type(model.out_head) is not OneDNNLinear or model.out_head.bias is not None:
+        if type(model.tok_emb) is not nn.Embedding or _linear(model.out_head) is None or model.out_head.bias is not None:
             return None
         layers = [_layer(block) for block in model.blocks]
         if None in layers:
@@ -145,14 +161,14 @@ class StockDecoder:
         for index, (layer, cache) in enumerate(zip(self.layers, kv_cache.layers)):
             h = F.layer_norm(x, layer.norm1.weight.shape, *layer.norm1)
             # The fused projection's layout per row is (3, heads, head_dim); one token adds a length-1 axis.
-            q, k, v = linear(h, layer.qkv_weight, layer.qkv_bias).view(batch, 3, layer.heads, 1, layer.head_dim).unbind(1)
+            q, k, v = layer.qkv(h).view(batch, 3, layer.heads, 1, layer.head_dim).unbind(1)
             keys, values = cache.update(k, v)
             if index == 0:  # every layer's cache holds the same positions per row: one mask serves them all
                 mask = cache.key_mask()
             context = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
-            x = x + linear(context.reshape(batch, 1, -1), layer.out_weight, layer.out_bias)
+            x = x + layer.out_proj(context.reshape(batch, 1, -1))
             h = F.layer_norm(x, layer.norm2.weight.shape, *layer.norm2)
-            h = F.gelu(linear(h, layer.fc1_weight, layer.fc1_bias), approximate=layer.gelu_approximate)
-            x = x + linear(h, layer.fc2_weight, layer.fc2_bias)
+            h = F.gelu(layer.fc1(h), approximate=layer.gelu_approximate)
+            x = x + layer.fc2(h)
         x = F.layer_norm(x, self.final_norm.weight.shape, *self.final_norm)
-        return linear(x, self.head)
+        return self.head(x)

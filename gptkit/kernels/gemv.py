@@ -1,24 +1,24 @@
-"""`int8_gemv(x, int8_weight, scales)`: a few rows times an int8 weight, streamed once, in float32.
+"""`int8_gemv` and `float_gemv`: a few rows times an int8, bfloat16 or float32 weight, streamed once, summed in float32.
 
 A decode step multiplies one row per sequence by every weight matrix, so its speed
-is the speed at which the weights come in from memory. PyTorch's own kernel for
-this layout, `aten._weight_int8pack_mm`, walks the weight in blocks that defeat the
-hardware prefetcher: on this project's Sapphire Rapids machine it read GPT-2 124M's
-int8 block weights (85 MB) at about 4 GB/s in one thread, slower than float32's
-four times as many bytes through MKL (13 GB/s), and in float32 it has no vectorised
-path at all. This kernel reads each weight row once, front to back, converts its
-int8 values to float32 in registers and multiplies them into every input row, so
-that one pass over memory serves the whole batch; the per-channel scale (and the
-bias) are applied to each finished sum. It computes in float32 throughout, whatever
-the activations' dtype: more exact than the bfloat16 kernel, not less.
+is the speed at which the weights come in from memory. PyTorch's kernels for these
+layouts do not stream: `aten._weight_int8pack_mm` walks an int8 weight in blocks
+that defeat the hardware prefetcher (on this project's Sapphire Rapids machine it
+read GPT-2 124M's int8 block weights at about 4 GB/s, slower than float32's four
+times as many bytes through MKL, and in float32 it has no vectorised path at all),
+and oneDNN's one-row bfloat16 products read about 8 GB/s where float32 reads 13.
+This kernel reads each weight row once, front to back, widens its int8 or bfloat16
+values to float32 in registers and multiplies them into every input row, so that
+one pass over memory serves the whole batch; an int8 row's scale (and the bias) is
+applied to each finished sum, and a bfloat16 result is rounded once, at the end.
 
 The C source below is compiled once per machine with the system's C compiler
 (`-O3 -march=native`, AVX-512 where the CPU has it) into gptkit's cache folder and
 loaded with ctypes; no PyTorch headers, so it builds in about a second. Where there
-is no compiler, or the build fails, `available()` is False and callers use aten's
-kernel instead. Single-threaded on purpose: one thread already streams close to
-what a core can read, and on a shared machine a parallel region waits for its
-slowest thread at every matrix.
+is no compiler, or the build fails, `available()` is False and callers use
+PyTorch's kernels instead. A weight of 256 KiB or more is split between
+`torch.get_num_threads()` threads, each streaming its own contiguous part: one core
+alone does not draw all of the memory bandwidth.
 """
 
 from __future__ import annotations
@@ -36,74 +36,205 @@ import torch
 
 SOURCE = r"""
 #include <stdint.h>
-#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #endif
 
 #define INLINE static inline __attribute__((always_inline))
+#define MR_MAX 4
+#define NR 4
 
-/* sums[r][c] = x[r] . w[c] for MR input rows and NR weight rows: with MR and NR constants at each
-   call site the MR x NR accumulators stay in registers, and NR independent chains hide the FMA's
-   latency while NR weight rows stream in side by side. */
-INLINE void tile(const float *x, int64_t k, const int8_t *w, const int MR, const int NR, float sums[2][4]) {
+/* Vectors (inputs, scales, biases, outputs) are float32 or bfloat16, as the model's dtype; sums are float32. */
+INLINE float bf16_to_float(uint16_t h) { uint32_t u = (uint32_t)h << 16; float f; memcpy(&f, &u, 4); return f; }
+INLINE uint16_t float_to_bf16(float f) {  /* round to nearest even, as torch does; NaN stays NaN */
+    uint32_t u; memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
+    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+INLINE float read_vec(const void *v, int bf16, int64_t i) {
+    return bf16 ? bf16_to_float(((const uint16_t *)v)[i]) : ((const float *)v)[i];
+}
+
+/* The weight's element types; one element as a float: int8 (scaled later), bfloat16 (its upper 16 bits), float32. */
+enum { INT8 = 0, BF16 = 1, F32 = 2 };
+INLINE float weight_at(const void *w, int kind, int64_t i) {
+    if (kind == BF16) return bf16_to_float(((const uint16_t *)w)[i]);
+    if (kind == F32) return ((const float *)w)[i];
+    return (float)((const int8_t *)w)[i];
+}
+#if defined(__AVX512F__)
+INLINE __m512 weight16(const void *w, int kind, int64_t i) {
+    if (kind == BF16)
+        return _mm512_castsi512_ps(_mm512_slli_epi32(
+            _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)((const uint16_t *)w + i))), 16));
+    if (kind == F32) return _mm512_loadu_ps((const float *)w + i);
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)((const int8_t *)w + i))));
+}
+#endif
+
+INLINE size_t element_size(int kind) { return kind == F32 ? 4 : kind == BF16 ? 2 : 1; }
+
+/* sums[r][c] = x[r] . w[c] for mr input rows and nr weight rows, each sum kept as u interleaved partial sums
+   (u independent chains per output hide the FMA's latency when mr x nr alone are too few). With kind, mr, nr
+   and u constants at each call site the accumulators stay in registers. `ahead`, where not NULL, is the next
+   group of weight rows: one cache line of each is prefetched per step, so that it streams in while this
+   group is multiplied. x is float32 here (converted once per call). */
+INLINE void tile(const float *x, int64_t k, const void *w, const int kind, const int mr, const int nr, const int u,
+                 const void *ahead, float sums[MR_MAX][NR]) {
     int64_t j = 0;
 #if defined(__AVX512F__)
-    __m512 acc[2][4];
-    for (int r = 0; r < MR; r++)
-        for (int c = 0; c < NR; c++) acc[r][c] = _mm512_setzero_ps();
-    for (; j + 16 <= k; j += 16) {
-        __m512 wv[4];
-        for (int c = 0; c < NR; c++)
-            wv[c] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(w + c * k + j))));
-        for (int r = 0; r < MR; r++) {
-            __m512 xv = _mm512_loadu_ps(x + r * k + j);
-            for (int c = 0; c < NR; c++) acc[r][c] = _mm512_fmadd_ps(xv, wv[c], acc[r][c]);
+    __m512 acc[MR_MAX][NR][4];
+    for (int r = 0; r < mr; r++)
+        for (int c = 0; c < nr; c++)
+            for (int q = 0; q < u; q++) acc[r][c][q] = _mm512_setzero_ps();
+    const size_t es = element_size(kind);
+    for (; j + 16 * u <= k; j += 16 * u) {
+        if (ahead && (j * es) % 64 == 0)
+            for (int c = 0; c < nr; c++) _mm_prefetch((const char *)ahead + (c * k + j) * es, _MM_HINT_T0);
+        for (int q = 0; q < u; q++) {
+            __m512 wv[NR];
+            for (int c = 0; c < nr; c++) wv[c] = weight16(w, kind, c * k + j + 16 * q);
+            for (int r = 0; r < mr; r++) {
+                __m512 xv = _mm512_loadu_ps(x + r * k + j + 16 * q);
+                for (int c = 0; c < nr; c++) acc[r][c][q] = _mm512_fmadd_ps(xv, wv[c], acc[r][c][q]);
+            }
         }
     }
-    for (int r = 0; r < MR; r++)
-        for (int c = 0; c < NR; c++) sums[r][c] = _mm512_reduce_add_ps(acc[r][c]);
+    for (; j + 16 <= k; j += 16) {  /* what is left in whole vectors, on the first chain */
+        __m512 wv[NR];
+        for (int c = 0; c < nr; c++) wv[c] = weight16(w, kind, c * k + j);
+        for (int r = 0; r < mr; r++) {
+            __m512 xv = _mm512_loadu_ps(x + r * k + j);
+            for (int c = 0; c < nr; c++) acc[r][c][0] = _mm512_fmadd_ps(xv, wv[c], acc[r][c][0]);
+        }
+    }
+    for (int r = 0; r < mr; r++)
+        for (int c = 0; c < nr; c++) {
+            __m512 total = acc[r][c][0];
+            for (int q = 1; q < u; q++) total = _mm512_add_ps(total, acc[r][c][q]);
+            sums[r][c] = _mm512_reduce_add_ps(total);
+        }
 #else
-    for (int r = 0; r < MR; r++)
-        for (int c = 0; c < NR; c++) sums[r][c] = 0.0f;
+    (void)u; (void)ahead;
+    for (int r = 0; r < mr; r++)
+        for (int c = 0; c < nr; c++) sums[r][c] = 0.0f;
 #endif
     for (; j < k; j++)
-        for (int r = 0; r < MR; r++)
-            for (int c = 0; c < NR; c++) sums[r][c] += x[r * k + j] * (float)w[c * k + j];
+        for (int r = 0; r < mr; r++)
+            for (int c = 0; c < nr; c++) sums[r][c] += x[r * k + j] * weight_at(w, kind, c * k + j);
 }
 
-INLINE void store(float sums[2][4], const int MR, const int NR, const float *scales, const float *bias,
-                  int64_t n, int64_t i, float *out) {
-    for (int r = 0; r < MR; r++)
-        for (int c = 0; c < NR; c++) out[r * n + i + c] = sums[r][c] * scales[i + c] + (bias ? bias[i + c] : 0.0f);
-}
+typedef struct {
+    const float *x; int64_t m, k; const void *w; int kind; int64_t n;
+    const void *scales, *bias; void *out; int bf16_vectors;
+} Product;
 
-/* out[m, n] = scales[n] * sum_j x[m, j] * w[n, j] + (bias ? bias[n] : 0); x (m, k), w (n, k), out (m, n), all contiguous.
-   The weight rows are the outer loop: each group of four is read from memory once and, while it sits in
-   the L1 cache, multiplied into every input row, two at a time. */
-void int8_gemv(const float *x, int64_t m, int64_t k, const int8_t *w, int64_t n,
-               const float *scales, const float *bias, float *out) {
-    float sums[2][4];
-    int64_t i = 0;
-    for (; i + 4 <= n; i += 4) {
-        int64_t r = 0;
-        for (; r + 2 <= m; r += 2) {
-            tile(x + r * k, k, w + i * k, 2, 4, sums);
-            store(sums, 2, 4, scales, bias, n, i, out + r * n);
+INLINE void store(const Product *p, float sums[MR_MAX][NR], int mr, int nr, int64_t r0, int64_t i) {
+    for (int r = 0; r < mr; r++)
+        for (int c = 0; c < nr; c++) {
+            float v = sums[r][c];
+            if (p->scales) v *= read_vec(p->scales, p->bf16_vectors, i + c);
+            if (p->bias) v += read_vec(p->bias, p->bf16_vectors, i + c);
+            int64_t at = (r0 + r) * p->n + i + c;
+            if (p->bf16_vectors) ((uint16_t *)p->out)[at] = float_to_bf16(v);
+            else ((float *)p->out)[at] = v;
         }
-        if (r < m) {
-            tile(x + r * k, k, w + i * k, 1, 4, sums);
-            store(sums, 1, 4, scales, bias, n, i, out + r * n);
+}
+
+/* Output channels [begin, end) for one or two input rows: the weight is read one row after another, a single
+   stream front to back, which is what the hardware prefetcher follows best; four chains per output. */
+INLINE void channels_few(const Product *p, const int kind, int64_t begin, int64_t end) {
+    float sums[MR_MAX][NR];
+    const size_t row_bytes = (size_t)p->k * element_size(kind);
+    for (int64_t i = begin; i < end; i++) {
+        const void *w = (const char *)p->w + (size_t)i * row_bytes;
+        if (p->m == 1) tile(p->x, p->k, w, kind, 1, 1, 4, NULL, sums);
+        else tile(p->x, p->k, w, kind, 2, 1, 2, NULL, sums);
+        store(p, sums, (int)p->m, 1, 0, i);
+    }
+}
+
+/* Output channels [begin, end) for three rows or more, where the arithmetic counts too: each group of NR
+   weight rows is multiplied into every input row, up to four at a time, while it sits in the L1 cache, and
+   the first pass over a group prefetches the next one. */
+INLINE void channels_many(const Product *p, const int kind, int64_t begin, int64_t end) {
+    float sums[MR_MAX][NR];
+    const size_t row_bytes = (size_t)p->k * element_size(kind);
+    int64_t i = begin;
+    for (; i + NR <= end; i += NR) {
+        const char *w = (const char *)p->w + (size_t)i * row_bytes;
+        const void *ahead = i + 2 * NR <= end ? w + NR * row_bytes : NULL;
+        int64_t r = 0;
+        for (; r + 4 <= p->m; r += 4, ahead = NULL) {
+            tile(p->x + r * p->k, p->k, w, kind, 4, NR, 1, ahead, sums);
+            store(p, sums, 4, NR, r, i);
+        }
+        for (; r + 2 <= p->m; r += 2, ahead = NULL) {
+            tile(p->x + r * p->k, p->k, w, kind, 2, NR, 1, ahead, sums);
+            store(p, sums, 2, NR, r, i);
+        }
+        if (r < p->m) {
+            tile(p->x + r * p->k, p->k, w, kind, 1, NR, 1, ahead, sums);
+            store(p, sums, 1, NR, r, i);
         }
     }
-    for (; i < n; i++)
-        for (int64_t r = 0; r < m; r++) {
-            tile(x + r * k, k, w + i * k, 1, 1, sums);
-            store(sums, 1, 1, scales, bias, n, i, out + r * n);
+    for (; i < end; i++) {
+        const void *w = (const char *)p->w + (size_t)i * row_bytes;
+        for (int64_t r = 0; r < p->m; r++) {
+            tile(p->x + r * p->k, p->k, w, kind, 1, 1, 4, NULL, sums);
+            store(p, sums, 1, 1, r, i);
         }
+    }
+}
+
+/* One function per weight type, so that the type is a constant inside the loops. */
+#define CHANNELS(KIND) \
+    static void channels_##KIND(const Product *p, int64_t begin, int64_t end) { \
+        if (p->m <= 2) channels_few(p, KIND, begin, end); else channels_many(p, KIND, begin, end); \
+    }
+CHANNELS(INT8)
+CHANNELS(BF16)
+CHANNELS(F32)
+
+static void channels(const Product *p, int64_t begin, int64_t end) {
+    if (p->kind == INT8) channels_INT8(p, begin, end);
+    else if (p->kind == BF16) channels_BF16(p, begin, end);
+    else channels_F32(p, begin, end);
+}
+
+/* out[m, n] = (scales ? scales[n] : 1) * sum_j x[m, j] * w[n, j] + (bias ? bias[n] : 0); x (m, k), w (n, k),
+   out (m, n), all contiguous. threads > 1 splits the output channels into that many contiguous ranges (whole
+   groups of NR), one per OpenMP thread: each thread streams its own part of the weight. Returns 0, or -1
+   where the float32 copy of a bfloat16 x could not be allocated. */
+int gemv(int bf16_vectors, const void *x, int64_t m, int64_t k, int kind, const void *w, int64_t n,
+         const void *scales, const void *bias, void *out, int threads) {
+    float *x32 = (float *)x;
+    if (bf16_vectors) {
+        x32 = (float *)malloc((size_t)(m * k) * sizeof(float));
+        if (!x32) return -1;
+        for (int64_t j = 0; j < m * k; j++) x32[j] = bf16_to_float(((const uint16_t *)x)[j]);
+    }
+    Product p = {x32, m, k, w, kind, n, scales, bias, out, bf16_vectors};
+    int64_t groups = n / NR;
+    if (threads < 2 || groups < 2) {
+        channels(&p, 0, n);
+    } else {
+        if (threads > groups) threads = (int)groups;
+        #pragma omp parallel for num_threads(threads) schedule(static, 1)
+        for (int t = 0; t < threads; t++) {
+            int64_t begin = groups * t / threads * NR;
+            int64_t end = t == threads - 1 ? n : groups * (t + 1) / threads * NR;
+            channels(&p, begin, end);
+        }
+    }
+    if (bf16_vectors) free(x32);
+    return 0;
 }
 """
 
+PARALLEL_BYTES = 1 << 18  # a 256 KiB weight streams in ~15 us: a parallel region's cost is then small
 MAX_ROWS = 32  # a prompt of up to this many rows too: 32 rows took 166 ms here against 289 ms dequantizing (gpt2 blocks)
 
 
@@ -120,33 +251,46 @@ def _cpu_flags() -> str:
         return ""
 
 
+def _compile(compiler: str, flags: list[str], library: Path) -> bool:
+    try:
+        library.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=library.parent) as tmp:
+            source = Path(tmp) / "gemv.c"
+            source.write_text(SOURCE)
+            built = Path(tmp) / library.name
+            subprocess.run([compiler, *flags, str(source), "-o", str(built)], check=True, capture_output=True, timeout=120)
+            os.replace(built, library)  # atomic: another process may be building the same file
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return True
+
+
 def _build() -> ctypes.CDLL | None:
-    """The compiled kernel, built on first use (keyed by source, compiler and CPU), or None where it cannot be."""
+    """The compiled kernel, built on first use (keyed by source, compiler and CPU), or None where it cannot be.
+
+    With OpenMP where the compiler has it: the library then needs `libgomp.so.1`, the
+    runtime PyTorch's own wheel loads under that name, so the dynamic loader hands it
+    the one already in the process and the kernel's threads are PyTorch's threads.
+    """
     compiler = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
     if compiler is None or platform.system() != "Linux":
         return None
-    flags = ["-O3", "-march=native", "-shared", "-fPIC"]
-    key = hashlib.sha256("\n".join([SOURCE, compiler, *flags, platform.machine(), _cpu_flags()]).encode()).hexdigest()[:16]
-    library = _cache_dir() / f"int8_gemv-{key}.so"
-    if not library.exists():
-        try:
-            library.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(dir=library.parent) as tmp:
-                source = Path(tmp) / "int8_gemv.c"
-                source.write_text(SOURCE)
-                built = Path(tmp) / library.name
-                subprocess.run([compiler, *flags, str(source), "-o", str(built)], check=True, capture_output=True, timeout=120)
-                os.replace(built, library)  # atomic: another process may be building the same file
-        except (OSError, subprocess.SubprocessError):
-            return None
+    base = ["-O3", "-march=native", "-shared", "-fPIC"]
+    for flags in ([*base, "-fopenmp"], base):
+        key = hashlib.sha256("\n".join([SOURCE, compiler, *flags, platform.machine(), _cpu_flags()]).encode()).hexdigest()
+        library = _cache_dir() / f"gemv-{key[:16]}.so"
+        if library.exists() or _compile(compiler, flags, library):
+            break
+    else:
+        return None
     try:
         lib = ctypes.CDLL(str(library))
     except OSError:
         return None
-    lib.int8_gemv.restype = None
-    lib.int8_gemv.argtypes = [
-        ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64,
-        ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+    lib.gemv.restype = ctypes.c_int
+    lib.gemv.argtypes = [
+        ctypes.c_int, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int, ctypes.c_void_p, ctypes.c_int64,
+        ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int,
     ]
     return lib
 
@@ -165,23 +309,53 @@ def available() -> bool:
     return _library() is not None
 
 
+def _threads(weight: torch.Tensor) -> int:
+    # A parallel region costs a few microseconds: worth it only for a weight that takes longer to stream.
+    return torch.get_num_threads() if weight.numel() * weight.element_size() >= PARALLEL_BYTES else 1
+
+
+def _vector(v: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    return None if v is None else v.to(dtype).contiguous()
+
+
+WEIGHT_KINDS = {torch.int8: 0, torch.bfloat16: 1, torch.float32: 2}  # the C source's enum
+
+
+def _gemv(rows: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor | None, bias: torch.Tensor | None) -> torch.Tensor:
+    lib = _library()
+    if lib is None:
+        raise RuntimeError("gptkit's gemv kernel could not be built on this machine (see gemv.available())")
+    m, k = rows.shape
+    n = weight.shape[0]
+    if weight.shape[1] != k or not weight.is_contiguous() or weight.dtype not in WEIGHT_KINDS:
+        raise ValueError(f"expected a contiguous int8, bfloat16 or float32 weight (n, {k}), got {weight.dtype} {tuple(weight.shape)}")
+    if rows.dtype not in (torch.float32, torch.bfloat16):
+        raise ValueError(f"expected float32 or bfloat16 rows, got {rows.dtype}")
+    x = rows.contiguous()
+    scales, bias = _vector(scales, rows.dtype), _vector(bias, rows.dtype)
+    out = torch.empty(m, n, dtype=rows.dtype)
+    status = lib.gemv(
+        rows.dtype == torch.bfloat16, x.data_ptr(), m, k, WEIGHT_KINDS[weight.dtype], weight.data_ptr(), n,
+        scales.data_ptr() if scales is not None else None, bias.data_ptr() if bias is not None else None,
+        out.data_ptr(), _threads(weight),
+    )
+    if status != 0:
+        raise MemoryError(f"gemv: no memory for a float32 copy of {m} x {k} rows")
+    return out
+
+
 def int8_gemv(
     rows: torch.Tensor, int8_weight: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """`rows @ (int8_weight * scales[:, None]).T + bias` in float32; rows (m, k), weight (n, k) contiguous int8."""
-    lib = _library()
-    if lib is None:
-        raise RuntimeError("the int8 kernel could not be built on this machine (see int8_gemv.available())")
-    m, k = rows.shape
-    n = int8_weight.shape[0]
-    if int8_weight.shape[1] != k or int8_weight.dtype != torch.int8 or not int8_weight.is_contiguous():
-        raise ValueError(f"expected a contiguous int8 weight (n, {k}), got {int8_weight.dtype} {tuple(int8_weight.shape)}")
-    x = rows.to(torch.float32).contiguous()
-    scales32 = scales.to(torch.float32).contiguous()
-    bias32 = bias.to(torch.float32).contiguous() if bias is not None else None
-    out = torch.empty(m, n, dtype=torch.float32)
-    lib.int8_gemv(
-        x.data_ptr(), m, k, int8_weight.data_ptr(), n, scales32.data_ptr(),
-        bias32.data_ptr() if bias32 is not None else None, out.data_ptr(),
-    )
-    return out
+    """`rows @ (int8_weight * scales[:, None]).T + bias` in rows' dtype; rows (m, k), weight (n, k) contiguous int8."""
+    if int8_weight.dtype != torch.int8:
+        raise ValueError(f"expected an int8 weight, got {int8_weight.dtype}")
+    return _gemv(rows, int8_weight, scales, bias)
+
+
+def float_gemv(rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """`rows @ weight.T + bias` summed in float32, in rows' dtype; rows (m, k), weight (n, k) contiguous
+    bfloat16 or float32."""
+    if weight.dtype not in (torch.bfloat16, torch.float32):
+        raise ValueError(f"expected a bfloat16 or float32 weight, got {weight.dtype}")
+    return _gemv(rows, weight, None, bias)

@@ -5,8 +5,8 @@ is scaled so that its largest magnitude maps to 127 and rounded, `weight ≈ int
 scale[row]`; the activations keep the model's dtype. A decode step streams every
 weight once per token, so a quarter of float32's bytes is what makes it faster.
 
-A few rows at a time (a decode step: one row per sequence; a short prompt; up to `int8_gemv.MAX_ROWS`)
-go through gptkit's own kernel, `gptkit.kernels.int8_gemv`, which streams each int8
+A few rows at a time (a decode step: one row per sequence; a short prompt; up to `gemv.MAX_ROWS`)
+go through gptkit's own kernel, `gptkit.kernels.gemv`, which streams each int8
 weight row once and computes in float32 whatever the activations' dtype. It is used
 because PyTorch's kernel for this layout, `aten._weight_int8pack_mm`, was slower on
 this project's CPU: in float32 it has no vectorised path (a GPT-2 124M decode step
@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gptkit.kernels import int8_gemv
+from gptkit.kernels import gemv
 
 INT8_KERNEL = hasattr(torch.ops.aten, "_weight_int8pack_mm")
 BF16_WIDTH_MULTIPLE = 16  # the kernel's bfloat16 path reads the input in blocks of this many
@@ -57,11 +57,11 @@ def _use_gemv(rows: torch.Tensor, int8_weight: torch.Tensor) -> bool:
     return (
         not torch.compiler.is_compiling()
         and not (rows.requires_grad and torch.is_grad_enabled())
-        and 0 < rows.shape[0] <= int8_gemv.MAX_ROWS
+        and 0 < rows.shape[0] <= gemv.MAX_ROWS
         and rows.device.type == "cpu"
         and rows.dtype in (torch.float32, torch.bfloat16)
         and int8_weight.is_contiguous()
-        and int8_gemv.available()
+        and gemv.available()
     )
 
 
@@ -79,7 +79,7 @@ def int8_linear(
     """`F.linear(x, int8_weight * scales[:, None], bias)` in x's dtype, through the int8 kernel where it serves."""
     rows = x.reshape(-1, x.shape[-1])
     if _use_gemv(rows, int8_weight):
-        out = int8_gemv.int8_gemv(rows, int8_weight, scales, bias).to(x.dtype)
+        out = gemv.int8_gemv(rows, int8_weight, scales, bias)
         return out.view(*x.shape[:-1], int8_weight.shape[0])
     if _use_kernel(rows, int8_weight):
         out = torch.ops.aten._weight_int8pack_mm(rows.contiguous(), int8_weight, scales.to(x.dtype))
@@ -117,7 +117,7 @@ class Int8Linear(nn.Module):
             quantized.scales.copy_(scales)  # rounded to the layer's dtype: the kernel takes scales in x's dtype
             if linear.bias is not None:
                 quantized.bias.copy_(linear.bias)  # type: ignore[union-attr]
-        return quantized.to(linear.weight.device)
+        return quantized.train(linear.training).to(linear.weight.device)  # in the mode of the layer it replaces
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return int8_linear(x, self.int8_weight, self.scales, self.bias)
