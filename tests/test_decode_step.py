@@ -11,6 +11,7 @@ from gptkit import GPTModel, ModelConfig, accelerate
 from gptkit.generation.generate import generate
 from gptkit.generation.samplers import Greedy
 from gptkit.kernels import quantize_weights
+from gptkit.kernels.decode_attention import FLOAT32_FROM_KEYS, one_query_attention
 from gptkit.kernels.decode_step import StockDecoder
 from gptkit.layers import TransformerBlock
 
@@ -167,3 +168,26 @@ def test_generation_decodes_through_it_and_a_hooked_model_still_runs_its_hooks(m
     assert calls == [] and seen == [6] + [1] * 7
     assert torch.equal(hooked, flat)
     assert torch.equal(flat, generate(model, PROMPT, 8, [Greedy()], use_cache=False))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_one_query_attention_equals_a_float64_softmax_and_keeps_each_row_to_its_keys(dtype: torch.dtype) -> None:
+    generator = torch.Generator().manual_seed(4)
+    keys = FLOAT32_FROM_KEYS + 1  # bfloat16 at this length is attended in float32; at 9 keys, as it comes
+    q, k, v = (torch.randn(3, 4, n, 16, generator=generator).to(dtype) for n in (1, keys, keys))
+    lengths = torch.tensor([keys, 5, 1])
+    key_mask = (torch.arange(keys) < lengths[:, None])[:, None, None, :]
+    for mask in (None, key_mask, key_mask[..., :9]):
+        if mask is not None and mask.shape[-1] == 9:
+            k, v = k[:, :, :9], v[:, :, :9]
+        scores = q.double() @ k.double().transpose(-2, -1) / 4.0  # sqrt(head_dim 16)
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        expected = torch.softmax(scores, dim=-1) @ v.double()
+        got = one_query_attention(q, k, v, mask)
+        assert got.dtype == dtype and got.shape == (3, 4, 1, 16)
+        # float32 throughout; bfloat16: the result rounded to 8 bits (and at 9 keys bfloat16 probabilities too)
+        tolerance = 1e-6 if dtype == torch.float32 else 2e-2
+        torch.testing.assert_close(got.double(), expected, rtol=tolerance, atol=tolerance)
+    # The row of length 1 sees only its first key: its output is that value, whatever the others hold.
+    torch.testing.assert_close(one_query_attention(q, k, v, key_mask[..., :9])[2, :, 0].double(), v[2, :, 0].double(), rtol=0, atol=0)

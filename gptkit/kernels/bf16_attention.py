@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from gptkit.kernels.decode_attention import one_query_attention
 from gptkit.layers.attention import MultiHeadAttention
 from gptkit.layers.causal_mask import causal_mask
 
@@ -89,15 +90,27 @@ def bf16_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> 
 
 
 class CPUAttention(MultiHeadAttention):
-    """`MultiHeadAttention` whose bfloat16 CPU attention without dropout runs `bf16_causal_attention`.
+    """`MultiHeadAttention` whose CPU attention without dropout runs gptkit's kernels: `bf16_causal_attention`
+    for bfloat16 sequences, `one_query_attention` for a decode step's one query in any dtype.
 
     SDPA's CPU flash kernel for bfloat16 is about half as fast at GPT-2's training
-    lengths (`bench/attention.py`); float32, dropout, one-query decoding and other
-    devices keep the plain path. `gptkit.kernels.accelerate` swaps it in.
+    lengths (`bench/attention.py`), and several times slower for one query against a
+    cache; float32 sequences, dropout and other devices keep the plain path.
+    `gptkit.kernels.accelerate` swaps it in.
     """
 
+    def _kernels_apply(self, q: torch.Tensor) -> bool:
+        return q.device.type == "cpu" and not (self.training and self.dropout) and not q.requires_grad
+
     def _sdpa(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        if self._kernels_apply(q) and q.shape[-2] == 1:
+            return one_query_attention(q, k, v)
         dropout = self.dropout if self.training else 0.0
         if q.device.type == "cpu" and q.dtype == torch.bfloat16 and q.shape[-2] > 1 and not dropout:
             return bf16_causal_attention(q, k, v)
         return super()._sdpa(q, k, v)
+
+    def attend_rows(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+        if self.use_sdpa and self._kernels_apply(q):
+            return one_query_attention(q, k, v, key_mask)
+        return super().attend_rows(q, k, v, key_mask)

@@ -28,6 +28,7 @@ from torch import nn
 from torch.nn.modules import module as nn_module
 
 from gptkit.kernels.bf16_attention import CPUAttention
+from gptkit.kernels.decode_attention import one_query_attention
 from gptkit.kernels.fused_loss import FusedLossGPTModel
 from gptkit.kernels.int8_linear import Int8Linear, int8_linear
 from gptkit.kernels.onednn_linear import OneDNNLinear, linear
@@ -165,7 +166,7 @@ class StockDecoder:
             keys, values = cache.update(k, v)
             if index == 0:  # every layer's cache holds the same positions per row: one mask serves them all
                 mask = cache.key_mask()
-            context = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+            context = one_query_attention(q, keys, values, mask)
             x = x + layer.out_proj(context.reshape(batch, 1, -1))
             h = F.layer_norm(x, layer.norm2.weight.shape, *layer.norm2)
             h = F.gelu(layer.fc1(h), approximate=layer.gelu_approximate)
