@@ -11,7 +11,7 @@ from gptkit import GPTModel, ModelConfig, accelerate
 from gptkit.generation.generate import generate
 from gptkit.generation.samplers import Greedy
 from gptkit.kernels import quantize_weights
-from gptkit.kernels.decode_attention import FLOAT32_FROM_KEYS, one_query_attention
+from gptkit.kernels.decode_attention import FLOAT32_FROM_ROW_KEYS, one_query_attention
 from gptkit.kernels.decode_step import StockDecoder
 from gptkit.layers import TransformerBlock
 
@@ -173,7 +173,7 @@ def test_generation_decodes_through_it_and_a_hooked_model_still_runs_its_hooks(m
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_one_query_attention_equals_a_float64_softmax_and_keeps_each_row_to_its_keys(dtype: torch.dtype) -> None:
     generator = torch.Generator().manual_seed(4)
-    keys = FLOAT32_FROM_KEYS + 1  # bfloat16 at this length is attended in float32; at 9 keys, as it comes
+    keys = FLOAT32_FROM_ROW_KEYS + 1  # bfloat16 with 3 rows of this many keys is attended in float32; of 9 keys (27 < 64), as it comes
     q, k, v = (torch.randn(3, 4, n, 16, generator=generator).to(dtype) for n in (1, keys, keys))
     lengths = torch.tensor([keys, 5, 1])
     key_mask = (torch.arange(keys) < lengths[:, None])[:, None, None, :]
