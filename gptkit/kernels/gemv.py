@@ -314,6 +314,21 @@ def available() -> bool:
     return _library() is not None
 
 
+def serves(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, max_rows: int) -> bool:
+    """Whether this kernel can take `x @ weight.T + bias`: 1 to `max_rows` rows of float32 or bfloat16 on
+    the CPU, a contiguous weight, and nothing to differentiate or trace (a ctypes call is neither
+    differentiable nor traceable: under autograd or torch.compile, PyTorch's ops serve)."""
+    return (
+        not torch.compiler.is_compiling()
+        and x.device.type == "cpu"
+        and x.dtype in (torch.float32, torch.bfloat16)
+        and 0 < x.numel() <= max_rows * x.shape[-1]
+        and not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)))
+        and weight.is_contiguous()
+        and available()
+    )
+
+
 def _threads(weight: torch.Tensor) -> int:
     # A parallel region costs a few microseconds: worth it only for a weight that takes longer to stream.
     return torch.get_num_threads() if weight.numel() * weight.element_size() >= PARALLEL_BYTES else 1

@@ -52,19 +52,6 @@ def dequantize_rows(int8_weight: torch.Tensor, scales: torch.Tensor, dtype: torc
     return (int8_weight.to(scales.dtype) * scales[:, None]).to(dtype)
 
 
-def _use_gemv(rows: torch.Tensor, int8_weight: torch.Tensor) -> bool:
-    # A ctypes call is neither differentiable nor traceable: under autograd or torch.compile, aten's op serves.
-    return (
-        not torch.compiler.is_compiling()
-        and not (rows.requires_grad and torch.is_grad_enabled())
-        and 0 < rows.shape[0] <= gemv.MAX_ROWS
-        and rows.device.type == "cpu"
-        and rows.dtype in (torch.float32, torch.bfloat16)
-        and int8_weight.is_contiguous()
-        and gemv.available()
-    )
-
-
 def _use_kernel(rows: torch.Tensor, int8_weight: torch.Tensor) -> bool:
     if not INT8_KERNEL or rows.device.type != "cpu" or rows.numel() == 0:
         return False
@@ -78,7 +65,7 @@ def int8_linear(
 ) -> torch.Tensor:
     """`F.linear(x, int8_weight * scales[:, None], bias)` in x's dtype, through the int8 kernel where it serves."""
     rows = x.reshape(-1, x.shape[-1])
-    if _use_gemv(rows, int8_weight):
+    if gemv.serves(rows, int8_weight, bias, gemv.MAX_ROWS):
         out = gemv.int8_gemv(rows, int8_weight, scales, bias)
         return out.view(*x.shape[:-1], int8_weight.shape[0])
     if _use_kernel(rows, int8_weight):

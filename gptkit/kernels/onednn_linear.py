@@ -109,15 +109,7 @@ GEMV_ROWS = {torch.bfloat16: 4, torch.float32: 8}
 def use_gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
     """Whether `linear` sends this product to `gemv.float_gemv`: a few rows (a decode step), no gradient."""
     rows = GEMV_ROWS.get(x.dtype, 0) if x.dtype == torch.bfloat16 or PREFER_ONEDNN else 0
-    return (
-        weight.dtype == x.dtype
-        and 0 < x.numel() <= rows * x.shape[-1]
-        and not torch.compiler.is_compiling()
-        and x.device.type == "cpu"
-        and not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)))
-        and weight.is_contiguous()
-        and gemv.available()
-    )
+    return weight.dtype == x.dtype and rows > 0 and gemv.serves(x, weight, bias, rows)
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
