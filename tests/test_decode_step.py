@@ -11,6 +11,7 @@ from gptkit import GPTModel, ModelConfig, accelerate
 from gptkit.generation.generate import generate
 from gptkit.generation.samplers import Greedy
 from gptkit.kernels import quantize_weights
+from gptkit.kernels import decode_attention
 from gptkit.kernels.decode_attention import FLOAT32_FROM_ROW_KEYS, one_query_attention
 from gptkit.kernels.decode_step import StockDecoder
 from gptkit.layers import TransformerBlock
@@ -173,7 +174,7 @@ def test_generation_decodes_through_it_and_a_hooked_model_still_runs_its_hooks(m
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_one_query_attention_equals_a_float64_softmax_and_keeps_each_row_to_its_keys(dtype: torch.dtype) -> None:
     generator = torch.Generator().manual_seed(4)
-    keys = FLOAT32_FROM_ROW_KEYS + 1  # bfloat16 with 3 rows of this many keys is attended in float32; of 9 keys (27 < 64), as it comes
+    keys = FLOAT32_FROM_ROW_KEYS + 1  # without the C kernel, bfloat16 with 3 rows of this many keys is attended in float32; of 9 keys (27 < 64), as it comes
     q, k, v = (torch.randn(3, 4, n, 16, generator=generator).to(dtype) for n in (1, keys, keys))
     lengths = torch.tensor([keys, 5, 1])
     key_mask = (torch.arange(keys) < lengths[:, None])[:, None, None, :]
@@ -191,3 +192,73 @@ def test_one_query_attention_equals_a_float64_softmax_and_keeps_each_row_to_its_
         torch.testing.assert_close(got.double(), expected, rtol=tolerance, atol=tolerance)
     # The row of length 1 sees only its first key: its output is that value, whatever the others hold.
     torch.testing.assert_close(one_query_attention(q, k, v, key_mask[..., :9])[2, :, 0].double(), v[2, :, 0].double(), rtol=0, atol=0)
+
+
+def float64_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    scores = q.double() @ k.double().transpose(-2, -1) / q.shape[-1] ** 0.5
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return torch.softmax(scores, dim=-1) @ v.double()
+
+
+needs_attention_kernel = pytest.mark.skipif(not decode_attention.available(), reason="no C compiler here to build the kernel")
+
+
+@needs_attention_kernel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("head_dim", [64, 20, 72], ids=["gpt2", "under-a-vector", "past-a-block"])
+def test_the_attention_kernel_reads_strided_views_of_any_head_width_and_matches_float64(dtype: torch.dtype, head_dim: int) -> None:
+    generator = torch.Generator().manual_seed(head_dim)
+    rows, heads, keys = 3, 5, 37  # 37 keys: two whole vectors of scores and a partial one
+    # q as the flat step gets it: a view into the fused projection; k and v the first `keys` of a longer cache.
+    q = torch.randn(rows, 3, heads, 1, head_dim, generator=generator).to(dtype).unbind(1)[0]
+    k, v = (torch.randn(rows, heads, 50, head_dim, generator=generator).to(dtype)[:, :, :keys] for _ in range(2))
+    assert not q.is_contiguous() and not k.is_contiguous()
+    mask = (torch.arange(keys) < torch.tensor([keys, 17, 2])[:, None])[:, None, None, :]
+    for key_mask in (None, mask):
+        got = one_query_attention(q, k, v, key_mask)
+        assert got.dtype == dtype and got.shape == (rows, heads, 1, head_dim) and got.is_contiguous()
+        expected = float64_attention(q, k, v, key_mask)
+        # float32 sums: a few ulps; bfloat16: the output rounded once to 8 bits
+        tolerance = 2e-6 if dtype == torch.float32 else 8e-3
+        torch.testing.assert_close(got.double(), expected, rtol=tolerance, atol=tolerance)
+
+
+@needs_attention_kernel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_a_row_attends_the_same_bits_alone_as_in_a_ragged_batch(dtype: torch.dtype) -> None:
+    """What continuous batching promises: the other rows, and the keys masked off past this row's, change nothing."""
+    generator = torch.Generator().manual_seed(9)
+    q = torch.randn(4, 12, 1, 64, generator=generator).to(dtype)
+    k, v = (torch.randn(4, 12, 90, 64, generator=generator).to(dtype) for _ in range(2))
+    lengths = torch.tensor([90, 23, 64, 1])
+    mask = (torch.arange(90) < lengths[:, None])[:, None, None, :]
+    batched = one_query_attention(q, k, v, mask)
+    for row, length in enumerate(lengths.tolist()):
+        alone = one_query_attention(q[row : row + 1], k[row : row + 1, :, :length], v[row : row + 1, :, :length])
+        assert torch.equal(alone, batched[row : row + 1]), row
+
+
+@needs_attention_kernel
+def test_the_attention_kernels_softmax_is_exact_at_the_extremes() -> None:
+    """Scores far below the largest weigh exactly nothing; a row of one key returns that key's value; equal scores average."""
+    v = torch.randn(1, 1, 3, 16, generator=torch.Generator().manual_seed(2))
+    k = torch.zeros(1, 1, 3, 16)
+    k[0, 0, 0, 0] = 1000.0  # q . k: 4000 for the first key, 0 for the others: exp(-1000) is 0 in float32
+    q = torch.zeros(1, 1, 1, 16)
+    q[..., 0] = 16.0  # scaled by 1/sqrt(16): 4000
+    assert torch.equal(one_query_attention(q, k, v), v[:, :, :1])
+    flat = one_query_attention(torch.zeros(1, 1, 1, 16), k, v)  # every score 0: the mean of the values
+    torch.testing.assert_close(flat, v.mean(dim=2, keepdim=True), rtol=1e-6, atol=1e-6)
+
+
+def test_without_the_kernel_sdpa_gives_the_same_attention(monkeypatch: pytest.MonkeyPatch) -> None:
+    generator = torch.Generator().manual_seed(5)
+    q = torch.randn(2, 4, 1, 32, generator=generator)
+    k, v = (torch.randn(2, 4, 70, 32, generator=generator) for _ in range(2))
+    mask = (torch.arange(70) < torch.tensor([70, 40])[:, None])[:, None, None, :]
+    by_kernel = one_query_attention(q, k, v, mask)
+    monkeypatch.setattr(decode_attention, "available", lambda: False)  # as where no compiler could build it
+    by_sdpa = one_query_attention(q, k, v, mask)
+    torch.testing.assert_close(by_sdpa, by_kernel, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(by_sdpa.double(), float64_attention(q, k, v, mask), rtol=1e-5, atol=1e-6)

@@ -19,7 +19,7 @@ from gptkit.generation.generate import generate
 from gptkit.generation.loading import prepare_for_use
 from gptkit.generation.samplers import Greedy
 from gptkit.kernels import Int8Linear, flat_decoder, int8_linear, quantize_weights
-from gptkit.kernels import gemv
+from gptkit.kernels import gemv, native
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
@@ -182,7 +182,7 @@ def test_the_kernel_is_built_once_into_the_cache_and_not_at_all_without_a_compil
         assert len(built) == 1
         stamp = built[0].stat().st_mtime_ns
         assert gemv._build() is not None and built[0].stat().st_mtime_ns == stamp  # loaded, not compiled again
-    monkeypatch.setattr(gemv.shutil, "which", lambda name: None)
+    monkeypatch.setattr(native.shutil, "which", lambda name: None)
     assert gemv._build() is None
 
 

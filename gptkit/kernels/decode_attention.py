@@ -1,25 +1,294 @@
-"""One query per row against a KV cache: a decode step's attention on CPU, in bfloat16 from float32 copies.
+"""One query per row against a KV cache: a decode step's attention on CPU, as one C loop per row and head.
 
-`F.scaled_dot_product_attention` runs one bfloat16 query on the CPU through its
-flash-attention kernel, whose time grows with the cache far faster than float32's:
-one query, 12 heads of 64, 2 threads, AMD EPYC: 132 µs at 144 keys and 962 µs at
-1000, where the same call on float32 copies of q, k and v takes 69 and 304 µs,
-copies included; a batch of 8 rows at 16 keys, 131 against 76 µs. Below about 64
-keys in all (rows x keys) the bfloat16 kernel is the faster (one row, 32 keys: 37
-against 48 µs). So from `FLOAT32_FROM_ROW_KEYS` on, a bfloat16 query is attended in
-float32 and the result rounded once to bfloat16; that is also the more exact of the
-two. Float32 queries, and smaller caches, take SDPA as they come.
+`F.scaled_dot_product_attention` takes a decode step's one query through its CPU
+flash-attention kernel, built for long queries: on this project's 2-core AMD EPYC,
+GPT-2 124M shapes (12 heads of 64) at 80 cached keys, it took about 90 µs a layer
+for one row and 290 µs for a batch of 8, a tenth of a float32 batch-1 step and a
+sixth of a batch-8 one, for arithmetic that takes a few microseconds. So the C loop
+below computes softmax(q·kᵀ / sqrt(head_dim))·v for each (row, head) in turn: the
+scores key by key, their softmax, then the values weighted, summed in float32 (a
+bfloat16 cache is widened as it is read, and the result rounded once). Strided q,
+k and v are read where they lie: no copies.
 
-`CPUAttention` (one-query decoding) and the flat decode step both call this, so
-the two give the same logits bit for bit.
+Each (row, head) is computed alone and in the same order whatever else is in the
+batch, and a key outside a row's mask adds exactly nothing, so a sequence gets the
+same attention, bit for bit, decoded alone or with others (the promise of
+continuous batching). `CPUAttention` (one-query decoding) and the flat decode step
+both call `one_query_attention`, so those two agree bit for bit too.
+
+Where the C kernel cannot be built (`gptkit.kernels.native`), or the tensors are
+not plain CPU float32 / bfloat16 ones, SDPA serves, a bfloat16 query on float32
+copies from `FLOAT32_FROM_ROW_KEYS` row-keys (SDPA's bfloat16 kernel is the slower
+of the two past that).
 """
 
 from __future__ import annotations
 
+import ctypes
+
 import torch
 import torch.nn.functional as F
 
+from gptkit.kernels import native
+
+SOURCE = r"""
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#include <immintrin.h>
+#define VECTOR 1
+#endif
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
+#define INLINE static inline __attribute__((always_inline))
+#define PREFETCH_KEYS 8
+#define EXP_FLOOR -87.3f  /* exp of anything below is under float32's smallest normal: taken as 0 */
+
+INLINE float bf16_to_float(uint16_t h) { uint32_t u = (uint32_t)h << 16; float f; memcpy(&f, &u, 4); return f; }
+INLINE uint16_t float_to_bf16(float f) {  /* round to nearest even, as torch does; NaN stays NaN */
+    uint32_t u; memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
+    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+INLINE float at(const void *p, int bf16, int64_t i) {
+    return bf16 ? bf16_to_float(((const uint16_t *)p)[i]) : ((const float *)p)[i];
+}
+
+#if defined(VECTOR)
+/* exp(x) for x <= 0: x = n ln2 + r, |r| <= ln2 / 2, a degree-7 polynomial in r (Cephes' coefficients) scaled by 2^n. */
+INLINE __m512 exp16(__m512 x) {
+    __mmask16 kept = _mm512_cmp_ps_mask(x, _mm512_set1_ps(EXP_FLOOR), _CMP_GE_OQ);
+    x = _mm512_max_ps(x, _mm512_set1_ps(EXP_FLOOR));
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    return _mm512_maskz_mov_ps(kept, _mm512_scalef_ps(p, n));
+}
+#endif
+
+#if defined(VECTOR)
+INLINE __mmask16 lanes_from(int64_t d, int64_t dim) {
+    return dim - d >= 16 ? (__mmask16)0xffff : dim > d ? (__mmask16)((1u << (dim - d)) - 1) : (__mmask16)0;
+}
+INLINE __m512 load16(const void *p, int bf16, int64_t i, __mmask16 lanes) {
+    if (bf16)
+        return _mm512_castsi512_ps(_mm512_slli_epi32(
+            _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(lanes, (const uint16_t *)p + i)), 16));
+    return _mm512_maskz_loadu_ps(lanes, (const float *)p + i);
+}
+#endif
+
+/* q . k over dim, in blocks of 64 (four vectors summed apart, then together). */
+INLINE float dot(const float *q, const void *k, int bf16, int64_t dim) {
+#if defined(VECTOR)
+    __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+    for (int64_t d0 = 0; d0 < dim; d0 += 64)
+        for (int c = 0; c < 4; c++) {
+            __mmask16 lanes = lanes_from(d0 + 16 * c, dim);
+            acc[c] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(lanes, q + d0 + 16 * c), load16(k, bf16, d0 + 16 * c, lanes), acc[c]);
+        }
+    return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])));
+#else
+    float total = 0.0f;
+    for (int64_t d = 0; d < dim; d++) total += q[d] * at(k, bf16, d);
+    return total;
+#endif
+}
+
+/* out[d] = sum_j weights[j] v_j[d] over the keys whose weight is not 0, for each block of 64 of dim held in
+   registers across all the keys. */
+INLINE void weighted_sum(float *out, const float *weights, const char *v, int64_t key_bytes, int bf16, int64_t keys,
+                         int64_t dim) {
+#if defined(VECTOR)
+    for (int64_t d0 = 0; d0 < dim; d0 += 64) {
+        __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+        __mmask16 lanes[4];
+        for (int c = 0; c < 4; c++) lanes[c] = lanes_from(d0 + 16 * c, dim);
+        for (int64_t j = 0; j < keys; j++) {
+            if (weights[j] == 0.0f) continue;
+            __m512 w = _mm512_set1_ps(weights[j]);
+            const char *row = v + (size_t)j * key_bytes;
+            for (int c = 0; c < 4; c++) acc[c] = _mm512_fmadd_ps(w, load16(row, bf16, d0 + 16 * c, lanes[c]), acc[c]);
+        }
+        for (int c = 0; c < 4; c++) _mm512_mask_storeu_ps(out + d0 + 16 * c, lanes[c], acc[c]);
+    }
+#else
+    for (int64_t d = 0; d < dim; d++) out[d] = 0.0f;
+    for (int64_t j = 0; j < keys; j++)
+        if (weights[j] != 0.0f)
+            for (int64_t d = 0; d < dim; d++) out[d] += weights[j] * at(v + (size_t)j * key_bytes, bf16, d);
+#endif
+}
+
+/* Scores become their exponentials less the largest; returns their sum. A masked score is -inf: it adds 0. */
+INLINE float exponentiate(float *scores, int64_t keys, float largest) {
+    int64_t j = 0;
+#if defined(VECTOR)
+    __m512 sums = _mm512_setzero_ps();
+    __m512 top = _mm512_set1_ps(largest);
+    for (; j < keys; j += 16) {  /* the last, partial vector masked: every key takes the same path */
+        __mmask16 lanes = keys - j >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (keys - j)) - 1);
+        __m512 e = exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(lanes, scores + j), top));
+        e = _mm512_maskz_mov_ps(lanes, e);
+        _mm512_mask_storeu_ps(scores + j, lanes, e);
+        sums = _mm512_add_ps(sums, e);
+    }
+    return _mm512_reduce_add_ps(sums);
+#else
+    float total = 0.0f;
+    for (; j < keys; j++) {
+        float x = scores[j] - largest;
+        scores[j] = x < EXP_FLOOR ? 0.0f : expf(x);
+        total += scores[j];
+    }
+    return total;
+#endif
+}
+
+typedef struct {
+    int bf16; const void *q, *k, *v; const uint8_t *mask; void *out;
+    int64_t heads, keys, dim;
+    int64_t q_row, q_head, k_row, k_head, k_key, v_row, v_head, v_key;  /* strides, in elements */
+    float scale;
+} Attention;
+
+/* One (row, head): `scratch` holds keys + 2 x dim floats. */
+static void attend(const Attention *a, int64_t row, int64_t head, float *scratch) {
+    const size_t es = a->bf16 ? 2 : 4;
+    float *scores = scratch, *q = scratch + a->keys, *acc = q + a->dim;
+    const char *qp = (const char *)a->q + (size_t)(row * a->q_row + head * a->q_head) * es;
+    const char *kp = (const char *)a->k + (size_t)(row * a->k_row + head * a->k_head) * es;
+    const char *vp = (const char *)a->v + (size_t)(row * a->v_row + head * a->v_head) * es;
+    const uint8_t *mask = a->mask ? a->mask + row * a->keys : NULL;
+    for (int64_t d = 0; d < a->dim; d++) q[d] = at(qp, a->bf16, d);
+    float largest = -INFINITY;
+    const size_t key_bytes = (size_t)a->k_key * es, value_bytes = (size_t)a->v_key * es, row_bytes = (size_t)a->dim * es;
+    for (int64_t j = 0; j < a->keys; j++) {
+#if defined(VECTOR)
+        /* The cache streams in from memory (the weights have swept it from every cache): ask for the key
+           PREFETCH_KEYS ahead and for this key's value, which the weighted sum reads next. */
+        if (j + PREFETCH_KEYS < a->keys)
+            for (size_t line = 0; line < row_bytes; line += 64) _mm_prefetch(kp + (j + PREFETCH_KEYS) * key_bytes + line, _MM_HINT_T0);
+        for (size_t line = 0; line < row_bytes; line += 64) _mm_prefetch(vp + j * value_bytes + line, _MM_HINT_T0);
+#endif
+        if (mask && !mask[j]) { scores[j] = -INFINITY; continue; }
+        scores[j] = dot(q, kp + (size_t)(j * a->k_key) * es, a->bf16, a->dim) * a->scale;
+        if (scores[j] > largest) largest = scores[j];
+    }
+    float total = largest == -INFINITY ? 0.0f : exponentiate(scores, a->keys, largest);
+    if (largest == -INFINITY) for (int64_t j = 0; j < a->keys; j++) scores[j] = 0.0f;
+    weighted_sum(acc, scores, vp, (int64_t)((size_t)a->v_key * es), a->bf16, a->keys, a->dim);
+    float inverse = total > 0.0f ? 1.0f / total : 0.0f;  /* a row with no key to attend: zeros */
+    int64_t o = (row * a->heads + head) * a->dim;
+    for (int64_t d = 0; d < a->dim; d++) {
+        float value = acc[d] * inverse;
+        if (a->bf16) ((uint16_t *)a->out)[o + d] = float_to_bf16(value);
+        else ((float *)a->out)[o + d] = value;
+    }
+}
+
+/* out (rows, heads, dim) contiguous; mask (rows, keys) bytes or NULL. Returns 0, or -1 without scratch memory. */
+int attend_one_query(const Attention *a, int64_t rows, int threads) {
+    int64_t pairs = rows * a->heads;
+    if (threads > pairs) threads = (int)pairs;
+    if (threads < 1) threads = 1;
+    size_t per_thread = (size_t)(a->keys + 2 * a->dim);
+    float *scratch = (float *)malloc((size_t)threads * per_thread * sizeof(float));
+    if (!scratch) return -1;
+    #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
+    for (int64_t p = 0; p < pairs; p++) {
+        int t = 0;
+#if defined(_OPENMP)
+        t = omp_get_thread_num();
+#endif
+        attend(a, p / a->heads, p % a->heads, scratch + (size_t)t * per_thread);
+    }
+    free(scratch);
+    return 0;
+}
+"""
+
+
+class _Attention(ctypes.Structure):
+    _fields_ = [
+        ("bf16", ctypes.c_int), ("q", ctypes.c_void_p), ("k", ctypes.c_void_p), ("v", ctypes.c_void_p),
+        ("mask", ctypes.c_void_p), ("out", ctypes.c_void_p),
+        *((name, ctypes.c_int64) for name in (
+            "heads", "keys", "dim", "q_row", "q_head", "k_row", "k_head", "k_key", "v_row", "v_head", "v_key",
+        )),
+        ("scale", ctypes.c_float),
+    ]
+
+
 FLOAT32_FROM_ROW_KEYS = 64
+PARALLEL_WORK = 1 << 14  # rows x heads x keys x head_dim from which two threads beat one: GPT-2 124M shapes at 80 keys, one row, 40 against 55 us
+
+
+def _build() -> ctypes.CDLL | None:
+    lib = native.build("decode_attention", SOURCE)
+    if lib is None:
+        return None
+    lib.attend_one_query.restype = ctypes.c_int
+    lib.attend_one_query.argtypes = [ctypes.POINTER(_Attention), ctypes.c_int64, ctypes.c_int]
+    return lib
+
+
+_LIBRARY: ctypes.CDLL | None | bool = False  # False: not tried yet
+
+
+def _library() -> ctypes.CDLL | None:
+    global _LIBRARY
+    if _LIBRARY is False:
+        _LIBRARY = _build()
+    return _LIBRARY  # type: ignore[return-value]
+
+
+def available() -> bool:
+    return _library() is not None
+
+
+def _kernel_takes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None) -> bool:
+    rows, heads, queries, dim = q.shape
+    return (
+        not torch.compiler.is_compiling()
+        and q.device.type == "cpu"
+        and q.dtype in (torch.float32, torch.bfloat16)
+        and q.dtype == k.dtype == v.dtype
+        and queries == 1
+        and k.shape == v.shape == (rows, heads, k.shape[2], dim)
+        and q.stride(-1) == k.stride(-1) == v.stride(-1) == 1
+        and (key_mask is None or (key_mask.dtype == torch.bool and key_mask.shape == (rows, 1, 1, k.shape[2])))
+        and not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad))
+        and available()
+    )
+
+
+def _kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
+    rows, heads, _, dim = q.shape
+    keys = k.shape[2]
+    mask = None if key_mask is None else key_mask.reshape(rows, keys).contiguous()
+    out = torch.empty(rows, heads, 1, dim, dtype=q.dtype)
+    args = _Attention(
+        q.dtype == torch.bfloat16, q.data_ptr(), k.data_ptr(), v.data_ptr(), None if mask is None else mask.data_ptr(),
+        out.data_ptr(), heads, keys, dim, q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2), dim**-0.5,
+    )
+    threads = torch.get_num_threads() if rows * heads * keys * dim >= PARALLEL_WORK else 1
+    if _library().attend_one_query(ctypes.byref(args), rows, threads) != 0:  # type: ignore[union-attr]
+        raise MemoryError(f"one_query_attention: no memory for {keys} scores")
+    return out
 
 
 def one_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -28,6 +297,8 @@ def one_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_m
     `key_mask`, (batch, 1, 1, keys) booleans, keeps each row to its own keys (a ragged batch); without
     it every key is attended, which is the causal mask for a query at the newest position.
     """
+    if q.shape[-2] == 1 and k.numel() and _kernel_takes(q, k, v, key_mask):
+        return _kernel(q, k, v, key_mask)
     if q.dtype == torch.bfloat16 and q.shape[0] * k.shape[-2] >= FLOAT32_FROM_ROW_KEYS:
         return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=key_mask).to(q.dtype)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)

@@ -17,11 +17,8 @@ first version did, halved the rate); for more rows the arithmetic counts too, an
 groups of four weight rows are multiplied in register tiles while the next group is
 prefetched.
 
-The C source below is compiled once per machine with the system's C compiler
-(`-O3 -march=native`, AVX-512 where the CPU has it) into gptkit's cache folder and
-loaded with ctypes; no PyTorch headers, so it builds in about a second. Where there
-is no compiler, or the build fails, `available()` is False and callers use
-PyTorch's kernels instead. A weight of 256 KiB or more is split between
+The C source below is compiled once per machine (`gptkit.kernels.native`); where
+it cannot be, `available()` is False and callers use PyTorch's kernels instead. A weight of 256 KiB or more is split between
 `torch.get_num_threads()` threads, each streaming its own contiguous part: one core
 alone does not draw all of the memory bandwidth.
 """
@@ -29,15 +26,10 @@ alone does not draw all of the memory bandwidth.
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
-from pathlib import Path
 
 import torch
+
+from gptkit.kernels import native
 
 SOURCE = r"""
 #include <stdint.h>
@@ -243,54 +235,10 @@ PARALLEL_BYTES = 1 << 18  # a 256 KiB weight streams in ~15 us: a parallel regio
 MAX_ROWS = 32  # a prompt of up to this many rows too: 32 rows took 166 ms here against 289 ms dequantizing (gpt2 blocks)
 
 
-def _cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "gptkit" / "kernels"
-
-
-def _cpu_flags() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as info:
-            return next((line for line in info if line.startswith("flags")), "")
-    except OSError:
-        return ""
-
-
-def _compile(compiler: str, flags: list[str], library: Path) -> bool:
-    try:
-        library.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=library.parent) as tmp:
-            source = Path(tmp) / "gemv.c"
-            source.write_text(SOURCE)
-            built = Path(tmp) / library.name
-            subprocess.run([compiler, *flags, str(source), "-o", str(built)], check=True, capture_output=True, timeout=120)
-            os.replace(built, library)  # atomic: another process may be building the same file
-    except (OSError, subprocess.SubprocessError):
-        return False
-    return True
-
-
 def _build() -> ctypes.CDLL | None:
-    """The compiled kernel, built on first use (keyed by source, compiler and CPU), or None where it cannot be.
-
-    With OpenMP where the compiler has it: the library then needs `libgomp.so.1`, the
-    runtime PyTorch's own wheel loads under that name, so the dynamic loader hands it
-    the one already in the process and the kernel's threads are PyTorch's threads.
-    """
-    compiler = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
-    if compiler is None or platform.system() != "Linux":
-        return None
-    base = ["-O3", "-march=native", "-shared", "-fPIC"]
-    for flags in ([*base, "-fopenmp"], base):
-        key = hashlib.sha256("\n".join([SOURCE, compiler, *flags, platform.machine(), _cpu_flags()]).encode()).hexdigest()
-        library = _cache_dir() / f"gemv-{key[:16]}.so"
-        if library.exists() or _compile(compiler, flags, library):
-            break
-    else:
-        return None
-    try:
-        lib = ctypes.CDLL(str(library))
-    except OSError:
+    """The compiled kernel (see `gptkit.kernels.native`), or None where it cannot be built."""
+    lib = native.build("gemv", SOURCE)
+    if lib is None:
         return None
     lib.gemv.restype = ctypes.c_int
     lib.gemv.argtypes = [
