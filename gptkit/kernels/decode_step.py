@@ -30,8 +30,10 @@ from torch.nn.modules import module as nn_module
 from gptkit.kernels.bf16_attention import CPUAttention
 from gptkit.kernels.decode_attention import one_query_attention
 from gptkit.kernels.fused_loss import FusedLossGPTModel
+from gptkit.kernels import gemv
+from gptkit.kernels.gemv import BoundProduct
 from gptkit.kernels.int8_linear import Int8Linear, int8_linear
-from gptkit.kernels.onednn_linear import OneDNNLinear, linear
+from gptkit.kernels.onednn_linear import OneDNNLinear, gemv_rows, linear
 from gptkit.layers.block import TransformerBlock
 from gptkit.layers.embeddings import LearnedPositionEmbedding, PositionEncoding
 from gptkit.layers.feed_forward import FeedForward
@@ -47,17 +49,32 @@ class _Norm(NamedTuple):
 
 
 class _Linear(NamedTuple):
-    """A linear's tensors: a float weight (scales None), or an `Int8Linear`'s int8 weight and scales."""
+    """A linear's tensors: a float weight (scales None), or an `Int8Linear`'s int8 weight and scales; and the
+    streaming kernel bound to them, for as many rows as the module's path sends there (`max_rows`)."""
 
     weight: torch.Tensor
     bias: torch.Tensor | None
     scales: torch.Tensor | None
+    bound: BoundProduct | None
+    max_rows: int
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        # What the module's forward computes, without the module call.
+        # What the module's forward computes, without the module call; through the bound kernel where the
+        # module's path would reach the same C call.
+        rows = x.reshape(-1, x.shape[-1])
+        if self.bound is not None and rows.shape[0] <= self.max_rows and rows.dtype == self.bound.dtype and rows.is_contiguous():
+            return self.bound(rows).view(*x.shape[:-1], self.bound.n)
         if self.scales is None:
             return linear(x, self.weight, self.bias)
         return int8_linear(x, self.weight, self.scales, self.bias)
+
+
+def _bound_linear(weight: torch.Tensor, bias: torch.Tensor | None, scales: torch.Tensor | None) -> _Linear:
+    dtype = weight.dtype if scales is None else scales.dtype  # the model's dtype: an int8 weight's scales are cast with it
+    max_rows = gemv.MAX_ROWS if scales is not None else gemv_rows(dtype)
+    serves = max_rows > 0 and gemv.available() and weight.device.type == "cpu" and weight.is_contiguous()
+    bound = BoundProduct(weight, scales, bias, dtype) if serves else None
+    return _Linear(weight, bias, scales, bound, max_rows)
 
 
 class _Layer(NamedTuple):
@@ -80,9 +97,9 @@ def _norm(norm: nn.Module) -> _Norm | None:
 
 def _linear(module: nn.Module) -> _Linear | None:
     if type(module) is OneDNNLinear:
-        return _Linear(module.weight, module.bias, None)
+        return _bound_linear(module.weight, module.bias, None)
     if type(module) is Int8Linear:
-        return _Linear(module.int8_weight, module.bias, module.scales)
+        return _bound_linear(module.int8_weight, module.bias, module.scales)
     return None
 
 

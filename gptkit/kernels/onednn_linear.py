@@ -106,9 +106,14 @@ def use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
 GEMV_ROWS = {torch.bfloat16: 4, torch.float32: 8}
 
 
+def gemv_rows(dtype: torch.dtype) -> int:
+    """Up to how many rows `linear` sends a product in `dtype` to `gemv.float_gemv` (0: never)."""
+    return GEMV_ROWS.get(dtype, 0) if dtype == torch.bfloat16 or PREFER_ONEDNN else 0
+
+
 def use_gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
     """Whether `linear` sends this product to `gemv.float_gemv`: a few rows (a decode step), no gradient."""
-    rows = GEMV_ROWS.get(x.dtype, 0) if x.dtype == torch.bfloat16 or PREFER_ONEDNN else 0
+    rows = gemv_rows(x.dtype)
     return weight.dtype == x.dtype and rows > 0 and gemv.serves(x, weight, bias, rows)
 
 
