@@ -84,7 +84,7 @@ def test_int8_gemv_equals_the_dequantized_product_in_float64(m: int, k: int, n: 
 
 
 @needs_gemv
-@pytest.mark.parametrize(("m", "k", "n"), [(1, 768, 2304), (2, 7, 5), (5, 48, 97), (8, 770, 13), (1, 3072, 6)])
+@pytest.mark.parametrize(("m", "k", "n"), [(1, 768, 2304), (2, 7, 5), (5, 48, 97), (8, 770, 13), (1, 3072, 6), (16, 33, 9)])
 @pytest.mark.parametrize("rows_dtype", [torch.float32, torch.bfloat16], ids=["fp32-rows", "bf16-rows"])
 def test_float_gemv_equals_the_float64_product_then_one_rounding(m: int, k: int, n: int, rows_dtype: torch.dtype) -> None:
     generator = torch.Generator().manual_seed(7 * m + k + n)
@@ -134,7 +134,9 @@ def test_a_few_rows_without_gradients_take_the_streaming_kernel_in_linear(
     from gptkit.kernels import onednn_linear
 
     monkeypatch.setattr(onednn_linear, "PREFER_ONEDNN", True)  # float32 takes it where MKL is not preferred
-    most = onednn_linear.GEMV_ROWS[dtype]
+    most = onednn_linear.gemv_rows(dtype)
+    expected = onednn_linear.BF16_GEMV_ROWS[gemv.bf16_pairs()] if dtype == torch.bfloat16 else onednn_linear.GEMV_ROWS[dtype]
+    assert most == expected
     weight = torch.randn(40, 64).to(dtype)
     calls: list[int] = []
     kernel = gemv.float_gemv

@@ -55,8 +55,9 @@ INLINE float read_vec(const void *v, int bf16, int64_t i) {
     return bf16 ? bf16_to_float(((const uint16_t *)v)[i]) : ((const float *)v)[i];
 }
 
-/* The weight's element types; one element as a float: int8 (scaled later), bfloat16 (its upper 16 bits), float32. */
-enum { INT8 = 0, BF16 = 1, F32 = 2 };
+/* The weight's element types; one element as a float: int8 (scaled later), bfloat16 (its upper 16 bits), float32.
+   BF16_PAIRS is a bfloat16 weight times bfloat16 rows where the CPU multiplies bfloat16 pairs itself. */
+enum { INT8 = 0, BF16 = 1, F32 = 2, BF16_PAIRS = 3 };
 INLINE float weight_at(const void *w, int kind, int64_t i) {
     if (kind == BF16) return bf16_to_float(((const uint16_t *)w)[i]);
     if (kind == F32) return ((const float *)w)[i];
@@ -72,7 +73,7 @@ INLINE __m512 weight16(const void *w, int kind, int64_t i) {
 }
 #endif
 
-INLINE size_t element_size(int kind) { return kind == F32 ? 4 : kind == BF16 ? 2 : 1; }
+INLINE size_t element_size(int kind) { return kind == F32 ? 4 : kind == INT8 ? 1 : 2; }
 
 /* sums[r][c] = x[r] . w[c] for mr input rows and nr weight rows, each sum kept as u interleaved partial sums
    (u independent chains per output hide the FMA's latency when mr x nr alone are too few). With kind, mr, nr
@@ -125,10 +126,69 @@ INLINE void tile(const float *x, int64_t k, const void *w, const int kind, const
             for (int c = 0; c < nr; c++) sums[r][c] += x[r * k + j] * weight_at(w, kind, c * k + j);
 }
 
+#if defined(__AVX512BF16__) && defined(__AVX512BW__)
+/* sums[r][c] = x[r] . w[c] as `tile` computes them, for bfloat16 x and w as they lie in memory: vdpbf16ps
+   multiplies 32 pairs of bfloat16 (exactly, in float32) and adds them into 16 float32 sums, one instruction
+   where widening 32 weights and multiplying them in float32 takes six, and x needs no float32 copy. */
+INLINE void tile_pairs(const uint16_t *x, int64_t k, const uint16_t *w, const int mr, const int nr, const int u,
+                       const void *ahead, float sums[MR_MAX][NR]) {
+    __m512 acc[MR_MAX][NR][4];
+    for (int r = 0; r < mr; r++)
+        for (int c = 0; c < nr; c++)
+            for (int q = 0; q < u; q++) acc[r][c][q] = _mm512_setzero_ps();
+    int64_t j = 0;
+    for (; j + 32 * u <= k; j += 32 * u) {
+        for (int q = 0; ahead && q < u; q++)  /* 32 bfloat16 are one cache line */
+            for (int c = 0; c < nr; c++) _mm_prefetch((const char *)ahead + (c * k + j + 32 * q) * 2, _MM_HINT_T0);
+        for (int q = 0; q < u; q++) {
+            __m512bh wv[NR];
+            for (int c = 0; c < nr; c++) wv[c] = (__m512bh)_mm512_loadu_si512(w + c * k + j + 32 * q);
+            for (int r = 0; r < mr; r++) {
+                __m512bh xv = (__m512bh)_mm512_loadu_si512(x + r * k + j + 32 * q);
+                for (int c = 0; c < nr; c++) acc[r][c][q] = _mm512_dpbf16_ps(acc[r][c][q], xv, wv[c]);
+            }
+        }
+    }
+    for (; j < k; j += 32) {  /* what is left, masked (zeros add nothing), on the first chain */
+        __mmask32 lanes = k - j >= 32 ? (__mmask32)0xffffffffu : (__mmask32)((1u << (k - j)) - 1);
+        __m512bh wv[NR];
+        for (int c = 0; c < nr; c++) wv[c] = (__m512bh)_mm512_maskz_loadu_epi16(lanes, w + c * k + j);
+        for (int r = 0; r < mr; r++) {
+            __m512bh xv = (__m512bh)_mm512_maskz_loadu_epi16(lanes, x + r * k + j);
+            for (int c = 0; c < nr; c++) acc[r][c][0] = _mm512_dpbf16_ps(acc[r][c][0], xv, wv[c]);
+        }
+    }
+    for (int r = 0; r < mr; r++)
+        for (int c = 0; c < nr; c++) {
+            __m512 total = acc[r][c][0];
+            for (int q = 1; q < u; q++) total = _mm512_add_ps(total, acc[r][c][q]);
+            sums[r][c] = _mm512_reduce_add_ps(total);
+        }
+}
+#define HAS_PAIRS 1
+#else
+#define HAS_PAIRS 0
+INLINE void tile_pairs(const uint16_t *x, int64_t k, const uint16_t *w, const int mr, const int nr, const int u,
+                       const void *ahead, float sums[MR_MAX][NR]) {
+    (void)x; (void)k; (void)w; (void)mr; (void)nr; (void)u; (void)ahead; (void)sums;  /* never called: see gemv */
+}
+#endif
+
 typedef struct {
-    const float *x; int64_t m, k; const void *w; int kind; int64_t n;
+    const void *x; int64_t m, k; const void *w; int kind; int64_t n;
     const void *scales, *bias; void *out; int bf16_vectors;
 } Product;
+
+/* Input row r: float32, or for BF16_PAIRS the bfloat16 rows as given. */
+INLINE const void *row(const Product *p, int kind, int64_t r) {
+    return (const char *)p->x + (size_t)(r * p->k) * (kind == BF16_PAIRS ? 2 : 4);
+}
+
+INLINE void product_tile(const Product *p, const int kind, int64_t r, const void *w, const int mr, const int nr,
+                         const int u, const void *ahead, float sums[MR_MAX][NR]) {
+    if (kind == BF16_PAIRS) tile_pairs((const uint16_t *)row(p, kind, r), p->k, (const uint16_t *)w, mr, nr, u, ahead, sums);
+    else tile((const float *)row(p, kind, r), p->k, w, kind, mr, nr, u, ahead, sums);
+}
 
 INLINE void store(const Product *p, float sums[MR_MAX][NR], int mr, int nr, int64_t r0, int64_t i) {
     for (int r = 0; r < mr; r++)
@@ -152,8 +212,8 @@ INLINE void channels_few(const Product *p, const int kind, int64_t begin, int64_
     for (int64_t i = begin; i < end; i++) {
         const void *w = (const char *)p->w + (size_t)i * row_bytes;
         const void *ahead = i + ahead_rows < end ? (const char *)w + ahead_rows * row_bytes : NULL;
-        if (p->m == 1) tile(p->x, p->k, w, kind, 1, 1, 4, ahead, sums);
-        else tile(p->x, p->k, w, kind, 2, 1, 2, ahead, sums);
+        if (p->m == 1) product_tile(p, kind, 0, w, 1, 1, 4, ahead, sums);
+        else product_tile(p, kind, 0, w, 2, 1, 2, ahead, sums);
         store(p, sums, (int)p->m, 1, 0, i);
     }
 }
@@ -170,22 +230,22 @@ INLINE void channels_many(const Product *p, const int kind, int64_t begin, int64
         const void *ahead = i + 2 * NR <= end ? w + NR * row_bytes : NULL;
         int64_t r = 0;
         for (; r + 4 <= p->m; r += 4, ahead = NULL) {
-            tile(p->x + r * p->k, p->k, w, kind, 4, NR, 1, ahead, sums);
+            product_tile(p, kind, r, w, 4, NR, 1, ahead, sums);
             store(p, sums, 4, NR, r, i);
         }
         for (; r + 2 <= p->m; r += 2, ahead = NULL) {
-            tile(p->x + r * p->k, p->k, w, kind, 2, NR, 1, ahead, sums);
+            product_tile(p, kind, r, w, 2, NR, 1, ahead, sums);
             store(p, sums, 2, NR, r, i);
         }
         if (r < p->m) {
-            tile(p->x + r * p->k, p->k, w, kind, 1, NR, 1, ahead, sums);
+            product_tile(p, kind, r, w, 1, NR, 1, ahead, sums);
             store(p, sums, 1, NR, r, i);
         }
     }
     for (; i < end; i++) {
         const void *w = (const char *)p->w + (size_t)i * row_bytes;
         for (int64_t r = 0; r < p->m; r++) {
-            tile(p->x + r * p->k, p->k, w, kind, 1, 1, 4, NULL, sums);
+            product_tile(p, kind, r, w, 1, 1, 4, NULL, sums);
             store(p, sums, 1, 1, r, i);
         }
     }
@@ -199,12 +259,17 @@ INLINE void channels_many(const Product *p, const int kind, int64_t begin, int64
 CHANNELS(INT8)
 CHANNELS(BF16)
 CHANNELS(F32)
+CHANNELS(BF16_PAIRS)
 
 static void channels(const Product *p, int64_t begin, int64_t end) {
     if (p->kind == INT8) channels_INT8(p, begin, end);
     else if (p->kind == BF16) channels_BF16(p, begin, end);
+    else if (p->kind == BF16_PAIRS) channels_BF16_PAIRS(p, begin, end);
     else channels_F32(p, begin, end);
 }
+
+/* Whether bfloat16 weights times bfloat16 rows multiply bfloat16 pairs (BF16_PAIRS) on this build. */
+int bf16_pairs(void) { return HAS_PAIRS; }
 
 /* out[m, n] = (scales ? scales[n] : 1) * sum_j x[m, j] * w[n, j] + (bias ? bias[n] : 0); x (m, k), w (n, k),
    out (m, n), all contiguous. threads > 1 splits the output channels into that many contiguous ranges (whole
@@ -212,13 +277,15 @@ static void channels(const Product *p, int64_t begin, int64_t end) {
    where the float32 copy of a bfloat16 x could not be allocated. */
 int gemv(int bf16_vectors, const void *x, int64_t m, int64_t k, int kind, const void *w, int64_t n,
          const void *scales, const void *bias, void *out, int threads) {
+    const int pairs = HAS_PAIRS && kind == BF16 && bf16_vectors;
+    if (pairs) kind = BF16_PAIRS;
     float *x32 = (float *)x;
-    if (bf16_vectors) {
+    if (bf16_vectors && !pairs) {
         x32 = (float *)malloc((size_t)(m * k) * sizeof(float));
         if (!x32) return -1;
         for (int64_t j = 0; j < m * k; j++) x32[j] = bf16_to_float(((const uint16_t *)x)[j]);
     }
-    Product p = {x32, m, k, w, kind, n, scales, bias, out, bf16_vectors};
+    Product p = {pairs ? x : (const void *)x32, m, k, w, kind, n, scales, bias, out, bf16_vectors};
     int64_t groups = n / NR;
     if (threads < 2 || groups < 2) {
         channels(&p, 0, n);
@@ -231,7 +298,7 @@ int gemv(int bf16_vectors, const void *x, int64_t m, int64_t k, int kind, const 
             channels(&p, begin, end);
         }
     }
-    if (bf16_vectors) free(x32);
+    if (bf16_vectors && !pairs) free(x32);
     return 0;
 }
 """
@@ -250,6 +317,8 @@ def _build() -> ctypes.CDLL | None:
         ctypes.c_int, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int, ctypes.c_void_p, ctypes.c_int64,
         ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int,
     ]
+    lib.bf16_pairs.restype = ctypes.c_int
+    lib.bf16_pairs.argtypes = []
     return lib
 
 
@@ -265,6 +334,12 @@ def _library() -> ctypes.CDLL | None:
 
 def available() -> bool:
     return _library() is not None
+
+
+def bf16_pairs() -> bool:
+    """Whether the kernel multiplies bfloat16 weights into bfloat16 rows as bfloat16 pairs (AVX-512 BF16)."""
+    lib = _library()
+    return lib is not None and bool(lib.bf16_pairs())
 
 
 def serves(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, max_rows: int) -> bool:

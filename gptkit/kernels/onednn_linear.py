@@ -99,16 +99,26 @@ def use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
 
 
 # Up to how many rows gptkit's streaming kernel (`gemv.float_gemv`) beats the library for a product with
-# nothing to differentiate: all 49 products of a GPT-2 124M decode step, AMD EPYC, 1 and 2 threads
-# (bfloat16: 10.7 ms against oneDNN's 26.0 for one row, 13.7 against 18.2 for four, equal at eight, where
-# oneDNN's bfloat16 instructions take over; float32: 21.9 against oneDNN's 26.9 for one row, 27.8 against
-# 36.2 for eight, equal at sixteen). Float32 follows `PREFER_ONEDNN`: on Intel's CPUs, MKL keeps it.
-GEMV_ROWS = {torch.bfloat16: 4, torch.float32: 8}
+# nothing to differentiate: all 49 products of a GPT-2 124M decode step, AMD EPYC, 1 and 2 threads.
+# float32 against oneDNN: 14.7 against 23.6 ms for 4 rows, 24.5 against 30.6 for 16, equal at 32 (2 threads;
+# one thread: 40.5 against 47.7 for 16, 71.6 against 69.1 for 32). bfloat16 against oneDNN's bfloat16
+# instructions, where the kernel multiplies bfloat16 pairs too (`gemv.bf16_pairs`): 7.1 against 18.2 ms for 8
+# rows, 10.3 against 19.0 for 16 (one thread: 19.1 against 23.7), 38.3 against 33.3 for 32 on one thread;
+# where it widens each weight to float32 instead, oneDNN is as fast from 8 rows. Float32 follows
+# `PREFER_ONEDNN`: on Intel's CPUs, MKL keeps it.
+GEMV_ROWS = {torch.float32: 16}
+BF16_GEMV_ROWS = {True: 16, False: 4}  # by `gemv.bf16_pairs()`
+_bf16_rows: int | None = None
 
 
 def gemv_rows(dtype: torch.dtype) -> int:
     """Up to how many rows `linear` sends a product in `dtype` to `gemv.float_gemv` (0: never)."""
-    return GEMV_ROWS.get(dtype, 0) if dtype == torch.bfloat16 or PREFER_ONEDNN else 0
+    global _bf16_rows
+    if dtype == torch.bfloat16:
+        if _bf16_rows is None:
+            _bf16_rows = BF16_GEMV_ROWS[gemv.bf16_pairs()]
+        return _bf16_rows
+    return GEMV_ROWS.get(dtype, 0) if PREFER_ONEDNN else 0
 
 
 def use_gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
