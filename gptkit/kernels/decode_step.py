@@ -61,9 +61,9 @@ class _Linear(NamedTuple):
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         # What the module's forward computes, without the module call; through the bound kernel where the
         # module's path would reach the same C call.
-        rows = x.reshape(-1, x.shape[-1])
-        if self.bound is not None and rows.shape[0] <= self.max_rows and rows.dtype == self.bound.dtype and rows.is_contiguous():
-            return self.bound(rows).view(*x.shape[:-1], self.bound.n)
+        # The step keeps its rows 2-D, (batch, features): no reshape in and no view out.
+        if self.bound is not None and x.dim() == 2 and x.shape[0] <= self.max_rows and x.dtype == self.bound.dtype and x.is_contiguous():
+            return self.bound(x)
         if self.scales is None:
             return linear(x, self.weight, self.bias)
         return int8_linear(x, self.weight, self.scales, self.bias)
@@ -169,10 +169,12 @@ class StockDecoder:
                 f"got shape {tuple(idx.shape)} at position {shown} (cache {held}, window {self.context_length})"
             )
         batch = idx.shape[0]
-        x = F.embedding(idx, self.token_table)
+        # Each row's hidden state as a row of a 2-D tensor (batch, emb_dim): the modules' (batch, 1, emb_dim)
+        # without its length-1 axis, the same values through the same operations, fewer reshapes.
+        x = F.embedding(idx[:, 0], self.token_table)
         if self.position_table is not None:
             if isinstance(start_pos, torch.Tensor):
-                x = x + self.position_table[start_pos][:, None]
+                x = x + self.position_table[start_pos]
             else:
                 x = x + self.position_table[start_pos : start_pos + 1]
         mask: torch.Tensor | None = None
@@ -184,9 +186,9 @@ class StockDecoder:
             if index == 0:  # every layer's cache holds the same positions per row: one mask serves them all
                 mask = cache.key_mask()
             context = one_query_attention(q, keys, values, mask)
-            x = x + layer.out_proj(context.reshape(batch, 1, -1))
+            x = x + layer.out_proj(context.reshape(batch, -1))
             h = F.layer_norm(x, layer.norm2.weight.shape, *layer.norm2)
             h = F.gelu(layer.fc1(h), approximate=layer.gelu_approximate)
             x = x + layer.fc2(h)
         x = F.layer_norm(x, self.final_norm.weight.shape, *self.final_norm)
-        return self.head(x)
+        return self.head(x)[:, None]
