@@ -262,3 +262,26 @@ def test_without_the_kernel_sdpa_gives_the_same_attention(monkeypatch: pytest.Mo
     by_sdpa = one_query_attention(q, k, v, mask)
     torch.testing.assert_close(by_sdpa, by_kernel, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(by_sdpa.double(), float64_attention(q, k, v, mask), rtol=1e-5, atol=1e-6)
+
+
+@needs_attention_kernel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_attending_while_appending_equals_update_then_attention_and_fills_the_cache_alike(dtype: torch.dtype) -> None:
+    from gptkit.kernels.decode_attention import attend_appending
+    from gptkit.layers.kv_cache import LayerKVCache
+
+    generator = torch.Generator().manual_seed(11)
+    caches = [LayerKVCache(2, 3, 12, 16, dtype=dtype, device="cpu") for _ in range(2)]
+    for step in range(12):
+        # q, k and v as the flat step gets them: views into one fused projection
+        q, k, v = torch.randn(2, 3, 3, 1, 16, generator=generator).to(dtype).unbind(1)
+        both = attend_appending(q, k, v, caches[0])
+        keys, values = caches[1].update(k, v)
+        apart = one_query_attention(q, keys, values)
+        assert torch.equal(both, apart), step
+        assert caches[0].length == caches[1].length == step + 1
+        filled = slice(0, step + 1)  # the rest of each buffer is torch.empty's
+        assert torch.equal(caches[0].keys[:, :, filled], caches[1].keys[:, :, filled])
+        assert torch.equal(caches[0].values[:, :, filled], caches[1].values[:, :, filled])
+    with pytest.raises(ValueError, match="KV cache holds 12 positions; 13 requested"):
+        attend_appending(q, k, v, caches[0])  # a full cache refuses as update does
