@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -172,6 +173,14 @@ def test_int8_linear_sends_up_to_32_rows_to_the_kernel_and_aten_serves_without_i
         monkeypatch.setattr(gemv, "available", lambda: True)
         torch.testing.assert_close(layer_bf16(x[:1].bfloat16()), by_aten, rtol=2e-2, atol=2e-2)
     assert rows_seen == [1, 8, 32, 1]
+
+
+@pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None, reason="no C compiler here")
+def test_where_there_is_a_compiler_every_c_kernel_builds() -> None:
+    """A kernel whose source no longer compiles would otherwise just skip its tests and fall back silently."""
+    from gptkit.kernels import decode_attention
+
+    assert gemv.available() and decode_attention.available()
 
 
 def test_the_kernel_is_built_once_into_the_cache_and_not_at_all_without_a_compiler(

@@ -33,31 +33,12 @@ from gptkit.kernels import native
 from gptkit.layers.kv_cache import LayerKVCache
 
 SOURCE = r"""
-#include <math.h>
-#include <stdint.h>
-#include <stdlib.h>
-#include <string.h>
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
-#include <immintrin.h>
 #define VECTOR 1
 #endif
-#if defined(_OPENMP)
-#include <omp.h>
-#endif
 
-#define INLINE static inline __attribute__((always_inline))
 #define PREFETCH_KEYS 8
 #define EXP_FLOOR -87.3f  /* exp of anything below is under float32's smallest normal: taken as 0 */
-
-INLINE float bf16_to_float(uint16_t h) { uint32_t u = (uint32_t)h << 16; float f; memcpy(&f, &u, 4); return f; }
-INLINE uint16_t float_to_bf16(float f) {  /* round to nearest even, as torch does; NaN stays NaN */
-    uint32_t u; memcpy(&u, &f, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
-    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
-}
-INLINE float at(const void *p, int bf16, int64_t i) {
-    return bf16 ? bf16_to_float(((const uint16_t *)p)[i]) : ((const float *)p)[i];
-}
 
 #if defined(VECTOR)
 /* exp(x) for x <= 0: x = n ln2 + r, |r| <= ln2 / 2, a degree-7 polynomial in r (Cephes' coefficients) scaled by 2^n. */
@@ -103,7 +84,7 @@ INLINE float dot(const float *q, const void *k, int bf16, int64_t dim) {
     return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])));
 #else
     float total = 0.0f;
-    for (int64_t d = 0; d < dim; d++) total += q[d] * at(k, bf16, d);
+    for (int64_t d = 0; d < dim; d++) total += q[d] * vector_at(k, bf16, d);
     return total;
 #endif
 }
@@ -129,7 +110,7 @@ INLINE void weighted_sum(float *out, const float *weights, const char *v, int64_
     for (int64_t d = 0; d < dim; d++) out[d] = 0.0f;
     for (int64_t j = 0; j < keys; j++)
         if (weights[j] != 0.0f)
-            for (int64_t d = 0; d < dim; d++) out[d] += weights[j] * at(v + (size_t)j * key_bytes, bf16, d);
+            for (int64_t d = 0; d < dim; d++) out[d] += weights[j] * vector_at(v + (size_t)j * key_bytes, bf16, d);
 #endif
 }
 
@@ -184,7 +165,7 @@ static void attend(const Attention *a, int64_t row, int64_t head, float *scratch
         memcpy((char *)vp + last * (size_t)a->v_key * es,
                (const char *)a->new_v + (size_t)(row * a->new_v_row + head * a->new_v_head) * es, (size_t)a->dim * es);
     }
-    for (int64_t d = 0; d < a->dim; d++) q[d] = at(qp, a->bf16, d);
+    for (int64_t d = 0; d < a->dim; d++) q[d] = vector_at(qp, a->bf16, d);
     float largest = -INFINITY;
     const size_t key_bytes = (size_t)a->k_key * es, value_bytes = (size_t)a->v_key * es, row_bytes = (size_t)a->dim * es;
     for (int64_t j = 0; j < a->keys; j++) {
@@ -259,18 +240,11 @@ def _build() -> ctypes.CDLL | None:
     return lib
 
 
-_LIBRARY: ctypes.CDLL | None | bool = False  # False: not tried yet
-
-
-def _library() -> ctypes.CDLL | None:
-    global _LIBRARY
-    if _LIBRARY is False:
-        _LIBRARY = _build()
-    return _LIBRARY  # type: ignore[return-value]
+_LIBRARY = native.Library(_build)
 
 
 def available() -> bool:
-    return _library() is not None
+    return _LIBRARY.get() is not None
 
 
 def _kernel_takes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None) -> bool:
@@ -306,7 +280,7 @@ def _kernel(
         args.new_k, args.new_v = new_k.data_ptr(), new_v.data_ptr()
         args.new_k_row, args.new_k_head, args.new_v_row, args.new_v_head = (*new_k.stride()[:2], *new_v.stride()[:2])
     threads = torch.get_num_threads() if rows * heads * keys * dim >= PARALLEL_WORK else 1
-    if _library().attend_one_query(ctypes.byref(args), rows, threads) != 0:  # type: ignore[union-attr]
+    if _LIBRARY.get().attend_one_query(ctypes.byref(args), rows, threads) != 0:  # type: ignore[union-attr]
         raise MemoryError(f"one_query_attention: no memory for {keys} scores")
     return out
 

@@ -32,29 +32,11 @@ import torch
 from gptkit.kernels import native
 
 SOURCE = r"""
-#include <stdint.h>
-#include <stdlib.h>
-#include <string.h>
-#if defined(__AVX512F__)
-#include <immintrin.h>
-#endif
-
-#define INLINE static inline __attribute__((always_inline))
 #define MR_MAX 4
 #define NR 4
 #define AHEAD_BYTES 4096  /* the few-rows path prefetches the weight this far ahead: int8 products 10-18% faster than the hardware prefetcher alone */
 
 /* Vectors (inputs, scales, biases, outputs) are float32 or bfloat16, as the model's dtype; sums are float32. */
-INLINE float bf16_to_float(uint16_t h) { uint32_t u = (uint32_t)h << 16; float f; memcpy(&f, &u, 4); return f; }
-INLINE uint16_t float_to_bf16(float f) {  /* round to nearest even, as torch does; NaN stays NaN */
-    uint32_t u; memcpy(&u, &f, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
-    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
-}
-INLINE float read_vec(const void *v, int bf16, int64_t i) {
-    return bf16 ? bf16_to_float(((const uint16_t *)v)[i]) : ((const float *)v)[i];
-}
-
 /* The weight's element types; one element as a float: int8 (scaled later), bfloat16 (its upper 16 bits), float32.
    BF16_PAIRS is a bfloat16 weight times bfloat16 rows where the CPU multiplies bfloat16 pairs itself. */
 enum { INT8 = 0, BF16 = 1, F32 = 2, BF16_PAIRS = 3 };
@@ -194,8 +176,8 @@ INLINE void store(const Product *p, float sums[MR_MAX][NR], int mr, int nr, int6
     for (int r = 0; r < mr; r++)
         for (int c = 0; c < nr; c++) {
             float v = sums[r][c];
-            if (p->scales) v *= read_vec(p->scales, p->bf16_vectors, i + c);
-            if (p->bias) v += read_vec(p->bias, p->bf16_vectors, i + c);
+            if (p->scales) v *= vector_at(p->scales, p->bf16_vectors, i + c);
+            if (p->bias) v += vector_at(p->bias, p->bf16_vectors, i + c);
             int64_t at = (r0 + r) * p->n + i + c;
             if (p->bf16_vectors) ((uint16_t *)p->out)[at] = float_to_bf16(v);
             else ((float *)p->out)[at] = v;
@@ -322,23 +304,16 @@ def _build() -> ctypes.CDLL | None:
     return lib
 
 
-_LIBRARY: ctypes.CDLL | None | bool = False  # False: not tried yet
-
-
-def _library() -> ctypes.CDLL | None:
-    global _LIBRARY
-    if _LIBRARY is False:
-        _LIBRARY = _build()
-    return _LIBRARY  # type: ignore[return-value]
+_LIBRARY = native.Library(_build)
 
 
 def available() -> bool:
-    return _library() is not None
+    return _LIBRARY.get() is not None
 
 
 def bf16_pairs() -> bool:
     """Whether the kernel multiplies bfloat16 weights into bfloat16 rows as bfloat16 pairs (AVX-512 BF16)."""
-    lib = _library()
+    lib = _LIBRARY.get()
     return lib is not None and bool(lib.bf16_pairs())
 
 
@@ -370,7 +345,7 @@ WEIGHT_KINDS = {torch.int8: 0, torch.bfloat16: 1, torch.float32: 2}  # the C sou
 
 
 def _gemv(rows: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor | None, bias: torch.Tensor | None) -> torch.Tensor:
-    lib = _library()
+    lib = _LIBRARY.get()
     if lib is None:
         raise RuntimeError("gptkit's gemv kernel could not be built on this machine (see gemv.available())")
     m, k = rows.shape
@@ -420,7 +395,7 @@ class BoundProduct:
     """
 
     def __init__(self, weight: torch.Tensor, scales: torch.Tensor | None, bias: torch.Tensor | None, dtype: torch.dtype) -> None:
-        lib = _library()
+        lib = _LIBRARY.get()
         if lib is None or weight.dtype not in WEIGHT_KINDS or not weight.is_contiguous() or weight.device.type != "cpu":
             raise ValueError("BoundProduct needs the built kernel and a contiguous CPU int8, bfloat16 or float32 weight")
         if (scales is None) == (weight.dtype == torch.int8):

@@ -15,7 +15,36 @@ import platform
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+
+
+# What every kernel source starts with: headers, and float32 / bfloat16 elements read and written as torch does.
+PRELUDE = r"""
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
+#define INLINE static inline __attribute__((always_inline))
+
+INLINE float bf16_to_float(uint16_t h) { uint32_t u = (uint32_t)h << 16; float f; memcpy(&f, &u, 4); return f; }
+INLINE uint16_t float_to_bf16(float f) {  /* round to nearest even, as torch does; NaN stays NaN */
+    uint32_t u; memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
+    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+/* Element i of a float32 (bf16 = 0) or bfloat16 vector, as a float. */
+INLINE float vector_at(const void *v, int bf16, int64_t i) {
+    return bf16 ? bf16_to_float(((const uint16_t *)v)[i]) : ((const float *)v)[i];
+}
+"""
 
 
 def cache_dir() -> Path:
@@ -46,12 +75,13 @@ def _compile(compiler: str, flags: list[str], source: str, library: Path) -> boo
 
 
 def build(name: str, source: str) -> ctypes.CDLL | None:
-    """`source` compiled as `<cache>/<name>-<key>.so` (keyed by source, compiler, flags and CPU) and loaded, or None.
+    """`PRELUDE` and `source` compiled as `<cache>/<name>-<key>.so` (keyed by source, compiler, flags and CPU) and loaded, or None.
 
     With OpenMP where the compiler has it: the library then needs `libgomp.so.1`, the
     runtime PyTorch's own wheel loads under that name, so the dynamic loader hands it
     the one already in the process and the kernel's threads are PyTorch's threads.
     """
+    source = PRELUDE + source
     compiler = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
     if compiler is None or platform.system() != "Linux":
         return None
@@ -67,3 +97,16 @@ def build(name: str, source: str) -> ctypes.CDLL | None:
         return ctypes.CDLL(str(library))
     except OSError:
         return None
+
+
+class Library:
+    """A kernel's library, built (or found not buildable) on the first `get`, then kept for the process."""
+
+    def __init__(self, build: Callable[[], ctypes.CDLL | None]) -> None:
+        self._build = build
+        self._library: ctypes.CDLL | None | bool = False  # False: not tried yet
+
+    def get(self) -> ctypes.CDLL | None:
+        if self._library is False:
+            self._library = self._build()
+        return self._library  # type: ignore[return-value]
