@@ -285,27 +285,3 @@ def test_attending_while_appending_equals_update_then_attention_and_fills_the_ca
         assert torch.equal(caches[0].values[:, :, filled], caches[1].values[:, :, filled])
     with pytest.raises(ValueError, match="KV cache holds 12 positions; 13 requested"):
         attend_appending(q, k, v, caches[0])  # a full cache refuses as update does
-
-
-@needs_attention_kernel
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-def test_attending_while_appending_rows_of_a_ragged_cache_equals_update_then_attention(dtype: torch.dtype) -> None:
-    from gptkit.kernels.decode_attention import attend_appending_rows
-    from gptkit.layers.kv_cache import RaggedLayerKVCache
-
-    generator = torch.Generator().manual_seed(12)
-    caches = [RaggedLayerKVCache(3, 2, 10, 16, dtype=dtype, device="cpu") for _ in range(2)]
-    for cache in caches:  # rows that start at different lengths: 4, 0 (one key after this step) and 7
-        cache.rows = 3
-        cache.lengths.copy_(torch.tensor([4, 0, 7]))
-    for step in range(3):
-        q, k, v = torch.randn(3, 3, 2, 1, 16, generator=generator).to(dtype).unbind(1)
-        both, mask = attend_appending_rows(q, k, v, caches[0], None)
-        keys, values = caches[1].update(k, v)
-        expected_mask = caches[1].key_mask()
-        assert torch.equal(mask, expected_mask)
-        assert torch.equal(both, one_query_attention(q, keys, values, expected_mask)), step
-        assert torch.equal(caches[0].lengths, caches[1].lengths)
-        assert torch.equal(caches[0].keys, caches[1].keys) and torch.equal(caches[0].values, caches[1].values)  # zeros elsewhere
-    with pytest.raises(ValueError, match="KV cache holds 10 positions; 11 requested"):
-        attend_appending_rows(q, k, v, caches[0], None)  # row 2 is full: refused as update refuses

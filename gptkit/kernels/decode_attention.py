@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from gptkit.kernels import native
-from gptkit.layers.kv_cache import LayerKVCache, RaggedLayerKVCache
+from gptkit.layers.kv_cache import LayerKVCache
 
 SOURCE = r"""
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
@@ -145,11 +145,9 @@ typedef struct {
     int64_t q_row, q_head, k_row, k_head, k_key, v_row, v_head, v_key;  /* strides, in elements */
     float scale;
     /* Where not NULL, this step's key and value (rows, heads, dim; strides by row and head), written into
-       k and v before they are attended, at each row's `positions` entry (a ragged cache) or, where that is
-       NULL, at the last key: the cache's update and the attention in one. */
+       k and v at the last key's position before it is attended: the cache's update and the attention in one. */
     const void *new_k, *new_v;
     int64_t new_k_row, new_k_head, new_v_row, new_v_head;
-    const int64_t *positions;
 } Attention;
 
 /* One (row, head): `scratch` holds keys + 2 x dim floats. */
@@ -161,7 +159,7 @@ static void attend(const Attention *a, int64_t row, int64_t head, float *scratch
     const char *vp = (const char *)a->v + (size_t)(row * a->v_row + head * a->v_head) * es;
     const uint8_t *mask = a->mask ? a->mask + row * a->keys : NULL;
     if (a->new_k) {
-        const size_t last = (size_t)(a->positions ? a->positions[row] : a->keys - 1);
+        const size_t last = (size_t)(a->keys - 1);
         memcpy((char *)kp + last * (size_t)a->k_key * es,
                (const char *)a->new_k + (size_t)(row * a->new_k_row + head * a->new_k_head) * es, (size_t)a->dim * es);
         memcpy((char *)vp + last * (size_t)a->v_key * es,
@@ -226,7 +224,6 @@ class _Attention(ctypes.Structure):
         ("scale", ctypes.c_float),
         ("new_k", ctypes.c_void_p), ("new_v", ctypes.c_void_p),
         *((name, ctypes.c_int64) for name in ("new_k_row", "new_k_head", "new_v_row", "new_v_head")),
-        ("positions", ctypes.c_void_p),
     ]
 
 
@@ -268,7 +265,7 @@ def _kernel_takes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: t
 
 def _kernel(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None,
-    new_k: torch.Tensor | None = None, new_v: torch.Tensor | None = None, positions: torch.Tensor | None = None,
+    new_k: torch.Tensor | None = None, new_v: torch.Tensor | None = None,
 ) -> torch.Tensor:
     rows, heads, _, dim = q.shape
     keys = k.shape[2]
@@ -282,7 +279,6 @@ def _kernel(
     if new_k is not None and new_v is not None:
         args.new_k, args.new_v = new_k.data_ptr(), new_v.data_ptr()
         args.new_k_row, args.new_k_head, args.new_v_row, args.new_v_head = (*new_k.stride()[:2], *new_v.stride()[:2])
-        args.positions = None if positions is None else positions.data_ptr()
     threads = torch.get_num_threads() if rows * heads * keys * dim >= PARALLEL_WORK else 1
     if _LIBRARY.get().attend_one_query(ctypes.byref(args), rows, threads) != 0:  # type: ignore[union-attr]
         raise MemoryError(f"one_query_attention: no memory for {keys} scores")
@@ -302,13 +298,6 @@ def one_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_m
     return F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)
 
 
-def _appends(q: torch.Tensor, new_k: torch.Tensor, new_v: torch.Tensor, keys: torch.Tensor) -> bool:
-    return (
-        new_k.shape == new_v.shape == q.shape and new_k.dtype == keys.dtype and new_v.dtype == keys.dtype
-        and new_k.stride(-1) == new_v.stride(-1) == 1
-    )
-
-
 def attend_appending(q: torch.Tensor, new_k: torch.Tensor, new_v: torch.Tensor, cache: LayerKVCache) -> torch.Tensor:
     """`cache.update(new_k, new_v)` then `one_query_attention` over all its keys, in one C call where it serves.
 
@@ -318,36 +307,13 @@ def attend_appending(q: torch.Tensor, new_k: torch.Tensor, new_v: torch.Tensor, 
     """
     end = cache.length + 1
     keys, values = cache.keys[:, :, :end], cache.values[:, :, :end]
-    if not (end <= cache.capacity and _appends(q, new_k, new_v, keys) and _kernel_takes(q, keys, values, None)):
+    fits = (
+        new_k.shape == new_v.shape == q.shape and new_k.dtype == keys.dtype and new_v.dtype == keys.dtype
+        and new_k.stride(-1) == new_v.stride(-1) == 1 and end <= cache.capacity
+    )
+    if not (fits and _kernel_takes(q, keys, values, None)):
         keys, values = cache.update(new_k, new_v)
         return one_query_attention(q, keys, values)
     out = _kernel(q, keys, values, None, new_k, new_v)
     cache.length = end
     return out
-
-
-def attend_appending_rows(
-    q: torch.Tensor, new_k: torch.Tensor, new_v: torch.Tensor, cache: RaggedLayerKVCache, key_mask: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """`attend_appending` for a ragged cache, each row appending at its own length; and the rows' key mask.
-
-    `key_mask`: the mask after this step's append, where the caller has it (every layer's cache holds the
-    same positions per row); None: made here, from this cache.
-    """
-    at = cache.length
-    rows = at.shape[0]
-    end = int(at.max()) + 1 if rows else 0
-    keys, values = cache.keys[:rows, :, :end], cache.values[:rows, :, :end]
-    if not (rows and end <= cache.capacity and _appends(q, new_k, new_v, keys)):
-        keys, values = cache.update(new_k, new_v)
-        key_mask = cache.key_mask() if key_mask is None else key_mask
-        return one_query_attention(q, keys, values, key_mask), key_mask
-    positions = at.clone()
-    at += 1  # a view of the cache's lengths, as `update` advances them
-    key_mask = cache.key_mask() if key_mask is None else key_mask
-    if not _kernel_takes(q, keys, values, key_mask):
-        rows_index = torch.arange(rows, device=at.device)
-        cache.keys[rows_index, :, positions] = new_k[:, :, 0]
-        cache.values[rows_index, :, positions] = new_v[:, :, 0]
-        return one_query_attention(q, keys, values, key_mask), key_mask
-    return _kernel(q, keys, values, key_mask, new_k, new_v, positions.contiguous()), key_mask

@@ -28,7 +28,7 @@ from torch import nn
 from torch.nn.modules import module as nn_module
 
 from gptkit.kernels.bf16_attention import CPUAttention
-from gptkit.kernels.decode_attention import attend_appending, attend_appending_rows
+from gptkit.kernels.decode_attention import attend_appending, one_query_attention
 from gptkit.kernels.fused_loss import FusedLossGPTModel
 from gptkit.kernels import gemv
 from gptkit.kernels.gemv import BoundProduct
@@ -182,8 +182,11 @@ class StockDecoder:
             h = F.layer_norm(x, layer.norm1.weight.shape, *layer.norm1)
             # The fused projection's layout per row is (3, heads, head_dim); one token adds a length-1 axis.
             q, k, v = layer.qkv(h).view(batch, 3, layer.heads, 1, layer.head_dim).unbind(1)
-            if ragged:  # every layer's cache holds the same positions per row: layer 0's mask serves them all
-                context, mask = attend_appending_rows(q, k, v, cache, mask)
+            if ragged:
+                keys, values = cache.update(k, v)
+                if index == 0:  # every layer's cache holds the same positions per row: one mask serves them all
+                    mask = cache.key_mask()
+                context = one_query_attention(q, keys, values, mask)
             else:
                 context = attend_appending(q, k, v, cache)
             x = x + layer.out_proj(context.reshape(batch, -1))
