@@ -27,10 +27,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules import module as nn_module
 
+from gptkit.kernels import gemv
 from gptkit.kernels.bf16_attention import CPUAttention
 from gptkit.kernels.decode_attention import attend_appending, one_query_attention
 from gptkit.kernels.fused_loss import FusedLossGPTModel
-from gptkit.kernels import gemv
 from gptkit.kernels.gemv import BoundProduct
 from gptkit.kernels.int8_linear import Int8Linear, int8_linear
 from gptkit.kernels.onednn_linear import OneDNNLinear, gemv_rows, linear
