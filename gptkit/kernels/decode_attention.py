@@ -121,7 +121,7 @@ INLINE float exponentiate(float *scores, int64_t keys, float largest) {
     __m512 sums = _mm512_setzero_ps();
     __m512 top = _mm512_set1_ps(largest);
     for (; j < keys; j += 16) {  /* the last, partial vector masked: every key takes the same path */
-        __mmask16 lanes = keys - j >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (keys - j)) - 1);
+        __mmask16 lanes = lanes_from(j, keys);
         __m512 e = exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(lanes, scores + j), top));
         e = _mm512_maskz_mov_ps(lanes, e);
         _mm512_mask_storeu_ps(scores + j, lanes, e);
@@ -158,16 +158,16 @@ static void attend(const Attention *a, int64_t row, int64_t head, float *scratch
     const char *kp = (const char *)a->k + (size_t)(row * a->k_row + head * a->k_head) * es;
     const char *vp = (const char *)a->v + (size_t)(row * a->v_row + head * a->v_head) * es;
     const uint8_t *mask = a->mask ? a->mask + row * a->keys : NULL;
+    const size_t key_bytes = (size_t)a->k_key * es, value_bytes = (size_t)a->v_key * es, row_bytes = (size_t)a->dim * es;
     if (a->new_k) {
         const size_t last = (size_t)(a->keys - 1);
-        memcpy((char *)kp + last * (size_t)a->k_key * es,
-               (const char *)a->new_k + (size_t)(row * a->new_k_row + head * a->new_k_head) * es, (size_t)a->dim * es);
-        memcpy((char *)vp + last * (size_t)a->v_key * es,
-               (const char *)a->new_v + (size_t)(row * a->new_v_row + head * a->new_v_head) * es, (size_t)a->dim * es);
+        memcpy((char *)kp + last * key_bytes,
+               (const char *)a->new_k + (size_t)(row * a->new_k_row + head * a->new_k_head) * es, row_bytes);
+        memcpy((char *)vp + last * value_bytes,
+               (const char *)a->new_v + (size_t)(row * a->new_v_row + head * a->new_v_head) * es, row_bytes);
     }
     for (int64_t d = 0; d < a->dim; d++) q[d] = vector_at(qp, a->bf16, d);
     float largest = -INFINITY;
-    const size_t key_bytes = (size_t)a->k_key * es, value_bytes = (size_t)a->v_key * es, row_bytes = (size_t)a->dim * es;
     for (int64_t j = 0; j < a->keys; j++) {
 #if defined(VECTOR)
         /* The cache streams in from memory (the weights have swept it from every cache): ask for the key
@@ -177,13 +177,14 @@ static void attend(const Attention *a, int64_t row, int64_t head, float *scratch
         for (size_t line = 0; line < row_bytes; line += 64) _mm_prefetch(vp + j * value_bytes + line, _MM_HINT_T0);
 #endif
         if (mask && !mask[j]) { scores[j] = -INFINITY; continue; }
-        scores[j] = dot(q, kp + (size_t)(j * a->k_key) * es, a->bf16, a->dim) * a->scale;
+        scores[j] = dot(q, kp + j * key_bytes, a->bf16, a->dim) * a->scale;
         if (scores[j] > largest) largest = scores[j];
     }
-    float total = largest == -INFINITY ? 0.0f : exponentiate(scores, a->keys, largest);
-    if (largest == -INFINITY) for (int64_t j = 0; j < a->keys; j++) scores[j] = 0.0f;
-    weighted_sum(acc, scores, vp, (int64_t)((size_t)a->v_key * es), a->bf16, a->keys, a->dim);
-    float inverse = total > 0.0f ? 1.0f / total : 0.0f;  /* a row with no key to attend: zeros */
+    float total = 0.0f;  /* a row with no key to attend: every weight 0, and zeros out */
+    if (largest == -INFINITY) memset(scores, 0, (size_t)a->keys * sizeof(float));
+    else total = exponentiate(scores, a->keys, largest);
+    weighted_sum(acc, scores, vp, (int64_t)value_bytes, a->bf16, a->keys, a->dim);
+    float inverse = total > 0.0f ? 1.0f / total : 0.0f;
     int64_t o = (row * a->heads + head) * a->dim;
     for (int64_t d = 0; d < a->dim; d++) {
         float value = acc[d] * inverse;
@@ -291,7 +292,7 @@ def one_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_m
     `key_mask`, (batch, 1, 1, keys) booleans, keeps each row to its own keys (a ragged batch); without
     it every key is attended, which is the causal mask for a query at the newest position.
     """
-    if q.shape[-2] == 1 and k.numel() and _kernel_takes(q, k, v, key_mask):
+    if k.numel() and _kernel_takes(q, k, v, key_mask):
         return _kernel(q, k, v, key_mask)
     if q.dtype == torch.bfloat16 and q.shape[0] * k.shape[-2] >= FLOAT32_FROM_ROW_KEYS:
         return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=key_mask).to(q.dtype)

@@ -26,6 +26,7 @@ alone does not draw all of the memory bandwidth.
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Callable
 
 import torch
 
@@ -348,21 +349,27 @@ def _gemv(rows: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor | None,
     lib = _LIBRARY.get()
     if lib is None:
         raise RuntimeError("gptkit's gemv kernel could not be built on this machine (see gemv.available())")
-    m, k = rows.shape
+    k = rows.shape[1]
     n = weight.shape[0]
     if weight.shape[1] != k or not weight.is_contiguous() or weight.dtype not in WEIGHT_KINDS:
         raise ValueError(f"expected a contiguous int8, bfloat16 or float32 weight (n, {k}), got {weight.dtype} {tuple(weight.shape)}")
     if rows.dtype not in (torch.float32, torch.bfloat16):
         raise ValueError(f"expected float32 or bfloat16 rows, got {rows.dtype}")
-    x = rows.contiguous()
     scales, bias = _vector(scales, rows.dtype), _vector(bias, rows.dtype)
-    out = torch.empty(m, n, dtype=rows.dtype)
-    status = lib.gemv(
-        rows.dtype == torch.bfloat16, x.data_ptr(), m, k, WEIGHT_KINDS[weight.dtype], weight.data_ptr(), n,
-        scales.data_ptr() if scales is not None else None, bias.data_ptr() if bias is not None else None,
-        out.data_ptr(), _threads(weight),
+    return _run(
+        lib.gemv, rows.contiguous(), rows.dtype, WEIGHT_KINDS[weight.dtype], weight.data_ptr(), n,
+        None if scales is None else scales.data_ptr(), None if bias is None else bias.data_ptr(), _threads(weight),
     )
-    if status != 0:
+
+
+def _run(
+    call: Callable[..., int], rows: torch.Tensor, dtype: torch.dtype, kind: int, weight: int, n: int,
+    scales: int | None, bias: int | None, threads: int,
+) -> torch.Tensor:
+    """The C call: contiguous `rows` (m, k) in `dtype` times the weight at those addresses, into a new (m, n)."""
+    m, k = rows.shape
+    out = torch.empty(m, n, dtype=dtype)
+    if call(dtype == torch.bfloat16, rows.data_ptr(), m, k, kind, weight, n, scales, bias, out.data_ptr(), threads) != 0:
         raise MemoryError(f"gemv: no memory for a float32 copy of {m} x {k} rows")
     return out
 
@@ -403,19 +410,10 @@ class BoundProduct:
         self.dtype = dtype
         self.n, self.k = weight.shape
         self._held = (weight, _vector(scales, dtype), _vector(bias, dtype))  # the pointers below point into these
-        pointers = [None if t is None else t.data_ptr() for t in self._held]
+        weight_at, scales_at, bias_at = (None if t is None else t.data_ptr() for t in self._held)
+        self._arguments = (self.dtype, WEIGHT_KINDS[weight.dtype], weight_at, self.n, scales_at, bias_at, _threads(weight))
         self._call = lib.gemv
-        self._threads = _threads(weight)
-        self._weight = (WEIGHT_KINDS[weight.dtype], pointers[0], self.n, pointers[1], pointers[2])
 
     def __call__(self, rows: torch.Tensor) -> torch.Tensor:
         """rows (m, k), contiguous and in the bound dtype, times the weight: (m, n)."""
-        m = rows.shape[0]
-        out = torch.empty(m, self.n, dtype=self.dtype)
-        kind, weight, n, scales, bias = self._weight
-        status = self._call(
-            self.dtype == torch.bfloat16, rows.data_ptr(), m, self.k, kind, weight, n, scales, bias, out.data_ptr(), self._threads
-        )
-        if status != 0:
-            raise MemoryError(f"gemv: no memory for a float32 copy of {m} x {self.k} rows")
-        return out
+        return _run(self._call, rows, *self._arguments)

@@ -17,6 +17,7 @@ tracing (inductor lowers linears itself), or a build without oneDNN — uses `F.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -108,16 +109,17 @@ def use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
 # `PREFER_ONEDNN`: on Intel's CPUs, MKL keeps it.
 GEMV_ROWS = {torch.float32: 16}
 BF16_GEMV_ROWS = {True: 16, False: 4}  # by `gemv.bf16_pairs()`
-_bf16_rows: int | None = None
+
+
+@functools.cache
+def _bf16_gemv_rows() -> int:
+    return BF16_GEMV_ROWS[gemv.bf16_pairs()]  # asked once: `linear` asks at every product
 
 
 def gemv_rows(dtype: torch.dtype) -> int:
     """Up to how many rows `linear` sends a product in `dtype` to `gemv.float_gemv` (0: never)."""
-    global _bf16_rows
     if dtype == torch.bfloat16:
-        if _bf16_rows is None:
-            _bf16_rows = BF16_GEMV_ROWS[gemv.bf16_pairs()]
-        return _bf16_rows
+        return _bf16_gemv_rows()
     return GEMV_ROWS.get(dtype, 0) if PREFER_ONEDNN else 0
 
 
