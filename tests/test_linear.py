@@ -44,6 +44,17 @@ def test_cpu_vendor_reads_proc_cpuinfo() -> None:
     assert linear_module.cpu_vendor() == (line.split(":", 1)[1].strip() if line else "")
 
 
+def test_cpu_flags_read_proc_cpuinfo() -> None:
+    import pathlib
+
+    info = pathlib.Path("/proc/cpuinfo")
+    line = next((l for l in info.read_text(errors="replace").splitlines() if l.startswith("flags")), None) if info.exists() else None
+    flags = linear_module.cpu_flags()
+    assert flags == (frozenset(line.split(":", 1)[1].split()) if line else frozenset())
+    if line:
+        assert "fpu" in flags  # every x86 CPU Linux has run on for decades
+
+
 def float64_reference(x: torch.Tensor, layer: nn.Linear, grad_out: torch.Tensor) -> tuple[torch.Tensor, ...]:
     x64 = x.detach().double().requires_grad_()
     w64 = layer.weight.detach().double().requires_grad_()

@@ -136,7 +136,7 @@ def test_a_few_rows_without_gradients_take_the_streaming_kernel_in_linear(
 
     monkeypatch.setattr(onednn_linear, "PREFER_ONEDNN", True)  # float32 takes it where MKL is not preferred
     most = onednn_linear.gemv_rows(dtype)
-    expected = onednn_linear.BF16_GEMV_ROWS[gemv.bf16_pairs()] if dtype == torch.bfloat16 else onednn_linear.GEMV_ROWS[dtype]
+    expected = onednn_linear.BF16_GEMV_ROWS[onednn_linear.bf16_gemv_kind()] if dtype == torch.bfloat16 else onednn_linear.GEMV_ROWS[dtype]
     assert most == expected
     weight = torch.randn(40, 64).to(dtype)
     calls: list[int] = []
@@ -148,10 +148,27 @@ def test_a_few_rows_without_gradients_take_the_streaming_kernel_in_linear(
             torch.testing.assert_close(onednn_linear.linear(x[:rows], weight), F.linear(x[:rows], weight), rtol=2e-2, atol=2e-2)
     onednn_linear.linear(x[:1], weight.requires_grad_())  # a gradient to take: autograd's path
     assert calls == [1, most]
-    monkeypatch.setattr(onednn_linear, "PREFER_ONEDNN", False)  # an Intel CPU: MKL keeps float32
-    with torch.no_grad():
+    monkeypatch.setattr(onednn_linear, "PREFER_ONEDNN", False)  # an Intel CPU: MKL takes float32's many rows,
+    with torch.no_grad():  # the kernel still its few
         onednn_linear.linear(x[:1], weight)
-    assert calls == [1, most] + ([1] if dtype == torch.bfloat16 else [])
+        onednn_linear.linear(x, weight)
+    assert calls == [1, most, 1]
+
+
+@needs_gemv
+def test_bf16_row_limit_follows_how_the_cpu_multiplies_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gptkit.kernels import onednn_linear
+
+    cases = [(True, {"avx512_bf16"}, "pairs"), (True, {"avx512_bf16", "amx_bf16"}, "pairs+amx"), (False, {"amx_bf16"}, "widened")]
+    try:
+        for pairs, flags, kind in cases:
+            monkeypatch.setattr(gemv, "bf16_pairs", lambda pairs=pairs: pairs)
+            monkeypatch.setattr(onednn_linear, "cpu_flags", lambda flags=flags: frozenset(flags))
+            onednn_linear.bf16_gemv_kind.cache_clear()
+            assert onednn_linear.bf16_gemv_kind() == kind
+            assert onednn_linear.gemv_rows(torch.bfloat16) == onednn_linear.BF16_GEMV_ROWS[kind]
+    finally:
+        onednn_linear.bf16_gemv_kind.cache_clear()  # the next caller asks this machine again
 
 
 @needs_gemv
@@ -181,6 +198,29 @@ def test_where_there_is_a_compiler_every_c_kernel_builds() -> None:
     from gptkit.kernels import decode_attention
 
     assert gemv.available() and decode_attention.available()
+
+
+@needs_gemv
+def test_each_vendors_prefetch_hint_builds_and_gives_the_same_sums(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The hint is chosen by CPU vendor (`weight_prefetch_hint`), so CI builds only one of them otherwise."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    torch.manual_seed(5)
+    weights = [torch.randn(300, 200), torch.randn(300, 200).to(torch.bfloat16), torch.randint(-127, 128, (300, 200), dtype=torch.int8)]
+    scales = torch.rand(300)
+    inputs = [torch.randn(rows, 200) for rows in (1, 2, 5)]
+    sums = {}
+    for vendor in ("GenuineIntel", "AuthenticAMD"):
+        monkeypatch.setattr(native, "cpu_vendor", lambda vendor=vendor: vendor)
+        monkeypatch.setattr(gemv, "_LIBRARY", native.Library(gemv._build))
+        assert gemv.available()
+        outs = []
+        for x in inputs:
+            outs += [gemv.float_gemv(x, weights[0]), gemv.float_gemv(x.to(torch.bfloat16), weights[1]), gemv.int8_gemv(x, weights[2], scales)]
+        sums[vendor] = outs
+    assert len(list((tmp_path / "gptkit" / "kernels").glob("gemv-*.so"))) == 2  # two sources, two builds
+    assert gemv.weight_prefetch_hint("GenuineIntel") != gemv.weight_prefetch_hint("AuthenticAMD")
+    for intel, amd in zip(*sums.values()):
+        assert torch.equal(intel, amd)  # where a line is prefetched to changes no arithmetic
 
 
 def test_the_kernel_is_built_once_into_the_cache_and_not_at_all_without_a_compiler(

@@ -52,12 +52,26 @@ def cache_dir() -> Path:
     return Path(base) / "gptkit" / "kernels"
 
 
-def _cpu_flags() -> str:
+def _cpuinfo(field: str) -> str:
+    """The first value of `field` in /proc/cpuinfo, or "" where it cannot be read."""
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as info:
-            return next((line for line in info if line.startswith("flags")), "")
+            for line in info:
+                if line.split(":", 1)[0].strip() == field:
+                    return line.split(":", 1)[1].strip()
     except OSError:
-        return ""
+        pass
+    return ""
+
+
+def cpu_vendor() -> str:
+    """The CPU's vendor string ("GenuineIntel", "AuthenticAMD", ...), or "" where it cannot be read."""
+    return _cpuinfo("vendor_id")
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags as Linux names them ("avx512f", "amx_bf16", ...); empty where unknown."""
+    return frozenset(_cpuinfo("flags").split())
 
 
 def _compile(compiler: str, flags: list[str], source: str, library: Path) -> bool:
@@ -87,7 +101,7 @@ def build(name: str, source: str) -> ctypes.CDLL | None:
         return None
     base = ["-O3", "-march=native", "-shared", "-fPIC"]
     for flags in ([*base, "-fopenmp"], base):
-        key = hashlib.sha256("\n".join([source, compiler, *flags, platform.machine(), _cpu_flags()]).encode()).hexdigest()
+        key = hashlib.sha256("\n".join([source, compiler, *flags, platform.machine(), *sorted(cpu_flags())]).encode()).hexdigest()
         library = cache_dir() / f"{name}-{key[:16]}.so"
         if library.exists() or _compile(compiler, flags, source, library):
             break

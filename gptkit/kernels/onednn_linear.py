@@ -26,20 +26,9 @@ from torch import nn
 
 from gptkit.kernels import gemv
 from gptkit.kernels.frozen_cast import autocast_frozen_dtype, cast_frozen
+from gptkit.kernels.native import cpu_flags, cpu_vendor
 
 _ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-
-
-def cpu_vendor() -> str:
-    """The CPU's vendor string ("GenuineIntel", "AuthenticAMD", ...), or "" where it cannot be read."""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as info:
-            for line in info:
-                if line.startswith("vendor_id"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""
 
 
 # MKL picks slow code paths on CPUs not made by Intel, which is where oneDNN wins (the
@@ -100,27 +89,32 @@ def use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
 
 
 # Up to how many rows gptkit's streaming kernel (`gemv.float_gemv`) beats the library for a product with
-# nothing to differentiate: all 49 products of a GPT-2 124M decode step, AMD EPYC, 1 and 2 threads.
-# float32 against oneDNN: 14.7 against 23.6 ms for 4 rows, 24.5 against 30.6 for 16, equal at 32 (2 threads;
-# one thread: 40.5 against 47.7 for 16, 71.6 against 69.1 for 32). bfloat16 against oneDNN's bfloat16
-# instructions, where the kernel multiplies bfloat16 pairs too (`gemv.bf16_pairs`): 7.1 against 18.2 ms for 8
-# rows, 10.3 against 19.0 for 16 (one thread: 19.1 against 23.7), 38.3 against 33.3 for 32 on one thread;
-# where it widens each weight to float32 instead, oneDNN is as fast from 8 rows. Float32 follows
-# `PREFER_ONEDNN`: on Intel's CPUs, MKL keeps it.
+# nothing to differentiate: all 49 products of a GPT-2 124M decode step, 2 threads.
+# float32, AMD EPYC, against oneDNN: 14.7 against 23.6 ms for 4 rows, 24.5 against 30.6 for 16, equal at 32
+# (one thread: 40.5 against 47.7 for 16, 71.6 against 69.1 for 32). Intel Xeon (Sapphire Rapids), against
+# MKL: equal for 1 row (19.6 against 19.3), 23.3 against 48.9 for 8, 33.9 against 49.4 for 16; oneDNN is
+# slower than MKL there. bfloat16 against oneDNN's bfloat16 instructions, where the kernel multiplies
+# bfloat16 pairs too (`gemv.bf16_pairs`), AMD: 7.1 against 18.2 ms for 8 rows, 10.3 against 19.0 for 16
+# (one thread: 19.1 against 23.7), 38.3 against 33.3 for 32 on one thread. Where the CPU has AMX tiles,
+# oneDNN multiplies many rows on them: Intel, 18.7 against 19.2 for 8 rows, 22.7 against 17.8 for 12.
+# Where the kernel widens each weight to float32 instead, oneDNN is as fast from 8 rows.
 GEMV_ROWS = {torch.float32: 16}
-BF16_GEMV_ROWS = {True: 16, False: 4}  # by `gemv.bf16_pairs()`
+BF16_GEMV_ROWS = {"pairs": 16, "pairs+amx": 8, "widened": 4}  # by `bf16_gemv_kind()`
 
 
 @functools.cache
-def _bf16_gemv_rows() -> int:
-    return BF16_GEMV_ROWS[gemv.bf16_pairs()]  # asked once: `linear` asks at every product
+def bf16_gemv_kind() -> str:
+    """How the kernel and the library multiply bfloat16 here: the key of `BF16_GEMV_ROWS`."""
+    if not gemv.bf16_pairs():
+        return "widened"
+    return "pairs+amx" if "amx_bf16" in cpu_flags() else "pairs"
 
 
 def gemv_rows(dtype: torch.dtype) -> int:
     """Up to how many rows `linear` sends a product in `dtype` to `gemv.float_gemv` (0: never)."""
     if dtype == torch.bfloat16:
-        return _bf16_gemv_rows()
-    return GEMV_ROWS.get(dtype, 0) if PREFER_ONEDNN else 0
+        return BF16_GEMV_ROWS[bf16_gemv_kind()]
+    return GEMV_ROWS.get(dtype, 0)
 
 
 def use_gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
@@ -130,8 +124,8 @@ def use_gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """`F.linear`, through oneDNN where that is faster (float32 on CPU), and through gptkit's streaming
-    kernel for a decode step's few rows (`GEMV_ROWS`)."""
+    """`F.linear`, through gptkit's streaming kernel for a decode step's few rows (`gemv_rows`), and
+    through oneDNN where that is faster (float32 on CPUs not made by Intel)."""
     if use_gemv(x, weight, bias):
         out = gemv.float_gemv(x.reshape(-1, x.shape[-1]), weight, bias)
         return out.view(*x.shape[:-1], weight.shape[0])
