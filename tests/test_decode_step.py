@@ -285,3 +285,30 @@ def test_attending_while_appending_equals_update_then_attention_and_fills_the_ca
         assert torch.equal(caches[0].values[:, :, filled], caches[1].values[:, :, filled])
     with pytest.raises(ValueError, match="KV cache holds 12 positions; 13 requested"):
         attend_appending(q, k, v, caches[0])  # a full cache refuses as update does
+
+
+@needs_attention_kernel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_bound_attention_equals_attend_appending_and_falls_back_where_the_call_changes(dtype: torch.dtype) -> None:
+    from gptkit.kernels.decode_attention import AppendingAttention, attend_appending
+    from gptkit.layers.kv_cache import LayerKVCache
+
+    generator = torch.Generator().manual_seed(12)
+    caches = [LayerKVCache(2, 3, 10, 16, dtype=dtype, device="cpu") for _ in range(2)]
+    bound: AppendingAttention | None = None
+    for step in range(10):
+        q, k, v = torch.randn(2, 3, 3, 1, 16, generator=generator).to(dtype).unbind(1)
+        if step == 6:  # the same values laid out apart, not as views of one projection: other strides
+            q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+        if bound is None:
+            bound = AppendingAttention(caches[0], q, k, v)
+        assert torch.equal(bound(q, k, v), attend_appending(q, k, v, caches[1])), step
+        assert caches[0].length == caches[1].length == step + 1
+        filled = slice(0, step + 1)
+        assert torch.equal(caches[0].keys[:, :, filled], caches[1].keys[:, :, filled])
+        assert torch.equal(caches[0].values[:, :, filled], caches[1].values[:, :, filled])
+        if step == 3:  # a rebuilt buffer: the bound addresses are stale, so the call must not use them
+            for cache in caches:
+                cache.keys, cache.values = cache.keys.clone(), cache.values.clone()
+    with pytest.raises(ValueError, match="KV cache holds 10 positions; 11 requested"):
+        bound(q, k, v)  # a full cache refuses as update does

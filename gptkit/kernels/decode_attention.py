@@ -318,3 +318,58 @@ def attend_appending(q: torch.Tensor, new_k: torch.Tensor, new_v: torch.Tensor, 
     out = _kernel(q, keys, values, None, new_k, new_v)
     cache.length = end
     return out
+
+
+class AppendingAttention:
+    """`attend_appending` for one layer's plain cache, with the C call's arguments gathered once.
+
+    A decode step attends 12 times for GPT-2 124M. Checking the tensors and filling the
+    argument struct cost about 20 µs a call here with warm caches and 40 µs in a real
+    step, where the weights stream through the caches between calls; the C call itself
+    took 16-34 µs at 80 keys. Bound once per cache (the flat decode step binds each
+    layer's on first use), a call sets only what changes from step to step: the
+    tensors' addresses and the number of keys. The arguments are otherwise those
+    `attend_appending` passes, so the results and the cache are the same bit for bit.
+    Anything unlike the bound call (other shapes or strides, a replaced buffer, a full
+    cache) goes through `attend_appending`.
+    """
+
+    def __init__(self, cache: LayerKVCache, q: torch.Tensor, new_k: torch.Tensor, new_v: torch.Tensor) -> None:
+        self.cache = cache
+        self._keys, self._values = cache.keys, cache.values
+        keys, values = self._keys[:, :, :1], self._values[:, :, :1]
+        self._serves = (
+            _kernel_takes(q, keys, values, None)
+            and new_k.shape == new_v.shape == q.shape and new_k.dtype == new_v.dtype == keys.dtype
+            and new_k.stride(-1) == new_v.stride(-1) == 1
+        )
+        self._layout = (q.shape, q.stride(), new_k.stride(), new_v.stride(), q.dtype)
+        rows, heads, _, dim = q.shape
+        self._rows, self._work = rows, rows * heads * dim
+        self._args = _Attention(
+            q.dtype == torch.bfloat16, 0, keys.data_ptr(), values.data_ptr(), None, 0, heads, 0, dim,
+            q.stride(0), q.stride(1), keys.stride(0), keys.stride(1), keys.stride(2),
+            values.stride(0), values.stride(1), values.stride(2), dim**-0.5,
+        )
+        self._args.new_k_row, self._args.new_k_head, self._args.new_v_row, self._args.new_v_head = (*new_k.stride()[:2], *new_v.stride()[:2])
+        self._out_shape = (rows, heads, 1, dim)
+
+    def __call__(self, q: torch.Tensor, new_k: torch.Tensor, new_v: torch.Tensor) -> torch.Tensor:
+        cache = self.cache
+        end = cache.length + 1
+        same = (
+            self._serves and end <= cache.capacity and cache.keys is self._keys and cache.values is self._values
+            and (q.shape, q.stride(), new_k.stride(), new_v.stride(), q.dtype) == self._layout
+            and not (torch.is_grad_enabled() and q.requires_grad)
+        )
+        if not same:
+            return attend_appending(q, new_k, new_v, cache)
+        out = torch.empty(self._out_shape, dtype=q.dtype)
+        args = self._args
+        args.q, args.out, args.keys = q.data_ptr(), out.data_ptr(), end
+        args.new_k, args.new_v = new_k.data_ptr(), new_v.data_ptr()
+        threads = torch.get_num_threads() if self._work * end >= PARALLEL_WORK else 1
+        if _LIBRARY.get().attend_one_query(ctypes.byref(args), self._rows, threads) != 0:  # type: ignore[union-attr]
+            raise MemoryError(f"one_query_attention: no memory for {end} scores")
+        cache.length = end
+        return out

@@ -29,7 +29,7 @@ from torch.nn.modules import module as nn_module
 
 from gptkit.kernels import gemv
 from gptkit.kernels.bf16_attention import CPUAttention
-from gptkit.kernels.decode_attention import attend_appending, one_query_attention
+from gptkit.kernels.decode_attention import AppendingAttention, one_query_attention
 from gptkit.kernels.fused_loss import FusedLossGPTModel
 from gptkit.kernels.gemv import BoundProduct
 from gptkit.kernels.int8_linear import Int8Linear, int8_linear
@@ -134,6 +134,15 @@ class StockDecoder:
         self.layers = layers
         self.final_norm = _norm(model.final_norm)
         self.head = _linear(model.out_head)
+        # Each plain cache's attention calls, bound on first use (`AppendingAttention`): by the cache's id,
+        # with the cache held so that the id stays its own. A generation has a cache per prompt length.
+        self._attention: dict[int, tuple[KVCache, list[AppendingAttention | None]]] = {}
+
+    def _attention_of(self, kv_cache: KVCache) -> list[AppendingAttention | None]:
+        held = self._attention.get(id(kv_cache))
+        if held is None:
+            held = self._attention[id(kv_cache)] = (kv_cache, [None] * len(self.layers))
+        return held[1]
 
     @classmethod
     def for_model(cls, model: nn.Module) -> StockDecoder | None:
@@ -178,6 +187,7 @@ class StockDecoder:
             else:
                 x = x + self.position_table[start_pos : start_pos + 1]
         mask: torch.Tensor | None = None
+        bound = None if ragged else self._attention_of(kv_cache)  # type: ignore[arg-type]
         for index, (layer, cache) in enumerate(zip(self.layers, kv_cache.layers)):
             h = F.layer_norm(x, layer.norm1.weight.shape, *layer.norm1)
             # The fused projection's layout per row is (3, heads, head_dim); one token adds a length-1 axis.
@@ -188,7 +198,10 @@ class StockDecoder:
                     mask = cache.key_mask()
                 context = one_query_attention(q, keys, values, mask)
             else:
-                context = attend_appending(q, k, v, cache)
+                attention = bound[index]  # type: ignore[index]
+                if attention is None or attention.cache is not cache:
+                    attention = bound[index] = AppendingAttention(cache, q, k, v)  # type: ignore[index]
+                context = attention(q, k, v)
             x = x + layer.out_proj(context.reshape(batch, -1))
             h = F.layer_norm(x, layer.norm2.weight.shape, *layer.norm2)
             h = F.gelu(layer.fc1(h), approximate=layer.gelu_approximate)
