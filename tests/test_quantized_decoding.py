@@ -195,9 +195,9 @@ def test_int8_linear_sends_up_to_32_rows_to_the_kernel_and_aten_serves_without_i
 @pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None, reason="no C compiler here")
 def test_where_there_is_a_compiler_every_c_kernel_builds() -> None:
     """A kernel whose source no longer compiles would otherwise just skip its tests and fall back silently."""
-    from gptkit.kernels import decode_attention
+    from gptkit.kernels import decode_attention, thread_pool
 
-    assert gemv.available() and decode_attention.available()
+    assert gemv.available() and decode_attention.available() and thread_pool.available()
 
 
 @needs_gemv

@@ -29,7 +29,7 @@ import ctypes
 import torch
 import torch.nn.functional as F
 
-from gptkit.kernels import native
+from gptkit.kernels import native, thread_pool
 from gptkit.layers.kv_cache import LayerKVCache
 
 SOURCE = r"""
@@ -193,6 +193,15 @@ static void attend(const Attention *a, int64_t row, int64_t head, float *scratch
     }
 }
 
+typedef struct { const Attention *a; int64_t pairs; float *scratch; size_t per_thread; } Share;
+
+/* Thread t's (row, head) pairs: a contiguous share, each pair computed alone whichever thread takes it. */
+static void attend_share(void *arg, int t, int threads) {
+    const Share *s = (const Share *)arg;
+    for (int64_t p = s->pairs * t / threads; p < s->pairs * (t + 1) / threads; p++)
+        attend(s->a, p / s->a->heads, p % s->a->heads, s->scratch + (size_t)t * s->per_thread);
+}
+
 /* out (rows, heads, dim) contiguous; mask (rows, keys) bytes or NULL. Returns 0, or -1 without scratch memory. */
 int attend_one_query(const Attention *a, int64_t rows, int threads) {
     int64_t pairs = rows * a->heads;
@@ -201,14 +210,8 @@ int attend_one_query(const Attention *a, int64_t rows, int threads) {
     size_t per_thread = (size_t)(a->keys + 2 * a->dim);
     float *scratch = (float *)malloc((size_t)threads * per_thread * sizeof(float));
     if (!scratch) return -1;
-    #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
-    for (int64_t p = 0; p < pairs; p++) {
-        int t = 0;
-#if defined(_OPENMP)
-        t = omp_get_thread_num();
-#endif
-        attend(a, p / a->heads, p % a->heads, scratch + (size_t)t * per_thread);
-    }
+    Share share = {a, pairs, scratch, per_thread};
+    parallel(attend_share, &share, threads);
     free(scratch);
     return 0;
 }
@@ -238,6 +241,7 @@ def _build() -> ctypes.CDLL | None:
         return None
     lib.attend_one_query.restype = ctypes.c_int
     lib.attend_one_query.argtypes = [ctypes.POINTER(_Attention), ctypes.c_int64, ctypes.c_int]
+    thread_pool.connect(lib)
     return lib
 
 

@@ -30,7 +30,7 @@ from collections.abc import Callable
 
 import torch
 
-from gptkit.kernels import native
+from gptkit.kernels import native, thread_pool
 
 SOURCE = r"""
 #define MR_MAX 4
@@ -251,12 +251,22 @@ static void channels(const Product *p, int64_t begin, int64_t end) {
     else channels_F32(p, begin, end);
 }
 
+/* Thread t's share of the output channels: whole groups of NR, contiguous, so that each thread streams its own
+   part of the weight; each channel's sum is the same whichever thread makes it. */
+static void channels_share(void *arg, int t, int threads) {
+    const Product *p = (const Product *)arg;
+    int64_t groups = p->n / NR;
+    int64_t begin = groups * t / threads * NR;
+    int64_t end = t == threads - 1 ? p->n : groups * (t + 1) / threads * NR;
+    channels(p, begin, end);
+}
+
 /* Whether bfloat16 weights times bfloat16 rows multiply bfloat16 pairs (BF16_PAIRS) on this build. */
 int bf16_pairs(void) { return HAS_PAIRS; }
 
 /* out[m, n] = (scales ? scales[n] : 1) * sum_j x[m, j] * w[n, j] + (bias ? bias[n] : 0); x (m, k), w (n, k),
-   out (m, n), all contiguous. threads > 1 splits the output channels into that many contiguous ranges (whole
-   groups of NR), one per OpenMP thread: each thread streams its own part of the weight. Returns 0, or -1
+   out (m, n), all contiguous. threads > 1 splits the output channels into that many contiguous ranges
+   (`channels_share`), one per thread. Returns 0, or -1
    where the float32 copy of a bfloat16 x could not be allocated. */
 int gemv(int bf16_vectors, const void *x, int64_t m, int64_t k, int kind, const void *w, int64_t n,
          const void *scales, const void *bias, void *out, int threads) {
@@ -270,17 +280,8 @@ int gemv(int bf16_vectors, const void *x, int64_t m, int64_t k, int kind, const 
     }
     Product p = {pairs ? x : (const void *)x32, m, k, w, kind, n, scales, bias, out, bf16_vectors};
     int64_t groups = n / NR;
-    if (threads < 2 || groups < 2) {
-        channels(&p, 0, n);
-    } else {
-        if (threads > groups) threads = (int)groups;
-        #pragma omp parallel for num_threads(threads) schedule(static, 1)
-        for (int t = 0; t < threads; t++) {
-            int64_t begin = groups * t / threads * NR;
-            int64_t end = t == threads - 1 ? n : groups * (t + 1) / threads * NR;
-            channels(&p, begin, end);
-        }
-    }
+    if (threads > groups) threads = (int)groups;
+    parallel(channels_share, &p, threads);
     if (bf16_vectors && !pairs) free(x32);
     return 0;
 }
@@ -312,6 +313,7 @@ def _build() -> ctypes.CDLL | None:
     ]
     lib.bf16_pairs.restype = ctypes.c_int
     lib.bf16_pairs.argtypes = []
+    thread_pool.connect(lib)
     return lib
 
 

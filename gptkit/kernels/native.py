@@ -40,6 +40,23 @@ INLINE uint16_t float_to_bf16(float f) {  /* round to nearest even, as torch doe
     if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
     return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
 }
+/* body(arg, t, threads) for t in [0, threads), each t on a thread of its own where it can be: through
+   gptkit's thread pool once `set_run_parallel` has been handed it (`gptkit.kernels.thread_pool`), else OpenMP.
+   A body takes its share from (t, threads) alone: it may be run with fewer threads than asked for. */
+typedef void (*parallel_body)(void *arg, int thread, int threads);
+typedef int (*parallel_runner)(parallel_body body, void *arg, int threads);
+static parallel_runner run_parallel_on = 0;
+void set_run_parallel(void *runner) { run_parallel_on = (parallel_runner)runner; }
+static void parallel(parallel_body body, void *arg, int threads) {
+    if (threads < 2) { body(arg, 0, 1); return; }
+    if (run_parallel_on) { run_parallel_on(body, arg, threads); return; }
+#if defined(_OPENMP)
+    #pragma omp parallel num_threads(threads)
+    body(arg, omp_get_thread_num(), omp_get_num_threads());
+#else
+    body(arg, 0, 1);
+#endif
+}
 /* Element i of a float32 (bf16 = 0) or bfloat16 vector, as a float. */
 INLINE float vector_at(const void *v, int bf16, int64_t i) {
     return bf16 ? bf16_to_float(((const uint16_t *)v)[i]) : ((const float *)v)[i];
@@ -88,7 +105,7 @@ def _compile(compiler: str, flags: list[str], source: str, library: Path) -> boo
     return True
 
 
-def build(name: str, source: str) -> ctypes.CDLL | None:
+def build(name: str, source: str, *, openmp: bool = True) -> ctypes.CDLL | None:
     """`PRELUDE` and `source` compiled as `<cache>/<name>-<key>.so` (keyed by source, compiler, flags and CPU) and loaded, or None.
 
     With OpenMP where the compiler has it: the library then needs `libgomp.so.1`, the
@@ -99,8 +116,8 @@ def build(name: str, source: str) -> ctypes.CDLL | None:
     compiler = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
     if compiler is None or platform.system() != "Linux":
         return None
-    base = ["-O3", "-march=native", "-shared", "-fPIC"]
-    for flags in ([*base, "-fopenmp"], base):
+    base = ["-O3", "-march=native", "-shared", "-fPIC", "-pthread"]
+    for flags in ([*base, "-fopenmp"], base) if openmp else ([*base],):
         key = hashlib.sha256("\n".join([source, compiler, *flags, platform.machine(), *sorted(cpu_flags())]).encode()).hexdigest()
         library = cache_dir() / f"{name}-{key[:16]}.so"
         if library.exists() or _compile(compiler, flags, source, library):
