@@ -1,4 +1,5 @@
-"""gptkit's kernel thread pool: the same sums as one thread, from any thread, at once from two, and after fork."""
+"""gptkit's kernel thread pool (every thread but the first): the same sums as one thread and as OpenMP, at once
+from several threads, and after fork."""
 
 from __future__ import annotations
 
@@ -21,19 +22,32 @@ def product(x: torch.Tensor, weight: torch.Tensor, threads: int) -> torch.Tensor
     return out
 
 
+def on_another_thread(fn):  # the pool serves every thread but the first (see native.PRELUDE's parallel)
+    result: list = []
+    worker = threading.Thread(target=lambda: result.append(fn()))
+    worker.start()
+    worker.join(timeout=60)
+    assert result, "the call did not return"
+    return result[0]
+
+
 @needs_pool
 def test_the_pool_splits_a_product_into_the_same_sums_as_one_thread_and_as_openmp(monkeypatch: pytest.MonkeyPatch) -> None:
     torch.manual_seed(0)
     x, weight = torch.randn(3, 96), torch.randn(1000, 96)
     alone = product(x, weight, 1)
+    if thread_pool._cpus() > 1:  # a call off the first thread starts the pool's workers, as many as it needs
+        on_another_thread(lambda: product(x, weight, 2))
+        assert 1 <= thread_pool.started_workers() <= thread_pool._cpus() - 1
     for threads in (2, 3, 7):  # more threads than this machine's cores too: the pool takes as many as there are
-        assert torch.equal(product(x, weight, threads), alone)
+        assert torch.equal(on_another_thread(lambda threads=threads: product(x, weight, threads)), alone)
+        assert torch.equal(product(x, weight, threads), alone)  # the first thread: OpenMP
     # The same kernel with no pool connected: OpenMP's threads. (Another source, so another library: the
     # loaded one stays connected.)
     monkeypatch.setattr(thread_pool, "connect", lambda kernel: False)
     monkeypatch.setattr(gemv, "SOURCE", gemv.SOURCE + "\n/* built apart from the connected one */\n")
     monkeypatch.setattr(gemv, "_LIBRARY", native.Library(gemv._build))
-    assert torch.equal(product(x, weight, 2), alone)
+    assert torch.equal(on_another_thread(lambda: product(x, weight, 2)), alone)
 
 
 @needs_pool
@@ -65,12 +79,12 @@ def test_calls_from_other_threads_and_from_two_at_once_are_right() -> None:
 def test_a_forked_child_starts_workers_of_its_own() -> None:
     torch.manual_seed(2)
     x, weight = torch.randn(1, 32), torch.randn(4000, 32)
-    expected = product(x, weight, 2)  # the parent's workers exist now
+    expected = on_another_thread(lambda: product(x, weight, 2))  # the parent's workers exist now
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: its first parallel call must not wait for the parent's workers
         try:
-            ok = torch.equal(product(x, weight, 2), expected)
+            ok = torch.equal(on_another_thread(lambda: product(x, weight, 2)), expected)
             os.write(write, b"1" if ok else b"0")
         finally:
             os._exit(0)
@@ -92,7 +106,8 @@ def test_attention_through_the_pool_matches_one_thread(monkeypatch: pytest.Monke
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(max(2, before))
-        split = decode_attention.one_query_attention(q, k, v)
+        split = on_another_thread(lambda: decode_attention.one_query_attention(q, k, v))
+        assert torch.equal(decode_attention.one_query_attention(q, k, v), alone)  # the first thread: OpenMP
     finally:
         torch.set_num_threads(before)
     assert torch.equal(split, alone)

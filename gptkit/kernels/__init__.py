@@ -17,7 +17,8 @@ single parameter, state-dict key or checkpoint byte:
   model is otherwise recast every forward pass);
 - `decode_step`: generation's one-token step as flat tensor code (`flat_decoder`), with
   `decode_attention` (one query per row and head against the cache, in C) and `gemv` (a few rows
-  times a float32, bfloat16 or int8 weight, streamed once, in C); both are built by `native`;
+  times a float32, bfloat16 or int8 weight, streamed once, in C); both are built by `native`
+  and split their calls on `thread_pool`'s workers;
 - `huge_pages`: a loaded model's weights in transparent huge pages, for decoding;
 - `cpu_allocator`: malloc keeps freed memory, so a training step stops page-faulting
   (`training_memory`);

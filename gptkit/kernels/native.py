@@ -25,6 +25,8 @@ PRELUDE = r"""
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #endif
@@ -40,8 +42,11 @@ INLINE uint16_t float_to_bf16(float f) {  /* round to nearest even, as torch doe
     if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
     return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
 }
-/* body(arg, t, threads) for t in [0, threads), each t on a thread of its own where it can be: through
-   gptkit's thread pool once `set_run_parallel` has been handed it (`gptkit.kernels.thread_pool`), else OpenMP.
+/* body(arg, t, threads) for t in [0, threads), each t on a thread of its own where it can be. On the process's
+   first thread, through OpenMP: PyTorch's own ops use that thread's OpenMP workers too, and a second set of
+   workers spinning beside them would take their cores. On any other thread (the server's decoding thread),
+   through gptkit's thread pool once `set_run_parallel` has been handed it (`gptkit.kernels.thread_pool`):
+   libgomp lets such a thread's workers sleep at once, and every call there would wait for one to wake.
    A body takes its share from (t, threads) alone: it may be run with fewer threads than asked for. */
 typedef void (*parallel_body)(void *arg, int thread, int threads);
 typedef int (*parallel_runner)(parallel_body body, void *arg, int threads);
@@ -49,7 +54,7 @@ static parallel_runner run_parallel_on = 0;
 void set_run_parallel(void *runner) { run_parallel_on = (parallel_runner)runner; }
 static void parallel(parallel_body body, void *arg, int threads) {
     if (threads < 2) { body(arg, 0, 1); return; }
-    if (run_parallel_on) { run_parallel_on(body, arg, threads); return; }
+    if (run_parallel_on && syscall(SYS_gettid) != getpid()) { run_parallel_on(body, arg, threads); return; }
 #if defined(_OPENMP)
     #pragma omp parallel num_threads(threads)
     body(arg, omp_get_thread_num(), omp_get_num_threads());

@@ -10,10 +10,10 @@ worker to be woken. On this project's 2-core Sapphire Rapids VM a 768 x 768
 float32 product took 29 µs on the main thread and 150-200 µs on another one, and
 the server's one-row GPT-2 124M steps took 41 ms against `generate`'s 21.
 
-This pool is one set of workers for the whole process, whichever thread calls: a
-call hands the workers its body and runs its own share, and the workers spin for
-`SPIN_MICROSECONDS` after each call (a decode step's calls are microseconds
-apart), then sleep on a futex. One call runs at a time; a call from a second
+This pool is one set of workers for every thread but the first (which keeps
+OpenMP, whose workers PyTorch's own ops share there): a call hands the workers its
+body and runs its own share, and the workers spin for `SPIN_MICROSECONDS` after
+each call, then sleep on a futex. One call runs at a time; a call from a second
 thread meanwhile runs on its caller's thread alone. A forked child starts with no
 workers and makes its own. Where this cannot be built, the kernels use OpenMP.
 """
@@ -25,7 +25,9 @@ import os
 
 from gptkit.kernels import native
 
-SPIN_MICROSECONDS = 2000  # past a decode step's gaps between calls; libgomp's own default spins about 3 ms
+# Past the gaps between a decode step's calls (tens of microseconds), short of the sampling between steps: the
+# batch thread's own PyTorch ops (OpenMP) then find the core free.
+SPIN_MICROSECONDS = 300
 
 SOURCE = r"""
 #include <limits.h>
@@ -137,6 +139,9 @@ int run_parallel(body_fn body, void *arg, int threads) {
     return threads;
 }
 
+/* How many workers have been started (for tests and the curious). */
+int started_workers(void) { return workers; }
+
 /* The address kernels call through (see `native.PRELUDE`'s `parallel`). */
 void *run_parallel_address(void) { return (void *)run_parallel; }
 """
@@ -155,6 +160,8 @@ def _build() -> ctypes.CDLL | None:
         return None
     lib.run_parallel_address.restype = ctypes.c_void_p
     lib.run_parallel_address.argtypes = []
+    lib.started_workers.restype = ctypes.c_int
+    lib.started_workers.argtypes = []
     lib.set_cpus.argtypes = [ctypes.c_int]
     lib.set_cpus.restype = None
     lib.set_cpus(_cpus())
@@ -166,6 +173,12 @@ _LIBRARY = native.Library(_build)
 
 def available() -> bool:
     return _LIBRARY.get() is not None
+
+
+def started_workers() -> int:
+    """How many worker threads the pool has started in this process (0 where it is not built)."""
+    pool = _LIBRARY.get()
+    return 0 if pool is None else int(pool.started_workers())
 
 
 def connect(kernel: ctypes.CDLL) -> bool:
