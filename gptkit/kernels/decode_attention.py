@@ -268,14 +268,13 @@ def _kernel_takes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: t
     )
 
 
-def _kernel(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None,
-    new_k: torch.Tensor | None = None, new_v: torch.Tensor | None = None,
-) -> torch.Tensor:
-    rows, heads, _, dim = q.shape
-    keys = k.shape[2]
-    mask = None if key_mask is None else key_mask.reshape(rows, keys).contiguous()
-    out = torch.empty(rows, heads, 1, dim, dtype=q.dtype)
+def _arguments(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, out: torch.Tensor,
+    new_k: torch.Tensor | None, new_v: torch.Tensor | None,
+) -> _Attention:
+    """The C call's arguments for these tensors (`mask` (rows, keys) contiguous or None; new_k and new_v
+    appended at the last key where given)."""
+    heads, keys, dim = q.shape[1], k.shape[2], q.shape[3]
     args = _Attention(
         q.dtype == torch.bfloat16, q.data_ptr(), k.data_ptr(), v.data_ptr(), None if mask is None else mask.data_ptr(),
         out.data_ptr(), heads, keys, dim, q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2),
@@ -284,9 +283,24 @@ def _kernel(
     if new_k is not None and new_v is not None:
         args.new_k, args.new_v = new_k.data_ptr(), new_v.data_ptr()
         args.new_k_row, args.new_k_head, args.new_v_row, args.new_v_head = (*new_k.stride()[:2], *new_v.stride()[:2])
-    threads = torch.get_num_threads() if rows * heads * keys * dim >= PARALLEL_WORK else 1
+    return args
+
+
+def _attend(args: _Attention, rows: int) -> None:
+    """The C call, on as many threads as its work is worth."""
+    threads = torch.get_num_threads() if rows * args.heads * args.keys * args.dim >= PARALLEL_WORK else 1
     if _LIBRARY.get().attend_one_query(ctypes.byref(args), rows, threads) != 0:  # type: ignore[union-attr]
-        raise MemoryError(f"one_query_attention: no memory for {keys} scores")
+        raise MemoryError(f"one_query_attention: no memory for {args.keys} scores")
+
+
+def _kernel(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None,
+    new_k: torch.Tensor | None = None, new_v: torch.Tensor | None = None,
+) -> torch.Tensor:
+    rows, heads, _, dim = q.shape
+    mask = None if key_mask is None else key_mask.reshape(rows, k.shape[2]).contiguous()
+    out = torch.empty(rows, heads, 1, dim, dtype=q.dtype)
+    _attend(_arguments(q, k, v, mask, out, new_k, new_v), rows)
     return out
 
 
@@ -348,15 +362,9 @@ class AppendingAttention:
             and new_k.stride(-1) == new_v.stride(-1) == 1
         )
         self._layout = (q.shape, q.stride(), new_k.stride(), new_v.stride(), q.dtype)
-        rows, heads, _, dim = q.shape
-        self._rows, self._work = rows, rows * heads * dim
-        self._args = _Attention(
-            q.dtype == torch.bfloat16, 0, keys.data_ptr(), values.data_ptr(), None, 0, heads, 0, dim,
-            q.stride(0), q.stride(1), keys.stride(0), keys.stride(1), keys.stride(2),
-            values.stride(0), values.stride(1), values.stride(2), dim**-0.5,
-        )
-        self._args.new_k_row, self._args.new_k_head, self._args.new_v_row, self._args.new_v_head = (*new_k.stride()[:2], *new_v.stride()[:2])
-        self._out_shape = (rows, heads, 1, dim)
+        self._rows, self._out_shape = q.shape[0], q.shape
+        # Bound with this step's tensors and one key; each call sets its own addresses and key count.
+        self._args = _arguments(q, keys, values, None, q, new_k, new_v)
 
     def __call__(self, q: torch.Tensor, new_k: torch.Tensor, new_v: torch.Tensor) -> torch.Tensor:
         cache = self.cache
@@ -372,8 +380,6 @@ class AppendingAttention:
         args = self._args
         args.q, args.out, args.keys = q.data_ptr(), out.data_ptr(), end
         args.new_k, args.new_v = new_k.data_ptr(), new_v.data_ptr()
-        threads = torch.get_num_threads() if self._work * end >= PARALLEL_WORK else 1
-        if _LIBRARY.get().attend_one_query(ctypes.byref(args), self._rows, threads) != 0:  # type: ignore[union-attr]
-            raise MemoryError(f"one_query_attention: no memory for {end} scores")
+        _attend(args, self._rows)
         cache.length = end
         return out
