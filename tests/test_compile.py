@@ -23,7 +23,7 @@ from torch._dynamo.utils import counters
 import config as run_config
 import gptkit.generation.generate
 import main
-from gptkit import GPTModel, ModelConfig, hookimpl
+from gptkit import GPTModel, ModelConfig, accelerate, hookimpl
 from gptkit.data.dataset import prepare_dataset
 from gptkit.data.tokenizer import Tokenizer
 from gptkit.generation.compiled import CompiledForward
@@ -121,6 +121,9 @@ def test_checkpoints_cross_between_compiled_and_eager(runs: dict[str, tuple[Trai
     trainer = runs["compiled"][0]
     plain = GPTModel(trainer.cfg.model).eval()
     load_checkpoint(trainer.last_checkpoint, plain, restore_rng=False)
+    trained = trainer.model.state_dict()
+    assert all(torch.equal(v, trained[k]) for k, v in plain.state_dict().items())
+    accelerate(plain)  # the trainer's model runs gptkit's CPU kernels (its layer norms in C): like with like
     with torch.no_grad():
         assert torch.equal(plain(x), trainer.model.eval()(x))
     # Saved from the eager run, loaded into a compiled model (whose own names carry the prefix).

@@ -13,6 +13,7 @@ from gptkit.generation.samplers import Greedy
 from gptkit.kernels import quantize_weights
 from gptkit.kernels import decode_attention
 from gptkit.kernels.decode_attention import FLOAT32_FROM_ROW_KEYS, one_query_attention
+from gptkit.kernels.decode_program import DecodeProgram
 from gptkit.kernels.decode_step import StockDecoder
 from gptkit.layers import TransformerBlock
 
@@ -312,3 +313,68 @@ def test_bound_attention_equals_attend_appending_and_falls_back_where_the_call_c
                 cache.keys, cache.values = cache.keys.clone(), cache.values.clone()
     with pytest.raises(ValueError, match="KV cache holds 10 positions; 11 requested"):
         bound(q, k, v)  # a full cache refuses as update does
+
+
+@pytest.mark.parametrize("quantize", [None, "int8"], ids=["float", "int8"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_a_plain_cache_step_is_one_program_call_equal_to_the_python_step(
+    dtype: torch.dtype, quantize: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = build()
+    if quantize is not None:
+        quantize_weights(model, quantize)
+    model = model.to(dtype)
+    calls: list[int] = []
+    original = DecodeProgram.step
+
+    def counting(self: DecodeProgram, x: torch.Tensor) -> torch.Tensor | None:
+        out = original(self, x)
+        calls.append(out is not None)
+        return out
+
+    monkeypatch.setattr(DecodeProgram, "step", counting)
+    results = []
+    for use_program in (True, False):
+        decoder = StockDecoder.for_model(model)
+        assert decoder is not None
+        if not use_program:
+            monkeypatch.setattr(DecodeProgram, "for_cache", classmethod(lambda cls, *args: None))
+        cache = model.make_kv_cache(3)
+        with torch.inference_mode():
+            model(PROMPT, kv_cache=cache)
+            logits = [decoder(PROMPT[:, step : step + 1], PROMPT.shape[1] + step, cache) for step in range(5)]
+        results.append((logits, cache))
+    assert calls == [True] * 5  # the first five steps, each one C call; none with the program off
+    (programmed, ours), (python, theirs) = results
+    assert all(torch.equal(a, b) for a, b in zip(programmed, python))
+    for a, b in zip(ours.layers, theirs.layers):
+        assert a.length == b.length == PROMPT.shape[1] + 5
+        assert torch.equal(a.keys[:, :, : a.length], b.keys[:, :, : b.length])
+        assert torch.equal(a.values[:, :, : a.length], b.values[:, :, : b.length])
+
+
+def test_the_program_steps_aside_for_a_replaced_cache_buffer_and_the_exact_gelu() -> None:
+    model = build()
+    decoder = StockDecoder.for_model(model)
+    assert decoder is not None
+    cache, reference = model.make_kv_cache(3), model.make_kv_cache(3)
+    with torch.inference_mode():
+        model(PROMPT, kv_cache=cache)
+        model(PROMPT, kv_cache=reference)
+        decoder(PROMPT[:, :1], 6, cache)
+        model(PROMPT[:, :1], start_pos=6, kv_cache=reference, last_only=True)
+        program = decoder._programs[id(cache)][1]
+        assert program is not None
+        cache.layers[1].keys = cache.layers[1].keys.clone()  # the program points at the old buffer
+        x = torch.zeros(3, 32)
+        assert program.step(x) is None and cache.layers[0].length == 7  # refused before touching anything
+        got = decoder(PROMPT[:, 1:2], 7, cache)
+        expected = model(PROMPT[:, 1:2], start_pos=7, kv_cache=reference, last_only=True)
+    assert torch.equal(got, expected)
+    exact = build(activation={"name": "gelu", "approximate": "none"})
+    decoder = StockDecoder.for_model(exact)
+    cache = exact.make_kv_cache(3)
+    with torch.inference_mode():
+        exact(PROMPT, kv_cache=cache)
+        decoder(PROMPT[:, :1], 6, cache)  # type: ignore[misc]
+    assert decoder._programs[id(cache)][1] is None  # type: ignore[union-attr]

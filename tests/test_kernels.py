@@ -21,6 +21,8 @@ from gptkit.kernels.bf16_attention import CPUAttention
 from gptkit.kernels.fused_loss import FusedLossGPTModel
 from gptkit.kernels.lora_linear import CPULoRALinear
 from gptkit.kernels.onednn_linear import OneDNNLinear
+from gptkit.kernels.rowwise import KernelGELU, KernelLayerNorm
+from gptkit.layers import LayerNorm
 from gptkit.layers.lora import LoRALinear
 from gptkit.training.lora import LoRASettings, wrap_lora
 
@@ -74,7 +76,14 @@ def test_stock_classes_get_their_kernels_and_nothing_else_changes() -> None:
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     assert linears and {type(m) for m in linears} == {OneDNNLinear}
     assert type(model.final_norm).__name__ == "RMSNorm"  # no kernel for it: untouched
-    assert set(KERNEL_CLASSES.values()) == {OneDNNLinear, CPUAttention, FusedLossGPTModel, CPULoRALinear}
+    assert {type(b.ff.activation) for b in model.blocks} == {KernelGELU}
+    layer_normed = small()
+    assert type(layer_normed.final_norm) is LayerNorm
+    accelerate(layer_normed)
+    assert {type(layer_normed.final_norm), *(type(b.norm1) for b in layer_normed.blocks)} == {KernelLayerNorm}
+    assert set(KERNEL_CLASSES.values()) == {
+        OneDNNLinear, CPUAttention, FusedLossGPTModel, CPULoRALinear, KernelLayerNorm, KernelGELU,
+    }
 
 
 def test_a_lora_model_gets_the_same_loss_and_adapter_gradients_accelerated() -> None:

@@ -15,10 +15,12 @@ single parameter, state-dict key or checkpoint byte:
   by one `addmm`;
 - `frozen_cast`: a frozen weight's autocast copy kept between steps (a LoRA run's base
   model is otherwise recast every forward pass);
+- `rowwise`: inference's layer norms and tanh GELUs in C (`KernelLayerNorm`, `KernelGELU`);
 - `decode_step`: generation's one-token step as flat tensor code (`flat_decoder`), with
   `decode_attention` (one query per row and head against the cache, in C) and `gemv` (a few rows
-  times a float32, bfloat16 or int8 weight, streamed once, in C); both are built by `native`
-  and split their calls on `thread_pool`'s workers;
+  times a float32, bfloat16 or int8 weight, streamed once, in C); all are built by `native`
+  and split their calls on `thread_pool`'s workers. On a plain cache the whole step is one C
+  call (`decode_program`) that runs those same C functions in the modules' order;
 - `huge_pages`: a loaded model's weights in transparent huge pages, for decoding;
 - `cpu_allocator`: malloc keeps freed memory, so a training step stops page-faulting
   (`training_memory`);
@@ -49,7 +51,10 @@ from gptkit.kernels.int8_linear import Int8Linear
 from gptkit.kernels.lora_linear import CPULoRALinear
 from gptkit.kernels.onednn_linear import OneDNNLinear
 from gptkit.kernels.quantize import check_quantize, quantize_weights
+from gptkit.kernels.rowwise import KernelGELU, KernelLayerNorm
 from gptkit.layers.attention import MultiHeadAttention
+from gptkit.layers.gelu import GELU
+from gptkit.layers.layer_norm import LayerNorm
 from gptkit.layers.lora import LoRALinear
 from gptkit.model.gpt import GPTModel
 
@@ -60,6 +65,8 @@ KERNEL_CLASSES: dict[type[nn.Module], type[nn.Module]] = {
     MultiHeadAttention: CPUAttention,
     GPTModel: FusedLossGPTModel,
     LoRALinear: CPULoRALinear,
+    LayerNorm: KernelLayerNorm,
+    GELU: KernelGELU,
 }
 
 

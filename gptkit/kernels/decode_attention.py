@@ -215,6 +215,13 @@ int attend_one_query(const Attention *a, int64_t rows, int threads) {
     free(scratch);
     return 0;
 }
+
+/* `attend_one_query` over the first `keys` keys, on as many threads as the work is worth (as `_attend`
+   chooses): for a caller in C that keeps an Attention bound from step to step (`decode_program`). */
+int attend_keys(Attention *a, int64_t keys, int64_t rows, int threads) {
+    a->keys = keys;
+    return attend_one_query(a, rows, rows * a->heads * keys * a->dim >= PARALLEL_WORK ? threads : 1);
+}
 """
 
 
@@ -236,11 +243,13 @@ PARALLEL_WORK = 1 << 14  # rows x heads x keys x head_dim from which two threads
 
 
 def _build() -> ctypes.CDLL | None:
-    lib = native.build("decode_attention", SOURCE)
+    lib = native.build("decode_attention", f"#define PARALLEL_WORK {PARALLEL_WORK}\n" + SOURCE)
     if lib is None:
         return None
     lib.attend_one_query.restype = ctypes.c_int
     lib.attend_one_query.argtypes = [ctypes.POINTER(_Attention), ctypes.c_int64, ctypes.c_int]
+    lib.attend_keys.restype = ctypes.c_int
+    lib.attend_keys.argtypes = [ctypes.POINTER(_Attention), ctypes.c_int64, ctypes.c_int64, ctypes.c_int]
     thread_pool.connect(lib)
     return lib
 

@@ -28,12 +28,15 @@ from torch import nn
 from torch.nn.modules import module as nn_module
 
 from gptkit.kernels import gemv
+from gptkit.kernels import rowwise
 from gptkit.kernels.bf16_attention import CPUAttention
 from gptkit.kernels.decode_attention import AppendingAttention, one_query_attention
+from gptkit.kernels.decode_program import DecodeProgram
 from gptkit.kernels.fused_loss import FusedLossGPTModel
 from gptkit.kernels.gemv import BoundProduct
 from gptkit.kernels.int8_linear import Int8Linear, int8_linear
 from gptkit.kernels.onednn_linear import OneDNNLinear, gemv_rows, linear
+from gptkit.kernels.rowwise import KernelGELU, KernelLayerNorm
 from gptkit.layers.block import TransformerBlock
 from gptkit.layers.embeddings import LearnedPositionEmbedding, PositionEncoding
 from gptkit.layers.feed_forward import FeedForward
@@ -43,9 +46,17 @@ from gptkit.layers.layer_norm import LayerNorm
 
 
 class _Norm(NamedTuple):
+    """A layer norm's parameters; `kernel`: a `KernelLayerNorm`, normalising through `rowwise` as it does."""
+
     weight: torch.Tensor
     bias: torch.Tensor | None
     eps: float
+    kernel: bool
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kernel:
+            return rowwise.layer_norm(x, self.weight, self.bias, self.eps)
+        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, self.eps)
 
 
 class _Linear(NamedTuple):
@@ -88,11 +99,17 @@ class _Layer(NamedTuple):
     norm2: _Norm
     fc1: _Linear
     gelu_approximate: str
+    gelu_kernel: bool  # a `KernelGELU`: through `rowwise.gelu`, as the module computes it
     fc2: _Linear
+
+    def gelu(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gelu_kernel:
+            return rowwise.gelu(x, self.gelu_approximate)
+        return F.gelu(x, approximate=self.gelu_approximate)
 
 
 def _norm(norm: nn.Module) -> _Norm | None:
-    return _Norm(norm.weight, norm.bias, norm.eps) if type(norm) is LayerNorm else None
+    return _Norm(norm.weight, norm.bias, norm.eps, type(norm) is KernelLayerNorm) if type(norm) in (LayerNorm, KernelLayerNorm) else None
 
 
 def _linear(module: nn.Module) -> _Linear | None:
@@ -109,9 +126,10 @@ def _layer(block: nn.Module) -> _Layer | None:
     att, ff = block.att, block.ff
     norm1, norm2 = _norm(block.norm1), _norm(block.norm2)
     qkv, out_proj, fc1, fc2 = (_linear(lin) for lin in (att.qkv, att.out_proj, ff.fc1, ff.fc2))
-    if not (att.use_sdpa and type(ff.activation) is GELU and norm1 and norm2 and qkv and out_proj and fc1 and fc2):
+    gelu = type(ff.activation)
+    if not (att.use_sdpa and gelu in (GELU, KernelGELU) and norm1 and norm2 and qkv and out_proj and fc1 and fc2):
         return None
-    return _Layer(norm1, att.num_heads, att.head_dim, qkv, out_proj, norm2, fc1, ff.activation.approximate, fc2)
+    return _Layer(norm1, att.num_heads, att.head_dim, qkv, out_proj, norm2, fc1, ff.activation.approximate, gelu is KernelGELU, fc2)
 
 
 def _calls_do_more(model: nn.Module) -> bool:
@@ -137,11 +155,20 @@ class StockDecoder:
         # Each plain cache's attention calls, bound on first use (`AppendingAttention`): by the cache's id,
         # with the cache held so that the id stays its own. A generation has a cache per prompt length.
         self._attention: dict[int, tuple[KVCache, list[AppendingAttention | None]]] = {}
+        # Each plain cache's whole step in C (`DecodeProgram`), or None where it is not the program's: the same way.
+        self._programs: dict[int, tuple[KVCache, DecodeProgram | None]] = {}
 
     def _attention_of(self, kv_cache: KVCache) -> list[AppendingAttention | None]:
         held = self._attention.get(id(kv_cache))
         if held is None:
             held = self._attention[id(kv_cache)] = (kv_cache, [None] * len(self.layers))
+        return held[1]
+
+    def _program_of(self, kv_cache: KVCache, rows: int, dtype: torch.dtype) -> DecodeProgram | None:
+        held = self._programs.get(id(kv_cache))
+        if held is None or (held[1] is not None and held[1].rows != rows):
+            program = DecodeProgram.for_cache(kv_cache, rows, dtype, self.layers, self.final_norm, self.head)
+            held = self._programs[id(kv_cache)] = (kv_cache, program)
         return held[1]
 
     @classmethod
@@ -186,10 +213,15 @@ class StockDecoder:
                 x = x + self.position_table[start_pos]
             else:
                 x = x + self.position_table[start_pos : start_pos + 1]
+        if not ragged and not torch.is_grad_enabled():
+            program = self._program_of(kv_cache, batch, x.dtype)  # type: ignore[arg-type]
+            logits = None if program is None else program.step(x)
+            if logits is not None:
+                return logits[:, None]
         mask: torch.Tensor | None = None
         bound = None if ragged else self._attention_of(kv_cache)  # type: ignore[arg-type]
         for index, (layer, cache) in enumerate(zip(self.layers, kv_cache.layers)):
-            h = F.layer_norm(x, layer.norm1.weight.shape, *layer.norm1)
+            h = layer.norm1(x)
             # The fused projection's layout per row is (3, heads, head_dim); one token adds a length-1 axis.
             q, k, v = layer.qkv(h).view(batch, 3, layer.heads, 1, layer.head_dim).unbind(1)
             if ragged:
@@ -203,8 +235,8 @@ class StockDecoder:
                     attention = bound[index] = AppendingAttention(cache, q, k, v)  # type: ignore[index]
                 context = attention(q, k, v)
             x = x + layer.out_proj(context.reshape(batch, -1))
-            h = F.layer_norm(x, layer.norm2.weight.shape, *layer.norm2)
-            h = F.gelu(layer.fc1(h), approximate=layer.gelu_approximate)
+            h = layer.norm2(x)
+            h = layer.gelu(layer.fc1(h))
             x = x + layer.fc2(h)
-        x = F.layer_norm(x, self.final_norm.weight.shape, *self.final_norm)
+        x = self.final_norm(x)  # type: ignore[misc]
         return self.head(x)[:, None]

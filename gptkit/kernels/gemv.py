@@ -426,6 +426,11 @@ class BoundProduct:
         self._arguments = (self.dtype, WEIGHT_KINDS[weight.dtype], weight_at, self.n, scales_at, bias_at, _threads(weight))
         self._call = lib.gemv
 
+    @property
+    def arguments(self) -> tuple:
+        """The C call's arguments after the rows: dtype, weight kind, weight, n, scales, bias (addresses), threads."""
+        return self._arguments
+
     def __call__(self, rows: torch.Tensor) -> torch.Tensor:
         """rows (m, k), contiguous and in the bound dtype, times the weight: (m, n)."""
         return _run(self._call, rows, *self._arguments)
