@@ -88,6 +88,10 @@ def test_what_the_kernels_do_not_serve_goes_to_pytorch_exactly() -> None:
     # Mixed dtypes: PyTorch's own refusal. Gradients: PyTorch too, and they flow.
     with pytest.raises(RuntimeError, match="mixed dtype"):
         rowwise.layer_norm(x, weight.bfloat16(), bias.bfloat16(), 1e-5)
+    # Grad mode on, even with nothing to differentiate (a LoRA run's first norm): a training step's norms are
+    # PyTorch's, so training is the same with the kernels on or off.
+    assert torch.equal(rowwise.layer_norm(x, weight, bias, 1e-5), F.layer_norm(x, (32,), weight, bias, 1e-5))
+    assert torch.equal(rowwise.gelu(x, "tanh"), F.gelu(x, approximate="tanh"))
     leaf = x.clone().requires_grad_()
     rowwise.layer_norm(leaf, weight, bias, 1e-5).pow(2).sum().backward()
     expected = x.clone().requires_grad_()
@@ -108,4 +112,4 @@ def test_the_kernel_modules_keep_their_parameters_and_compute_through_the_kernel
         assert torch.equal(norm(x), rowwise.layer_norm(x, norm.weight, norm.bias, norm.eps))
         assert torch.equal(KernelGELU()(x), rowwise.gelu(x, "tanh"))
         assert torch.equal(KernelGELU("none")(x), F.gelu(x))
-    torch.testing.assert_close(norm(x), F.layer_norm(x, (32,), norm.weight, norm.bias, 1e-5))  # with gradients: PyTorch's
+    assert torch.equal(norm(x), F.layer_norm(x, (32,), norm.weight, norm.bias, 1e-5))  # grad mode on: PyTorch's

@@ -41,22 +41,10 @@ SOURCE = r"""
 #define EXP_FLOOR -87.3f  /* exp of anything below is under float32's smallest normal: taken as 0 */
 
 #if defined(VECTOR)
-/* exp(x) for x <= 0: x = n ln2 + r, |r| <= ln2 / 2, a degree-7 polynomial in r (Cephes' coefficients) scaled by 2^n. */
+/* exp(x) for x <= 0, anything below EXP_FLOOR exactly 0. */
 INLINE __m512 exp16(__m512 x) {
     __mmask16 kept = _mm512_cmp_ps_mask(x, _mm512_set1_ps(EXP_FLOOR), _CMP_GE_OQ);
-    x = _mm512_max_ps(x, _mm512_set1_ps(EXP_FLOOR));
-    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-    return _mm512_maskz_mov_ps(kept, _mm512_scalef_ps(p, n));
+    return _mm512_maskz_mov_ps(kept, exp16_in_range(_mm512_max_ps(x, _mm512_set1_ps(EXP_FLOOR))));
 }
 #endif
 

@@ -42,6 +42,24 @@ INLINE uint16_t float_to_bf16(float f) {  /* round to nearest even, as torch doe
     if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
     return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
 }
+#if defined(__AVX512F__)
+/* exp(x) for x in [-87.3, 88.3] (the caller clamps): x = n ln2 + r, |r| <= ln2 / 2, a degree-7 polynomial in r
+   (Cephes' coefficients) scaled by 2^n. */
+INLINE __m512 exp16_in_range(__m512 x) {
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    return _mm512_scalef_ps(p, n);
+}
+#endif
 /* body(arg, t, threads) for t in [0, threads), each t on a thread of its own where it can be. On the process's
    first thread, through OpenMP: PyTorch's own ops use that thread's OpenMP workers too, and a second set of
    workers spinning beside them would take their cores. On any other thread (the server's decoding thread),

@@ -13,7 +13,7 @@ Both compute in float32 (a bfloat16 row is widened as it is read and rounded
 once, as PyTorch does): the layer norm's mean and biased variance in two passes
 over the row, the GELU as x * sigmoid(2u), which is 0.5 x (1 + tanh u), with a
 Cephes-style exp. They are not PyTorch's own bits (tests bound the difference).
-Anything they do not serve goes to PyTorch: gradients, autocast, other dtypes or
+Anything they do not serve goes to PyTorch: training (grad mode on), autocast, other dtypes or
 devices, tracing, the exact-erf GELU, a machine without a compiler.
 """
 
@@ -49,22 +49,6 @@ INLINE void store16(void *p, int bf16, int64_t i, __m512 v, __mmask16 lanes) {
     __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
     rounded = _mm512_mask_or_epi32(rounded, nan, _mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40));
     _mm256_mask_storeu_epi16((uint16_t *)p + i, lanes, _mm512_cvtepi32_epi16(rounded));
-}
-/* exp(x), x clamped to [-87.3, 88.3]: x = n ln2 + r, a degree-7 polynomial in r scaled by 2^n. */
-INLINE __m512 exp16(__m512 x) {
-    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.3f)), _mm512_set1_ps(88.3f));
-    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-    return _mm512_scalef_ps(p, n);
 }
 #endif
 
@@ -120,7 +104,8 @@ static void gelu_span(const void *x, void *y, int64_t begin, int64_t end, int bf
         __mmask16 lanes = lanes_left(end - j);
         __m512 v = load16(x, bf16, j, lanes);
         __m512 u = _mm512_mul_ps(_mm512_set1_ps(c), _mm512_fmadd_ps(_mm512_mul_ps(_mm512_set1_ps(0.044715f), v), _mm512_mul_ps(v, v), v));
-        __m512 e = exp16(_mm512_mul_ps(_mm512_set1_ps(-2.0f), u));
+        __m512 t = _mm512_mul_ps(_mm512_set1_ps(-2.0f), u);
+        __m512 e = exp16_in_range(_mm512_min_ps(_mm512_max_ps(t, _mm512_set1_ps(-87.3f)), _mm512_set1_ps(88.3f)));
         store16(y, bf16, j, _mm512_div_ps(v, _mm512_add_ps(_mm512_set1_ps(1.0f), e)), lanes);
     }
 #else
@@ -189,7 +174,7 @@ def available() -> bool:
 
 def _serves(x: torch.Tensor, *params: torch.Tensor | None) -> bool:
     """Whether the C functions take `x` (and the parameters): plain CPU float32 or bfloat16 tensors, one dtype,
-    nothing to differentiate, no autocast (which would run PyTorch's layer norm in float32) and no tracing."""
+    under no_grad or inference mode, no autocast (which would run PyTorch's layer norm in float32), no tracing."""
     if torch.compiler.is_compiling():  # first: a traced call reads nothing else
         return False
     tensors = [x, *(p for p in params if p is not None)]
@@ -198,7 +183,7 @@ def _serves(x: torch.Tensor, *params: torch.Tensor | None) -> bool:
         and all(t.dtype == x.dtype and t.device.type == "cpu" for t in tensors)
         and x.numel() > 0
         and not torch.is_autocast_enabled("cpu")
-        and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+        and not torch.is_grad_enabled()  # inference only: a training step's norms stay PyTorch's, bit for bit
         and available()
     )
 
