@@ -21,12 +21,18 @@ from __future__ import annotations
 
 import ctypes
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
 from gptkit.kernels import decode_attention, gemv, native, rowwise
 from gptkit.kernels.gemv import BoundProduct
 from gptkit.layers.kv_cache import KVCache
+
+if TYPE_CHECKING:  # decode_step imports this module
+    from gptkit.kernels.decode_step import _Layer as StockLayer
+    from gptkit.kernels.decode_step import _Linear as StockLinear
+    from gptkit.kernels.decode_step import _Norm as StockNorm
 
 SOURCE = r"""
 typedef int (*gemv_fn)(int, const void *, int64_t, int64_t, int, const void *, int64_t, const void *, const void *, void *, int);
@@ -128,8 +134,8 @@ def _linear(bound: BoundProduct | None) -> _Linear | None:
     return _Linear(kind, weight, n, scales, bias, threads)
 
 
-def _norm(norm: object) -> _Norm:
-    return _Norm(norm.weight.data_ptr(), None if norm.bias is None else norm.bias.data_ptr(), norm.eps)  # type: ignore[attr-defined]
+def _norm(norm: StockNorm) -> _Norm:
+    return _Norm(norm.weight.data_ptr(), None if norm.bias is None else norm.bias.data_ptr(), norm.eps)
 
 
 class DecodeProgram:
@@ -139,8 +145,8 @@ class DecodeProgram:
     (see the module docstring), and `step` returns None where a call would not be the bound one.
     """
 
-    def __init__(self, cache: KVCache, rows: int, dtype: torch.dtype, layers: Sequence, final_norm: object, head: object,
-                 functions: tuple[int, int, int, int]) -> None:
+    def __init__(self, cache: KVCache, rows: int, dtype: torch.dtype, layers: Sequence[StockLayer], final_norm: StockNorm,
+                 head: StockLinear, functions: tuple[int, int, int, int]) -> None:
         self.cache, self.rows, self.dtype = cache, rows, dtype
         self._buffers = [(layer.keys, layer.values) for layer in cache.layers]
         first = layers[0]
@@ -171,8 +177,8 @@ class DecodeProgram:
         self._call = _LIBRARY.get().decode_step  # type: ignore[union-attr]
 
     @classmethod
-    def for_cache(cls, cache: KVCache, rows: int, dtype: torch.dtype, layers: Sequence, final_norm: object,
-                  head: object) -> DecodeProgram | None:
+    def for_cache(cls, cache: KVCache, rows: int, dtype: torch.dtype, layers: Sequence[StockLayer], final_norm: StockNorm,
+                  head: StockLinear) -> DecodeProgram | None:
         """A program for this cache, or None where the step is not all bindable kernels."""
         lib = _LIBRARY.get()
         functions = (_address(gemv._LIBRARY.get(), "gemv"), _address(decode_attention._LIBRARY.get(), "attend_keys"),
