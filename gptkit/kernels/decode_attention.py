@@ -48,18 +48,6 @@ INLINE __m512 exp16(__m512 x) {
 }
 #endif
 
-#if defined(VECTOR)
-INLINE __mmask16 lanes_from(int64_t d, int64_t dim) {
-    return dim - d >= 16 ? (__mmask16)0xffff : dim > d ? (__mmask16)((1u << (dim - d)) - 1) : (__mmask16)0;
-}
-INLINE __m512 load16(const void *p, int bf16, int64_t i, __mmask16 lanes) {
-    if (bf16)
-        return _mm512_castsi512_ps(_mm512_slli_epi32(
-            _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(lanes, (const uint16_t *)p + i)), 16));
-    return _mm512_maskz_loadu_ps(lanes, (const float *)p + i);
-}
-#endif
-
 /* q . k over dim, in blocks of 64 (four vectors summed apart, then together). */
 INLINE float dot(const float *q, const void *k, int bf16, int64_t dim) {
 #if defined(VECTOR)
@@ -204,8 +192,8 @@ int attend_one_query(const Attention *a, int64_t rows, int threads) {
     return 0;
 }
 
-/* `attend_one_query` over the first `keys` keys, on as many threads as the work is worth (as `_attend`
-   chooses): for a caller in C that keeps an Attention bound from step to step (`decode_program`). */
+/* `attend_one_query` over the first `keys` keys, on as many of `threads` as the work is worth: one below
+   PARALLEL_WORK. What `_attend` calls, and `decode_program` with an Attention it keeps from step to step. */
 int attend_keys(Attention *a, int64_t keys, int64_t rows, int threads) {
     a->keys = keys;
     return attend_one_query(a, rows, rows * a->heads * keys * a->dim >= PARALLEL_WORK ? threads : 1);
@@ -234,8 +222,6 @@ def _build() -> ctypes.CDLL | None:
     lib = native.build("decode_attention", f"#define PARALLEL_WORK {PARALLEL_WORK}\n" + SOURCE)
     if lib is None:
         return None
-    lib.attend_one_query.restype = ctypes.c_int
-    lib.attend_one_query.argtypes = [ctypes.POINTER(_Attention), ctypes.c_int64, ctypes.c_int]
     lib.attend_keys.restype = ctypes.c_int
     lib.attend_keys.argtypes = [ctypes.POINTER(_Attention), ctypes.c_int64, ctypes.c_int64, ctypes.c_int]
     thread_pool.connect(lib)
@@ -284,9 +270,8 @@ def _arguments(
 
 
 def _attend(args: _Attention, rows: int) -> None:
-    """The C call, on as many threads as its work is worth."""
-    threads = torch.get_num_threads() if rows * args.heads * args.keys * args.dim >= PARALLEL_WORK else 1
-    if _LIBRARY.get().attend_one_query(ctypes.byref(args), rows, threads) != 0:  # type: ignore[union-attr]
+    """The C call, on as many threads as its work is worth (`attend_keys` chooses, by `PARALLEL_WORK`)."""
+    if _LIBRARY.get().attend_keys(ctypes.byref(args), args.keys, rows, torch.get_num_threads()) != 0:  # type: ignore[union-attr]
         raise MemoryError(f"one_query_attention: no memory for {args.keys} scores")
 
 

@@ -60,6 +60,19 @@ INLINE __m512 exp16_in_range(__m512 x) {
     return _mm512_scalef_ps(p, n);
 }
 #endif
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+/* The lanes of a 16-wide vector at element d that lie before dim; 16 float32 or bfloat16 numbers from p + i as
+   float32, the lanes outside `lanes` 0. */
+INLINE __mmask16 lanes_from(int64_t d, int64_t dim) {
+    return dim - d >= 16 ? (__mmask16)0xffff : dim > d ? (__mmask16)((1u << (dim - d)) - 1) : (__mmask16)0;
+}
+INLINE __m512 load16(const void *p, int bf16, int64_t i, __mmask16 lanes) {
+    if (bf16)
+        return _mm512_castsi512_ps(_mm512_slli_epi32(
+            _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(lanes, (const uint16_t *)p + i)), 16));
+    return _mm512_maskz_loadu_ps(lanes, (const float *)p + i);
+}
+#endif
 /* body(arg, t, threads) for t in [0, threads), each t on a thread of its own where it can be. On the process's
    first thread, through OpenMP: PyTorch's own ops use that thread's OpenMP workers too, and a second set of
    workers spinning beside them would take their cores. On any other thread (the server's decoding thread),

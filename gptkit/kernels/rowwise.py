@@ -31,15 +31,8 @@ from gptkit.layers.layer_norm import LayerNorm
 PARALLEL_ELEMENTS = 1 << 16  # a prompt's rows: split between threads from this many numbers
 
 SOURCE = r"""
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
 #define VECTOR 1
-INLINE __mmask16 lanes_left(int64_t left) { return left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1); }
-INLINE __m512 load16(const void *p, int bf16, int64_t i, __mmask16 lanes) {
-    if (bf16)
-        return _mm512_castsi512_ps(_mm512_slli_epi32(
-            _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(lanes, (const uint16_t *)p + i)), 16));
-    return _mm512_maskz_loadu_ps(lanes, (const float *)p + i);
-}
 /* float32 to bfloat16 as float_to_bf16 rounds (to nearest even; NaN kept), 16 at a time. */
 INLINE void store16(void *p, int bf16, int64_t i, __m512 v, __mmask16 lanes) {
     if (!bf16) { _mm512_mask_storeu_ps((float *)p + i, lanes, v); return; }
@@ -62,18 +55,18 @@ static void norm_row(const void *x, void *y, int64_t k, const void *weight, cons
     float mean, var;
 #if defined(VECTOR)
     __m512 sum = _mm512_setzero_ps();
-    for (int64_t j = 0; j < k; j += 16) sum = _mm512_add_ps(sum, load16(x, bf16, j, lanes_left(k - j)));
+    for (int64_t j = 0; j < k; j += 16) sum = _mm512_add_ps(sum, load16(x, bf16, j, lanes_from(j, k)));
     mean = _mm512_reduce_add_ps(sum) / (float)k;
     __m512 m = _mm512_set1_ps(mean), squares = _mm512_setzero_ps();
     for (int64_t j = 0; j < k; j += 16) {
-        __mmask16 lanes = lanes_left(k - j);
+        __mmask16 lanes = lanes_from(j, k);
         __m512 d = _mm512_maskz_sub_ps(lanes, load16(x, bf16, j, lanes), m);
         squares = _mm512_fmadd_ps(d, d, squares);
     }
     var = _mm512_reduce_add_ps(squares) / (float)k;
     __m512 rstd = _mm512_set1_ps(1.0f / sqrtf(var + eps));
     for (int64_t j = 0; j < k; j += 16) {
-        __mmask16 lanes = lanes_left(k - j);
+        __mmask16 lanes = lanes_from(j, k);
         __m512 v = _mm512_mul_ps(_mm512_sub_ps(load16(x, bf16, j, lanes), m), rstd);
         if (weight) v = _mm512_mul_ps(v, load16(weight, bf16, j, lanes));
         if (bias) v = _mm512_add_ps(v, load16(bias, bf16, j, lanes));
@@ -101,7 +94,7 @@ static void gelu_span(const void *x, void *y, int64_t begin, int64_t end, int bf
     int64_t j = begin;
 #if defined(VECTOR)
     for (; j < end; j += 16) {
-        __mmask16 lanes = lanes_left(end - j);
+        __mmask16 lanes = lanes_from(j, end);
         __m512 v = load16(x, bf16, j, lanes);
         __m512 u = _mm512_mul_ps(_mm512_set1_ps(c), _mm512_fmadd_ps(_mm512_mul_ps(_mm512_set1_ps(0.044715f), v), _mm512_mul_ps(v, v), v));
         __m512 t = _mm512_mul_ps(_mm512_set1_ps(-2.0f), u);
