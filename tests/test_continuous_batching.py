@@ -21,7 +21,9 @@ from gptkit import GPTModel, ModelConfig, accelerate
 from gptkit.data.tokenizer import Tokenizer
 from gptkit.generation.continuous_batching import ContinuousBatcher
 from gptkit.generation.generate import generate_tokens
+from gptkit.generation.loading import prepare_for_use
 from gptkit.generation.samplers import Greedy, Sampler, Temperature, TopK
+from gptkit.kernels import gemv
 from gptkit.kernels.decode_step import StockDecoder
 from gptkit.layers.embeddings import LearnedPositionEmbedding
 from gptkit.layers.kv_cache import RaggedKVCache
@@ -33,11 +35,12 @@ from plugins.rope import RotaryPositionEncoding
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 WINDOW = 16
-# Seeded sampling among a few likely tokens: batched and batch-1 matrix products differ in the last
-# float bits (a kernel for one row sums in another order), which moves a draw only when its uniform
-# number falls within that rounding of a boundary between two tokens' probabilities; with five
-# candidates of tenths each that is about one draw in 10^5, against about one in 200 over a
-# near-flat distribution of 50257 tokens.
+# Seeded sampling among a few likely tokens: through PyTorch's own kernels (these models are not
+# accelerated) batched and batch-1 matrix products differ in the last float bits (a kernel for one row
+# sums in another order), which moves a draw only when its uniform number falls within that rounding
+# of a boundary between two tokens' probabilities; with five candidates of tenths each that is about
+# one draw in 10^5, against about one in 200 over a near-flat distribution of 50257 tokens. An
+# accelerated model's decode step is exact whatever the batch: see the flat decode step's tests.
 SAMPLED: list[Sampler] = [Temperature(1.0), TopK(5)]
 
 
@@ -272,6 +275,34 @@ def test_flat_step_takes_per_row_positions_bit_for_bit_and_the_batcher_uses_it(m
     assert max(calls) == 4, "the batch stepped through the flat decoder"
     monkeypatch.undo()
     assert got == [alone(model, prompt, 25, SAMPLED, seed=i) for i, (_, prompt) in enumerate(ARRIVALS)]
+
+
+@pytest.mark.skipif(not gemv.available(), reason="no C compiler here to build gptkit's decoding kernels")
+@pytest.mark.parametrize(("dtype", "quantize"), [(torch.float32, None), (torch.bfloat16, None), (torch.float32, "int8")], ids=["fp32", "bf16", "int8"])
+def test_a_decoding_model_gives_each_row_its_logits_alone_bit_for_bit(dtype: torch.dtype, quantize: str | None) -> None:
+    # The model as generate, chat and serve decode with it (`prepare_for_use`: quantized, cast, accelerated), at
+    # GPT-2's width: its products sum each row in one order whatever the batch (vector sums 768 and 3072 long),
+    # its attention takes each (row, head) alone, so a row's logits are its logits alone to the last bit.
+    model = build(emb_dim=768, n_heads=12, n_layers=2, context_length=32)
+    prepare_for_use(model, dtype, quantize=quantize)
+    decoder = StockDecoder.for_model(model)
+    assert decoder is not None
+    prompts = [[5, 17, 3], [9, 9, 30, 2, 77, 1, 4, 4, 60, 2], [1], [8, 8, 8, 8, 8, 8]]
+    ragged = model.make_ragged_kv_cache(len(prompts))
+    caches = []
+    with torch.inference_mode():
+        for prompt in prompts:
+            cache = model.make_kv_cache(1)
+            model(torch.tensor([prompt]), kv_cache=cache)
+            ragged.add(cache)
+            caches.append(cache)
+        for step in range(4):
+            idx = torch.tensor([[10 + step + 7 * r] for r in range(len(prompts))])
+            batched = decoder(idx, ragged.length.clone(), ragged)
+            for row, cache in enumerate(caches):
+                alone = decoder(idx[row : row + 1], cache.length, cache)
+                assert torch.equal(batched[row], alone[0]), (step, row, (batched[row] - alone[0]).abs().max())
+    assert batched.dtype == dtype and batched.float().std() > 0.1  # logits that vary: rows the products tell apart
 
 
 # --- generate_tokens --------------------------------------------------------------------------

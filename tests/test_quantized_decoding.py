@@ -103,10 +103,37 @@ def test_float_gemv_equals_the_float64_product_then_one_rounding(m: int, k: int,
 
 
 @needs_gemv
+@pytest.mark.parametrize(
+    ("weight_dtype", "rows_dtype"),
+    [(torch.int8, torch.float32), (torch.int8, torch.bfloat16), (torch.bfloat16, torch.bfloat16), (torch.bfloat16, torch.float32), (torch.float32, torch.float32)],
+    ids=["int8-fp32", "int8-bf16", "bf16-bf16", "bf16-fp32", "fp32-fp32"],
+)
+@pytest.mark.parametrize("k", [768, 3072, 100, 17])
+def test_a_row_gets_the_same_bits_alone_and_in_a_batch_of_any_size(weight_dtype: torch.dtype, rows_dtype: torch.dtype, k: int) -> None:
+    # Continuous batching promises each sequence its tokens alone: every row of a product summed in one order,
+    # whichever tile of rows it falls in (1, 2, or 4 + 2 + 1 of them beside 3 weight rows, and the leftovers).
+    generator = torch.Generator().manual_seed(k)
+    n = 40
+    x = torch.randn(gemv.MAX_ROWS, k, generator=generator).to(rows_dtype)
+    bias = torch.randn(n, generator=generator)
+    if weight_dtype == torch.int8:
+        weight = torch.randint(-127, 128, (n, k), generator=generator, dtype=torch.int8)
+        scales = torch.rand(n, generator=generator) + 0.5
+        product = lambda rows: gemv.int8_gemv(rows, weight, scales, bias)  # noqa: E731
+    else:
+        weight = torch.randn(n, k, generator=generator).to(weight_dtype)
+        product = lambda rows: gemv.float_gemv(rows, weight, bias)  # noqa: E731
+    alone = torch.cat([product(x[r : r + 1]) for r in range(len(x))])
+    for m in range(2, len(x) + 1):
+        together = product(x[:m])
+        assert torch.equal(together, alone[:m]), (m, (together - alone[:m]).abs().max())
+
+
+@needs_gemv
 @pytest.mark.parametrize("kind", ["int8", "bf16"])
 def test_a_large_weight_split_between_threads_gives_the_single_thread_result(kind: str) -> None:
     generator = torch.Generator().manual_seed(11)
-    n = 4 * 301 + 3  # neither half a whole number of 4-row groups, and a tail of 3 rows
+    n = 3 * 401 + 2  # neither half a whole number of 3-row groups, and a tail of 2 rows
     x = torch.randn(3, 512, generator=generator)
     scales = torch.rand(n, generator=generator) + 0.5
     if kind == "int8":

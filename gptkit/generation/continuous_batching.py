@@ -8,8 +8,14 @@ last row moves into its place, so the rows in use stay a slice).
 
 A sequence is sampled with its own samplers and its own `torch.Generator`, and
 sees its own history only, so it gets the tokens it would get alone with the
-same seed. (Alone and batched, logits may differ in the last float bits: a
-matrix product of several rows may sum in another order than one of one row.)
+same seed. A model decoded as `generate`, `chat` and `serve` decode it (accelerated,
+on the CPU) gets each row's logits alone bit for bit: gptkit's streaming products
+sum a row in one order whatever the batch, and its attention takes each row alone.
+That holds up to as many rows as those products take (`gemv_rows`: on an AVX-512
+BF16 CPU 16 in float32, 8 or 16 in bfloat16, 32 in int8; the server runs 8).
+Through PyTorch's own kernels (CUDA, a model not accelerated, a larger batch) a
+matrix product of several rows may sum in another order than one of one row, and
+the logits then differ in the last float bits.
 
 A row whose window fills behaves as `generate_tokens` does: the oldest token is
 dropped and the row's cache rebuilt from the remaining window, by a prefill of

@@ -14,8 +14,18 @@ applied to each finished sum, and a bfloat16 result is rounded once, at the end.
 For one or two rows the weight is read row after row, one stream front to back (the
 pattern the hardware prefetcher follows best: reading four rows side by side, as the
 first version did, halved the rate); for more rows the arithmetic counts too, and
-groups of four weight rows are multiplied in register tiles while the next group is
-prefetched.
+groups of three weight rows are multiplied into four input rows at a time in
+register tiles while the next group is prefetched.
+
+Each output is summed in one order whatever the number of rows and the tile that
+makes it, so a row gets the same bits alone and in a batch: a sequence decoded with
+others gets the logits it gets alone, bit for bit, the promise of continuous
+batching. An earlier version kept four partial sums for one row, two for two rows
+and one in the many-row tiles, which moved a GPT-2 row's sums by up to 2e-5 with
+the batch. Two partial sums for every row cost one row in float32 2-5% (all 49
+products of a GPT-2 124M step, interleaved: 18.6-19.3 ms against 18.2-18.3) and
+made eight rows as fast or faster: float32 23.1 against 23.1 ms, int8 12.4-12.8
+against 12.9-13.3, bfloat16 17.4-17.8 against 18.6.
 
 The C source below is compiled once per machine (`gptkit.kernels.native`); where
 it cannot be, `available()` is False and callers use PyTorch's kernels instead. A weight of 256 KiB or more is split between
@@ -33,9 +43,10 @@ import torch
 from gptkit.kernels import native, thread_pool
 
 SOURCE = r"""
-#define MR_MAX 4
-#define NR 4
-#define AHEAD_BYTES 4096  /* the few-rows path prefetches the weight this far ahead: int8 products 10-18% faster than the hardware prefetcher alone */
+#define MR_MAX 4  /* input rows in a register tile */
+#define NR_MAX 3  /* weight rows in a register tile */
+#define CHAINS 2  /* partial sums per output, interleaved: they hide the FMA's latency for a single row */
+#define AHEAD_BYTES 4096  /* the weight is prefetched this far ahead: int8 products 10-18% faster than the hardware prefetcher alone */
 
 /* Vectors (inputs, scales, biases, outputs) are float32 or bfloat16, as the model's dtype; sums are float32. */
 /* The weight's element types; one element as a float: int8 (scaled later), bfloat16 (its upper 16 bits), float32.
@@ -58,26 +69,29 @@ INLINE __m512 weight16(const void *w, int kind, int64_t i) {
 
 INLINE size_t element_size(int kind) { return kind == F32 ? 4 : kind == INT8 ? 1 : 2; }
 
-/* sums[r][c] = x[r] . w[c] for mr input rows and nr weight rows, each sum kept as u interleaved partial sums
-   (u independent chains per output hide the FMA's latency when mr x nr alone are too few). With kind, mr, nr
-   and u constants at each call site the accumulators stay in registers. `ahead`, where not NULL, is as many
-   weight rows further on: each cache line of them is prefetched as the same line of these is read, so that
-   they stream in while this group is multiplied. x is float32 here (converted once per call). */
-INLINE void tile(const float *x, int64_t k, const void *w, const int kind, const int mr, const int nr, const int u,
-                 const void *ahead, float sums[MR_MAX][NR]) {
+/* sums[r][c] = x[r] . w[c] for mr input rows and nr weight rows. Every sum is taken in one order whatever mr
+   and nr are: CHAINS partial sums over interleaved vectors, what is left in whole vectors on the first, the
+   partial sums added first to last, the vector's lanes reduced, then the elements past the last vector, each
+   with fmaf (left to itself the compiler fuses a multiply-add at some call sites and not at others). So a row
+   gets the same bits alone and in a batch of any size (the promise of continuous batching). With kind, mr and
+   nr constants at each call site the accumulators stay in registers. `ahead`, where not NULL, is as many
+   weight rows further on: each of their cache lines is prefetched as the same line of these is read. x is
+   float32 here. */
+INLINE void tile(const float *x, int64_t k, const void *w, const int kind, const int mr, const int nr,
+                 const void *ahead, float sums[MR_MAX][NR_MAX]) {
     int64_t j = 0;
 #if defined(__AVX512F__)
-    __m512 acc[MR_MAX][NR][4];
+    __m512 acc[MR_MAX][NR_MAX][CHAINS];
     for (int r = 0; r < mr; r++)
         for (int c = 0; c < nr; c++)
-            for (int q = 0; q < u; q++) acc[r][c][q] = _mm512_setzero_ps();
+            for (int q = 0; q < CHAINS; q++) acc[r][c][q] = _mm512_setzero_ps();
     const size_t es = element_size(kind);
-    for (; j + 16 * u <= k; j += 16 * u) {
-        for (int q = 0; ahead && q < u; q++)  /* each cache line of the rows ahead, once */
+    for (; j + 16 * CHAINS <= k; j += 16 * CHAINS) {
+        for (int q = 0; ahead && q < CHAINS; q++)  /* each cache line of the rows ahead, once */
             if (((j + 16 * q) * es) % 64 == 0)
                 for (int c = 0; c < nr; c++) _mm_prefetch((const char *)ahead + (c * k + j + 16 * q) * es, WEIGHT_PREFETCH);
-        for (int q = 0; q < u; q++) {
-            __m512 wv[NR];
+        for (int q = 0; q < CHAINS; q++) {
+            __m512 wv[NR_MAX];
             for (int c = 0; c < nr; c++) wv[c] = weight16(w, kind, c * k + j + 16 * q);
             for (int r = 0; r < mr; r++) {
                 __m512 xv = _mm512_loadu_ps(x + r * k + j + 16 * q);
@@ -85,8 +99,8 @@ INLINE void tile(const float *x, int64_t k, const void *w, const int kind, const
             }
         }
     }
-    for (; j + 16 <= k; j += 16) {  /* what is left in whole vectors, on the first chain */
-        __m512 wv[NR];
+    for (; j + 16 <= k; j += 16) {
+        __m512 wv[NR_MAX];
         for (int c = 0; c < nr; c++) wv[c] = weight16(w, kind, c * k + j);
         for (int r = 0; r < mr; r++) {
             __m512 xv = _mm512_loadu_ps(x + r * k + j);
@@ -96,35 +110,36 @@ INLINE void tile(const float *x, int64_t k, const void *w, const int kind, const
     for (int r = 0; r < mr; r++)
         for (int c = 0; c < nr; c++) {
             __m512 total = acc[r][c][0];
-            for (int q = 1; q < u; q++) total = _mm512_add_ps(total, acc[r][c][q]);
+            for (int q = 1; q < CHAINS; q++) total = _mm512_add_ps(total, acc[r][c][q]);
             sums[r][c] = _mm512_reduce_add_ps(total);
         }
 #else
-    (void)u; (void)ahead;
+    (void)ahead;
     for (int r = 0; r < mr; r++)
         for (int c = 0; c < nr; c++) sums[r][c] = 0.0f;
 #endif
     for (; j < k; j++)
         for (int r = 0; r < mr; r++)
-            for (int c = 0; c < nr; c++) sums[r][c] += x[r * k + j] * weight_at(w, kind, c * k + j);
+            for (int c = 0; c < nr; c++) sums[r][c] = fmaf(x[r * k + j], weight_at(w, kind, c * k + j), sums[r][c]);
 }
 
 #if defined(__AVX512BF16__) && defined(__AVX512BW__)
-/* sums[r][c] = x[r] . w[c] as `tile` computes them, for bfloat16 x and w as they lie in memory: vdpbf16ps
-   multiplies 32 pairs of bfloat16 (exactly, in float32) and adds them into 16 float32 sums, one instruction
-   where widening 32 weights and multiplying them in float32 takes six, and x needs no float32 copy. */
-INLINE void tile_pairs(const uint16_t *x, int64_t k, const uint16_t *w, const int mr, const int nr, const int u,
-                       const void *ahead, float sums[MR_MAX][NR]) {
-    __m512 acc[MR_MAX][NR][4];
+/* sums[r] = x[r] . w as `tile` computes them (one order whatever mr is), for bfloat16 x and w as they lie in
+   memory: vdpbf16ps multiplies 32 pairs of bfloat16 (exactly, in float32) and adds them into 16 float32 sums,
+   one instruction where widening 32 weights and multiplying them in float32 takes six, and x needs no float32
+   copy. */
+INLINE void tile_pairs(const uint16_t *x, int64_t k, const uint16_t *w, const int mr, const int nr, const void *ahead,
+                       float sums[MR_MAX][NR_MAX]) {
+    __m512 acc[MR_MAX][NR_MAX][CHAINS];
     for (int r = 0; r < mr; r++)
         for (int c = 0; c < nr; c++)
-            for (int q = 0; q < u; q++) acc[r][c][q] = _mm512_setzero_ps();
+            for (int q = 0; q < CHAINS; q++) acc[r][c][q] = _mm512_setzero_ps();
     int64_t j = 0;
-    for (; j + 32 * u <= k; j += 32 * u) {
-        for (int q = 0; ahead && q < u; q++)  /* 32 bfloat16 are one cache line */
+    for (; j + 32 * CHAINS <= k; j += 32 * CHAINS) {
+        for (int q = 0; ahead && q < CHAINS; q++)  /* 32 bfloat16 are one cache line */
             for (int c = 0; c < nr; c++) _mm_prefetch((const char *)ahead + (c * k + j + 32 * q) * 2, WEIGHT_PREFETCH);
-        for (int q = 0; q < u; q++) {
-            __m512bh wv[NR];
+        for (int q = 0; q < CHAINS; q++) {
+            __m512bh wv[NR_MAX];
             for (int c = 0; c < nr; c++) wv[c] = (__m512bh)_mm512_loadu_si512(w + c * k + j + 32 * q);
             for (int r = 0; r < mr; r++) {
                 __m512bh xv = (__m512bh)_mm512_loadu_si512(x + r * k + j + 32 * q);
@@ -134,7 +149,7 @@ INLINE void tile_pairs(const uint16_t *x, int64_t k, const uint16_t *w, const in
     }
     for (; j < k; j += 32) {  /* what is left, masked (zeros add nothing), on the first chain */
         __mmask32 lanes = k - j >= 32 ? (__mmask32)0xffffffffu : (__mmask32)((1u << (k - j)) - 1);
-        __m512bh wv[NR];
+        __m512bh wv[NR_MAX];
         for (int c = 0; c < nr; c++) wv[c] = (__m512bh)_mm512_maskz_loadu_epi16(lanes, w + c * k + j);
         for (int r = 0; r < mr; r++) {
             __m512bh xv = (__m512bh)_mm512_maskz_loadu_epi16(lanes, x + r * k + j);
@@ -144,16 +159,16 @@ INLINE void tile_pairs(const uint16_t *x, int64_t k, const uint16_t *w, const in
     for (int r = 0; r < mr; r++)
         for (int c = 0; c < nr; c++) {
             __m512 total = acc[r][c][0];
-            for (int q = 1; q < u; q++) total = _mm512_add_ps(total, acc[r][c][q]);
+            for (int q = 1; q < CHAINS; q++) total = _mm512_add_ps(total, acc[r][c][q]);
             sums[r][c] = _mm512_reduce_add_ps(total);
         }
 }
 #define HAS_PAIRS 1
 #else
 #define HAS_PAIRS 0
-INLINE void tile_pairs(const uint16_t *x, int64_t k, const uint16_t *w, const int mr, const int nr, const int u,
-                       const void *ahead, float sums[MR_MAX][NR]) {
-    (void)x; (void)k; (void)w; (void)mr; (void)nr; (void)u; (void)ahead; (void)sums;  /* never called: see gemv */
+INLINE void tile_pairs(const uint16_t *x, int64_t k, const uint16_t *w, const int mr, const int nr, const void *ahead,
+                       float sums[MR_MAX][NR_MAX]) {
+    (void)x; (void)k; (void)w; (void)mr; (void)nr; (void)ahead; (void)sums;  /* never called: see gemv */
 }
 #endif
 
@@ -167,70 +182,59 @@ INLINE const void *row(const Product *p, int kind, int64_t r) {
     return (const char *)p->x + (size_t)(r * p->k) * (kind == BF16_PAIRS ? 2 : 4);
 }
 
-INLINE void product_tile(const Product *p, const int kind, int64_t r, const void *w, const int mr, const int nr,
-                         const int u, const void *ahead, float sums[MR_MAX][NR]) {
-    if (kind == BF16_PAIRS) tile_pairs((const uint16_t *)row(p, kind, r), p->k, (const uint16_t *)w, mr, nr, u, ahead, sums);
-    else tile((const float *)row(p, kind, r), p->k, w, kind, mr, nr, u, ahead, sums);
-}
-
-INLINE void store(const Product *p, float sums[MR_MAX][NR], int mr, int nr, int64_t r0, int64_t i) {
-    for (int r = 0; r < mr; r++)
+/* Rows r .. r + mr - 1 times weight rows i .. i + nr - 1 (at w), scaled, biased and stored. */
+INLINE void product_tile(const Product *p, const int kind, int64_t r, int64_t i, const void *w, const int mr,
+                         const int nr, const void *ahead) {
+    float sums[MR_MAX][NR_MAX];
+    if (kind == BF16_PAIRS) tile_pairs((const uint16_t *)row(p, kind, r), p->k, (const uint16_t *)w, mr, nr, ahead, sums);
+    else tile((const float *)row(p, kind, r), p->k, w, kind, mr, nr, ahead, sums);
+    for (int t = 0; t < mr; t++)
         for (int c = 0; c < nr; c++) {
-            float v = sums[r][c];
-            if (p->scales) v *= vector_at(p->scales, p->bf16_vectors, i + c);
-            if (p->bias) v += vector_at(p->bias, p->bf16_vectors, i + c);
-            int64_t at = (r0 + r) * p->n + i + c;
+            /* An explicit fmaf, as in the tile: the same bits at every call site. */
+            float v = sums[t][c];
+            float scale = p->scales ? vector_at(p->scales, p->bf16_vectors, i + c) : 1.0f;
+            if (p->bias) v = fmaf(v, scale, vector_at(p->bias, p->bf16_vectors, i + c));
+            else if (p->scales) v *= scale;
+            int64_t at = (r + t) * p->n + i + c;
             if (p->bf16_vectors) ((uint16_t *)p->out)[at] = float_to_bf16(v);
             else ((float *)p->out)[at] = v;
         }
 }
 
 /* Output channels [begin, end) for one or two input rows: the weight is read one row after another, a single
-   stream front to back, which is what the hardware prefetcher follows best, with the rows AHEAD_BYTES on
-   asked for in software as well; four chains per output. */
+   stream front to back, which is what the hardware prefetcher follows best (reading four rows side by side,
+   as a first version did, halved the rate), with the rows AHEAD_BYTES on asked for in software as well. */
 INLINE void channels_few(const Product *p, const int kind, int64_t begin, int64_t end) {
-    float sums[MR_MAX][NR];
     const size_t row_bytes = (size_t)p->k * element_size(kind);
     const int64_t ahead_rows = row_bytes >= AHEAD_BYTES ? 1 : (int64_t)(AHEAD_BYTES / row_bytes);
     for (int64_t i = begin; i < end; i++) {
         const void *w = (const char *)p->w + (size_t)i * row_bytes;
         const void *ahead = i + ahead_rows < end ? (const char *)w + ahead_rows * row_bytes : NULL;
-        if (p->m == 1) product_tile(p, kind, 0, w, 1, 1, 4, ahead, sums);
-        else product_tile(p, kind, 0, w, 2, 1, 2, ahead, sums);
-        store(p, sums, (int)p->m, 1, 0, i);
+        if (p->m == 1) product_tile(p, kind, 0, i, w, 1, 1, ahead);
+        else product_tile(p, kind, 0, i, w, 2, 1, ahead);
     }
 }
 
-/* Output channels [begin, end) for three rows or more, where the arithmetic counts too: each group of NR
-   weight rows is multiplied into every input row, up to four at a time, while it sits in the L1 cache, and
-   the first pass over a group prefetches the next one. */
+/* Output channels [begin, end) for three rows or more, where the arithmetic and the loads from L1 count too:
+   each group of NR_MAX weight rows is multiplied into the input rows MR_MAX at a time while it sits in the L1
+   cache, and the first pass over a group prefetches the next one. */
 INLINE void channels_many(const Product *p, const int kind, int64_t begin, int64_t end) {
-    float sums[MR_MAX][NR];
     const size_t row_bytes = (size_t)p->k * element_size(kind);
     int64_t i = begin;
-    for (; i + NR <= end; i += NR) {
+    for (; i + NR_MAX <= end; i += NR_MAX) {
         const char *w = (const char *)p->w + (size_t)i * row_bytes;
-        const void *ahead = i + 2 * NR <= end ? w + NR * row_bytes : NULL;
+        const void *ahead = i + 2 * NR_MAX <= end ? w + NR_MAX * row_bytes : NULL;
         int64_t r = 0;
-        for (; r + 4 <= p->m; r += 4, ahead = NULL) {
-            product_tile(p, kind, r, w, 4, NR, 1, ahead, sums);
-            store(p, sums, 4, NR, r, i);
-        }
-        for (; r + 2 <= p->m; r += 2, ahead = NULL) {
-            product_tile(p, kind, r, w, 2, NR, 1, ahead, sums);
-            store(p, sums, 2, NR, r, i);
-        }
-        if (r < p->m) {
-            product_tile(p, kind, r, w, 1, NR, 1, ahead, sums);
-            store(p, sums, 1, NR, r, i);
-        }
+        for (; r + MR_MAX <= p->m; r += MR_MAX, ahead = NULL) product_tile(p, kind, r, i, w, MR_MAX, NR_MAX, ahead);
+        for (; r + 2 <= p->m; r += 2, ahead = NULL) product_tile(p, kind, r, i, w, 2, NR_MAX, ahead);
+        if (r < p->m) product_tile(p, kind, r, i, w, 1, NR_MAX, ahead);
     }
     for (; i < end; i++) {
         const void *w = (const char *)p->w + (size_t)i * row_bytes;
-        for (int64_t r = 0; r < p->m; r++) {
-            product_tile(p, kind, r, w, 1, 1, 4, NULL, sums);
-            store(p, sums, 1, 1, r, i);
-        }
+        int64_t r = 0;
+        for (; r + MR_MAX <= p->m; r += MR_MAX) product_tile(p, kind, r, i, w, MR_MAX, 1, NULL);
+        for (; r + 2 <= p->m; r += 2) product_tile(p, kind, r, i, w, 2, 1, NULL);
+        if (r < p->m) product_tile(p, kind, r, i, w, 1, 1, NULL);
     }
 }
 
@@ -251,14 +255,11 @@ static void channels(const Product *p, int64_t begin, int64_t end) {
     else channels_F32(p, begin, end);
 }
 
-/* Thread t's share of the output channels: whole groups of NR, contiguous, so that each thread streams its own
-   part of the weight; each channel's sum is the same whichever thread makes it. */
+/* Thread t's share of the output channels, contiguous, so that each thread streams its own part of the
+   weight; each channel's sum is the same whichever thread makes it. */
 static void channels_share(void *arg, int t, int threads) {
     const Product *p = (const Product *)arg;
-    int64_t groups = p->n / NR;
-    int64_t begin = groups * t / threads * NR;
-    int64_t end = t == threads - 1 ? p->n : groups * (t + 1) / threads * NR;
-    channels(p, begin, end);
+    channels(p, p->n * t / threads, p->n * (t + 1) / threads);
 }
 
 /* Whether bfloat16 weights times bfloat16 rows multiply bfloat16 pairs (BF16_PAIRS) on this build. */
@@ -279,8 +280,7 @@ int gemv(int bf16_vectors, const void *x, int64_t m, int64_t k, int kind, const 
         for (int64_t j = 0; j < m * k; j++) x32[j] = bf16_to_float(((const uint16_t *)x)[j]);
     }
     Product p = {pairs ? x : (const void *)x32, m, k, w, kind, n, scales, bias, out, bf16_vectors};
-    int64_t groups = n / NR;
-    if (threads > groups) threads = (int)groups;
+    if (threads > n) threads = (int)n;
     parallel(channels_share, &p, threads);
     if (bf16_vectors && !pairs) free(x32);
     return 0;
