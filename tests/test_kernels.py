@@ -87,18 +87,6 @@ def test_stock_classes_get_their_kernels_and_nothing_else_changes() -> None:
 
 
 def test_a_lora_model_gets_the_same_loss_and_adapter_gradients_accelerated() -> None:
-    plain = small()
-    wrap_lora(plain, LoRASettings(rank=4, alpha=8.0, dropout=0.0, targets=("blocks.*.att.qkv", "blocks.*.att.out_proj")))
-    with torch.no_grad():
-        for m in plain.modules():
-            if isinstance(m, LoRALinear):
-                m.lora_B.normal_(0.0, 0.5)  # not zero, so the update shows in the loss and in A's gradient
-    fast = copy.deepcopy(plain)
-    accelerate(fast)
-    adapters = [m for m in fast.modules() if isinstance(m, LoRALinear)]
-    assert len(adapters) == 4 and {type(m) for m in adapters} == {CPULoRALinear}
-    assert {type(m.base) for m in adapters} == {OneDNNLinear}  # the base linear keeps its own kernel
-
     def loss_and_grads(model: nn.Module, bf16: bool) -> tuple[float, dict[str, torch.Tensor]]:
         model.zero_grad()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
@@ -106,19 +94,37 @@ def test_a_lora_model_gets_the_same_loss_and_adapter_gradients_accelerated() -> 
         loss.backward()
         return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
 
-    ref_loss, ref = loss_and_grads(plain, bf16=False)
-    assert len(ref) == 8  # lora_A and lora_B of four layers, nothing else
-    loss, grads = loss_and_grads(fast, bf16=False)
-    assert loss == pytest.approx(ref_loss, rel=1e-6)
-    for name, g in grads.items():
-        torch.testing.assert_close(g, ref[name], rtol=1e-5, atol=1e-5, msg=name)
+    errors: dict[str, list[float]] = {"fast": [], "plain": []}
+    for draw in range(8):  # the adapters' initial values come from torch's global generator: drawn here, seeded
+        with torch.random.fork_rng():
+            torch.manual_seed(draw)
+            plain = small()
+            wrap_lora(plain, LoRASettings(rank=4, alpha=8.0, dropout=0.0, targets=("blocks.*.att.qkv", "blocks.*.att.out_proj")))
+            with torch.no_grad():
+                for m in plain.modules():
+                    if isinstance(m, LoRALinear):
+                        m.lora_B.normal_(0.0, 0.5)  # not zero, so the update shows in the loss and in A's gradient
+        fast = copy.deepcopy(plain)
+        accelerate(fast)
+        adapters = [m for m in fast.modules() if isinstance(m, LoRALinear)]
+        assert len(adapters) == 4 and {type(m) for m in adapters} == {CPULoRALinear}
+        assert {type(m.base) for m in adapters} == {OneDNNLinear}  # the base linear keeps its own kernel
 
-    def bf16_error(model: nn.Module) -> float:
-        _, g = loss_and_grads(model, bf16=True)
-        return max(((g[n] - ref[n]).abs().max() / ref[n].abs().max()).item() for n in ref)
+        ref_loss, ref = loss_and_grads(plain, bf16=False)
+        assert len(ref) == 8  # lora_A and lora_B of four layers, nothing else
+        loss, grads = loss_and_grads(fast, bf16=False)
+        assert loss == pytest.approx(ref_loss, rel=1e-6)
+        for name, g in grads.items():
+            torch.testing.assert_close(g, ref[name], rtol=1e-5, atol=1e-5, msg=name)
+        for label, model in (("fast", fast), ("plain", plain)):
+            _, g = loss_and_grads(model, bf16=True)
+            errors[label].append(max(((g[n] - ref[n]).abs().max() / ref[n].abs().max()).item() for n in ref))
 
-    # Under bf16 autocast, against float32: no further off than the readable layer (these wide weights round a lot).
-    assert bf16_error(fast) <= 1.5 * bf16_error(plain) + 0.02
+    # Under bf16 autocast, against float32: no further off than the readable layer. These wide weights round a
+    # lot, so one draw's error is 10% to 90% for either path, and which is ahead changes from draw to draw: the
+    # two are compared over eight draws.
+    mean = {label: sum(e) / len(e) for label, e in errors.items()}
+    assert mean["fast"] <= 1.5 * mean["plain"] + 0.02, errors
 
 
 def test_a_subclass_keeps_its_own_class() -> None:
