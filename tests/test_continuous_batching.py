@@ -445,6 +445,41 @@ def test_a_slow_reader_does_not_stall_the_batch_and_a_closed_one_leaves_it(token
     assert len(staying.completion_ids) == 20 and len(rest) == 20 and not svc.batch._running  # 19 more deltas, then the final one
 
 
+def test_requests_arriving_together_join_one_prefill_per_step(tokenizer: Tokenizer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A running stream waits at most one prefill between two of its tokens, however many arrive at once."""
+    events: list[str] = []
+    add, step = ContinuousBatcher.add, ContinuousBatcher.step
+
+    def logged_add(self: ContinuousBatcher, *args: Any, **kwargs: Any) -> Any:
+        events.append("prefill")
+        return add(self, *args, **kwargs)
+
+    def logged_step(self: ContinuousBatcher) -> Any:
+        events.append(f"step of {len(self.rows)}")
+        return step(self)
+
+    monkeypatch.setattr(ContinuousBatcher, "add", logged_add)
+    monkeypatch.setattr(ContinuousBatcher, "step", logged_step)
+    svc = service(served_model(), tokenizer, max_concurrent=4)
+    first, *arriving = jobs(svc, ["Once upon a time", "In a hole", "The cat sat", "A long time ago"], 12)
+    deltas = svc.run(first)
+    next(deltas)
+    with svc.batch.lock:  # the loop waits on its next prefill or step while three requests arrive
+        readers = [threading.Thread(target=lambda j=job: list(svc.run(j))) for job in arriving]
+        for reader in readers:
+            reader.start()
+        wait_until(lambda: len(svc.batch._pending) == 3, "three requests wait to join")
+        arrived = len(events)
+    rest = list(deltas)
+    for reader in readers:
+        reader.join(10)
+    after = events[arrived:]
+    assert after.count("prefill") == 3 and len(rest) == 12  # 11 more tokens, then the final delta
+    assert all(not (a == b == "prefill") for a, b in zip(after, after[1:])), after  # a step between any two
+    assert "step of 4" in after  # the four still decode together
+    assert all(len(job.completion_ids) == 12 for job in [first, *arriving])
+
+
 def test_scoring_waits_for_the_step_in_progress(tokenizer: Tokenizer) -> None:
     model = served_model()
     svc = service(model, tokenizer)

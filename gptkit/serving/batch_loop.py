@@ -4,7 +4,13 @@
 the caller's thread reads the tokens as they are made. The loop thread owns the
 model: it prefills new prompts, which join the batch at the next step
 (`gptkit.generation.continuous_batching`), and steps the batch while anything
-runs. Idle for `IDLE_SECONDS` it ends, and the next submission starts it again:
+runs. Between two steps it prefills at most `PREFILLS_PER_STEP` prompts: a prefill
+reads all the weights, so eight clients arriving together, prefilled back to back,
+would hold every running stream for eight prefills; one at a time, a stream waits
+at most one prefill between two of its tokens (what a new request pays instead is
+a step per request ahead of it before its first token).
+
+Idle for `IDLE_SECONDS` the loop ends, and the next submission starts it again:
 one long-lived thread under load (a thread per burst of requests would spread the
 model's allocations over glibc's per-thread heaps, which keep what is freed), none
 left behind by a service no longer used.
@@ -32,6 +38,7 @@ from gptkit.model.gpt import GPTModel
 
 _END = object()  # the ticket's last item: no more tokens
 IDLE_SECONDS = 1.0
+PREFILLS_PER_STEP = 1
 
 
 class Ticket:
@@ -108,7 +115,7 @@ class BatchLoop:
                     self._thread = None
                     return
                 free = batcher.cache.max_rows - len(batcher.rows)
-                joining = deque(self._pending.popleft() for _ in range(min(len(self._pending), free)))
+                joining = deque(self._pending.popleft() for _ in range(min(len(self._pending), free, PREFILLS_PER_STEP)))
             try:
                 while joining:
                     self._admit(batcher, joining.popleft())
