@@ -96,7 +96,6 @@ STREAMING = load.StreamingSettings(
 )
 
 
-@pytest.mark.slow
 def _p99_by_hand(arrivals: list[float]) -> float:
     """A stream's 99th percentile gap in ms, interpolated between the two sorted gaps around rank 0.99 (n - 1)."""
     gaps = sorted((b - a) * 1000 for a, b in zip(arrivals, arrivals[1:], strict=False))
@@ -108,6 +107,7 @@ def _p99_by_hand(arrivals: list[float]) -> float:
     return gaps[low] + (rank - low) * (gaps[high] - gaps[low])
 
 
+@pytest.mark.slow
 def test_streaming_clients(tiny_model: Path, tmp_path: Path) -> None:
     log = tmp_path / "server.log"
     found = load.measure_streaming(tiny_model, log, STREAMING, env=subprocess_env())
