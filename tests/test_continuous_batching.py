@@ -448,6 +448,7 @@ def test_a_slow_reader_does_not_stall_the_batch_and_a_closed_one_leaves_it(token
 def test_requests_arriving_together_join_one_prefill_per_step(tokenizer: Tokenizer, monkeypatch: pytest.MonkeyPatch) -> None:
     """A running stream waits at most one prefill between two of its tokens, however many arrive at once."""
     events: list[str] = []
+    parked, go = threading.Event(), threading.Event()
     add, step = ContinuousBatcher.add, ContinuousBatcher.step
 
     def logged_add(self: ContinuousBatcher, *args: Any, **kwargs: Any) -> Any:
@@ -455,6 +456,9 @@ def test_requests_arriving_together_join_one_prefill_per_step(tokenizer: Tokeniz
         return add(self, *args, **kwargs)
 
     def logged_step(self: ContinuousBatcher) -> Any:
+        if not go.is_set():  # the first job's first step waits here while three requests arrive
+            parked.set()
+            go.wait(10)
         events.append(f"step of {len(self.rows)}")
         return step(self)
 
@@ -462,21 +466,22 @@ def test_requests_arriving_together_join_one_prefill_per_step(tokenizer: Tokeniz
     monkeypatch.setattr(ContinuousBatcher, "step", logged_step)
     svc = service(served_model(), tokenizer, max_concurrent=4)
     first, *arriving = jobs(svc, ["Once upon a time", "In a hole", "The cat sat", "A long time ago"], 12)
-    deltas = svc.run(first)
-    next(deltas)
-    with svc.batch.lock:  # the loop waits on its next prefill or step while three requests arrive
-        readers = [threading.Thread(target=lambda j=job: list(svc.run(j))) for job in arriving]
-        for reader in readers:
-            reader.start()
-        wait_until(lambda: len(svc.batch._pending) == 3, "three requests wait to join")
-        arrived = len(events)
-    rest = list(deltas)
+    first_deltas: list[str] = []
+    readers = [threading.Thread(target=lambda: first_deltas.extend(svc.run(first)))]
+    readers[0].start()
+    wait_until(parked.is_set, "the first job's first step")
+    readers += [threading.Thread(target=lambda j=job: list(svc.run(j))) for job in arriving]
+    for reader in readers[1:]:
+        reader.start()
+    wait_until(lambda: len(svc.batch._pending) == 3, "three requests wait to join")
+    arrived = len(events)
+    go.set()
     for reader in readers:
         reader.join(10)
     after = events[arrived:]
-    assert after.count("prefill") == 3 and len(rest) == 12  # 11 more tokens, then the final delta
+    assert after.count("prefill") == 3 and len(first_deltas) == 13  # 12 tokens, then the final delta
     assert all(not (a == b == "prefill") for a, b in zip(after, after[1:])), after  # a step between any two
-    assert "step of 4" in after  # the four still decode together
+    assert "step of 4" in after, after  # the four still decode together
     assert all(len(job.completion_ids) == 12 for job in [first, *arriving])
 
 
