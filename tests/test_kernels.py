@@ -48,7 +48,12 @@ def test_same_parameters_state_dict_and_logits_with_and_without(options: dict[st
     assert all(torch.equal(after[k], before[k]) for k in before)
     assert [p.data_ptr() for p in fast.parameters()] == params_before  # the same tensors, not copies
     with torch.no_grad():
-        torch.testing.assert_close(fast(TOKENS), plain(TOKENS), rtol=1e-5, atol=1e-5)
+        # Against the float64 model: each float32 path's own rounding, whatever order this CPU's kernels sum in
+        # (a machine without AVX-512 sums a layer norm 8 lanes at a time, or one number at a time).
+        exact = copy.deepcopy(plain).double()(TOKENS)
+        fast_error = (fast(TOKENS).double() - exact).abs().max().item()
+        plain_error = (plain(TOKENS).double() - exact).abs().max().item()
+        assert fast_error <= 2 * plain_error, (fast_error, plain_error)
         _, fast_loss = fast(TOKENS, TARGETS, keep_logits=False)
         _, plain_loss = plain(TOKENS, TARGETS, keep_logits=False)
     torch.testing.assert_close(fast_loss, plain_loss, rtol=1e-6, atol=1e-6)
