@@ -27,6 +27,13 @@ products of a GPT-2 124M step, interleaved: 18.6-19.3 ms against 18.2-18.3) and
 made eight rows as fast or faster: float32 23.1 against 23.1 ms, int8 12.4-12.8
 against 12.9-13.3, bfloat16 17.4-17.8 against 18.6.
 
+On a CPU with AVX2 and FMA but not AVX-512 (AMD's Zen 1-3, most laptops) the same
+loops run on 8-wide vectors, in 3 x 2 tiles for many rows (16 vector registers, not
+32). Before that path, such a CPU ran the plain C loop, one multiply-add at a time:
+on a 2-core Zen 3, GPT-2 124M decoded at 10.5 tokens/s in float32, half of Hugging
+Face's 20.5, and int8 no faster; the 49 products of a step took 180 ms on one thread
+against 46 ms now.
+
 The C source below is compiled once per machine (`gptkit.kernels.native`); where
 it cannot be, `available()` is False and callers use PyTorch's kernels instead. A weight of 256 KiB or more is split between
 `torch.get_num_threads()` threads, each streaming its own contiguous part: one core
@@ -43,8 +50,14 @@ import torch
 from gptkit.kernels import native, thread_pool
 
 SOURCE = r"""
-#define MR_MAX 4  /* input rows in a register tile */
-#define NR_MAX 3  /* weight rows in a register tile */
+#if defined(AVX2_ONLY)
+/* 16 vector registers, not 32: 3 x 2 tiles of two chains keep 12 sums, 2 weight vectors and an input in them. */
+#define MR_MAX 3  /* input rows in a register tile */
+#define NR_MAX 2  /* weight rows in a register tile */
+#else
+#define MR_MAX 4
+#define NR_MAX 3
+#endif
 #define CHAINS 2  /* partial sums per output, interleaved: they hide the FMA's latency for a single row */
 #define AHEAD_BYTES 4096  /* the weight is prefetched this far ahead: int8 products 10-18% faster than the hardware prefetcher alone */
 
@@ -64,6 +77,14 @@ INLINE __m512 weight16(const void *w, int kind, int64_t i) {
             _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)((const uint16_t *)w + i))), 16));
     if (kind == F32) return _mm512_loadu_ps((const float *)w + i);
     return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)((const int8_t *)w + i))));
+}
+#elif defined(AVX2_ONLY)
+INLINE __m256 weight8(const void *w, int kind, int64_t i) {
+    if (kind == BF16)
+        return _mm256_castsi256_ps(_mm256_slli_epi32(
+            _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)((const uint16_t *)w + i))), 16));
+    if (kind == F32) return _mm256_loadu_ps((const float *)w + i);
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)((const int8_t *)w + i))));
 }
 #endif
 
@@ -112,6 +133,40 @@ INLINE void tile(const float *x, int64_t k, const void *w, const int kind, const
             __m512 total = acc[r][c][0];
             for (int q = 1; q < CHAINS; q++) total = _mm512_add_ps(total, acc[r][c][q]);
             sums[r][c] = _mm512_reduce_add_ps(total);
+        }
+#elif defined(AVX2_ONLY)
+    /* The same order as above, in 8-wide vectors. */
+    __m256 acc[MR_MAX][NR_MAX][CHAINS];
+    for (int r = 0; r < mr; r++)
+        for (int c = 0; c < nr; c++)
+            for (int q = 0; q < CHAINS; q++) acc[r][c][q] = _mm256_setzero_ps();
+    const size_t es = element_size(kind);
+    for (; j + 8 * CHAINS <= k; j += 8 * CHAINS) {
+        for (int q = 0; ahead && q < CHAINS; q++)
+            if (((j + 8 * q) * es) % 64 == 0)
+                for (int c = 0; c < nr; c++) _mm_prefetch((const char *)ahead + (c * k + j + 8 * q) * es, WEIGHT_PREFETCH);
+        for (int q = 0; q < CHAINS; q++) {
+            __m256 wv[NR_MAX];
+            for (int c = 0; c < nr; c++) wv[c] = weight8(w, kind, c * k + j + 8 * q);
+            for (int r = 0; r < mr; r++) {
+                __m256 xv = _mm256_loadu_ps(x + r * k + j + 8 * q);
+                for (int c = 0; c < nr; c++) acc[r][c][q] = _mm256_fmadd_ps(xv, wv[c], acc[r][c][q]);
+            }
+        }
+    }
+    for (; j + 8 <= k; j += 8) {
+        __m256 wv[NR_MAX];
+        for (int c = 0; c < nr; c++) wv[c] = weight8(w, kind, c * k + j);
+        for (int r = 0; r < mr; r++) {
+            __m256 xv = _mm256_loadu_ps(x + r * k + j);
+            for (int c = 0; c < nr; c++) acc[r][c][0] = _mm256_fmadd_ps(xv, wv[c], acc[r][c][0]);
+        }
+    }
+    for (int r = 0; r < mr; r++)
+        for (int c = 0; c < nr; c++) {
+            __m256 total = acc[r][c][0];
+            for (int q = 1; q < CHAINS; q++) total = _mm256_add_ps(total, acc[r][c][q]);
+            sums[r][c] = reduce8(total);
         }
 #else
     (void)ahead;
@@ -265,6 +320,17 @@ static void channels_share(void *arg, int t, int threads) {
 /* Whether bfloat16 weights times bfloat16 rows multiply bfloat16 pairs (BF16_PAIRS) on this build. */
 int bf16_pairs(void) { return HAS_PAIRS; }
 
+/* float32 lanes in this build's vectors: 16 (AVX-512), 8 (AVX2), 1 (plain C). */
+int vector_lanes(void) {
+#if defined(__AVX512F__)
+    return 16;
+#elif defined(AVX2_ONLY)
+    return 8;
+#else
+    return 1;
+#endif
+}
+
 /* out[m, n] = (scales ? scales[n] : 1) * sum_j x[m, j] * w[n, j] + (bias ? bias[n] : 0); x (m, k), w (n, k),
    out (m, n), all contiguous. threads > 1 splits the output channels into that many contiguous ranges
    (`channels_share`), one per thread. Returns 0, or -1
@@ -313,6 +379,8 @@ def _build() -> ctypes.CDLL | None:
     ]
     lib.bf16_pairs.restype = ctypes.c_int
     lib.bf16_pairs.argtypes = []
+    lib.vector_lanes.restype = ctypes.c_int
+    lib.vector_lanes.argtypes = []
     thread_pool.connect(lib)
     return lib
 
@@ -328,6 +396,12 @@ def bf16_pairs() -> bool:
     """Whether the kernel multiplies bfloat16 weights into bfloat16 rows as bfloat16 pairs (AVX-512 BF16)."""
     lib = _LIBRARY.get()
     return lib is not None and bool(lib.bf16_pairs())
+
+
+def vector_lanes() -> int:
+    """float32 lanes in the built kernel's vectors: 16 with AVX-512, 8 with AVX2, 1 in plain C (0: not built)."""
+    lib = _LIBRARY.get()
+    return 0 if lib is None else int(lib.vector_lanes())
 
 
 def serves(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, max_rows: int) -> bool:

@@ -2,7 +2,7 @@
 
 `gemv` and `decode_attention` each carry a small C source with no PyTorch headers,
 so it builds in about a second with the system's C compiler (`-O3 -march=native`:
-AVX-512 where the CPU has it). Where there is no compiler, or the build fails,
+AVX-512 where the CPU has it, else AVX2 with FMA, else plain C). Where there is no compiler, or the build fails,
 `build` returns None and the caller keeps to PyTorch's kernels.
 """
 
@@ -27,7 +27,7 @@ PRELUDE = r"""
 #include <string.h>
 #include <sys/syscall.h>
 #include <unistd.h>
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
 #if defined(_OPENMP)
@@ -71,6 +71,48 @@ INLINE __m512 load16(const void *p, int bf16, int64_t i, __mmask16 lanes) {
         return _mm512_castsi512_ps(_mm512_slli_epi32(
             _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(lanes, (const uint16_t *)p + i)), 16));
     return _mm512_maskz_loadu_ps(lanes, (const float *)p + i);
+}
+#endif
+#if !defined(__AVX512F__) && defined(__AVX2__) && defined(__FMA__)
+/* CPUs with AVX2 and FMA but not AVX-512 (AMD's Zen 1-3, Intel's before Skylake-X and its client cores):
+   8-wide float32 vectors. AVX2 has no masked loads of 16-bit elements, so a vector's last, partial part
+   goes through a zeroed buffer. */
+#define AVX2_ONLY 1
+/* Element i .. i + 7 of a float32 (bf16 = 0) or bfloat16 vector, as float32. */
+INLINE __m256 load8(const void *p, int bf16, int64_t i) {
+    if (bf16)
+        return _mm256_castsi256_ps(_mm256_slli_epi32(
+            _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)((const uint16_t *)p + i))), 16));
+    return _mm256_loadu_ps((const float *)p + i);
+}
+/* The same for the `count` < 8 elements from i on, the lanes past them 0. */
+INLINE __m256 load8_part(const void *p, int bf16, int64_t i, int64_t count) {
+    float part[8] = {0};
+    for (int64_t c = 0; c < count; c++) part[c] = bf16 ? bf16_to_float(((const uint16_t *)p)[i + c]) : ((const float *)p)[i + c];
+    return _mm256_loadu_ps(part);
+}
+/* The lanes of v summed in one fixed order: the upper half onto the lower, then pairs, then the last two. */
+INLINE float reduce8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+/* exp(x) for x in [-87.3, 88.3] (the caller clamps), as exp16_in_range computes it: x = n ln2 + r, the same
+   degree-7 polynomial in r, times 2^n made from n's bits (n + 127 is in 1 .. 254 there: a normal float). */
+INLINE __m256 exp8_in_range(__m256 x) {
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
 }
 #endif
 /* body(arg, t, threads) for t in [0, threads), each t on a thread of its own where it can be. On the process's

@@ -97,16 +97,19 @@ def use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
 # bfloat16 pairs too (`gemv.bf16_pairs`), AMD: 7.1 against 18.2 ms for 8 rows, 10.3 against 19.0 for 16
 # (one thread: 19.1 against 23.7), 38.3 against 33.3 for 32 on one thread. Where the CPU has AMX tiles,
 # oneDNN multiplies many rows on them: Intel, 18.7 against 19.2 for 8 rows, 22.7 against 17.8 for 12.
-# Where the kernel widens each weight to float32 instead, oneDNN is as fast from 8 rows.
+# Where the kernel widens each weight to float32 instead, oneDNN is as fast from 8 rows. Where the CPU has
+# AVX2 but not AVX-512 (AMD Zen 3, 1 thread), oneDNN has no bfloat16 instructions to use and the kernel's
+# 8-wide vectors win at every size: 69 against 252 ms for 8 rows, 278 against 1038 for 32 (float32 there:
+# 99 against oneDNN's 131 for 8 rows, 169 against 175 for 16, 282 against 242 for 32).
 GEMV_ROWS = {torch.float32: 16}
-BF16_GEMV_ROWS = {"pairs": 16, "pairs+amx": 8, "widened": 4}  # by `bf16_gemv_kind()`
+BF16_GEMV_ROWS = {"pairs": 16, "pairs+amx": 8, "widened": 4, "widened-avx2": gemv.MAX_ROWS}  # by `bf16_gemv_kind()`
 
 
 @functools.cache
 def bf16_gemv_kind() -> str:
     """How the kernel and the library multiply bfloat16 here: the key of `BF16_GEMV_ROWS`."""
     if not gemv.bf16_pairs():
-        return "widened"
+        return "widened-avx2" if gemv.vector_lanes() == 8 else "widened"
     return "pairs+amx" if "amx_bf16" in cpu_flags() else "pairs"
 
 
