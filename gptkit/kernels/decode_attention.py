@@ -46,6 +46,16 @@ INLINE __m512 exp16(__m512 x) {
     __mmask16 kept = _mm512_cmp_ps_mask(x, _mm512_set1_ps(EXP_FLOOR), _CMP_GE_OQ);
     return _mm512_maskz_mov_ps(kept, exp16_in_range(_mm512_max_ps(x, _mm512_set1_ps(EXP_FLOOR))));
 }
+#elif defined(AVX2_ONLY)
+/* exp(x) for x <= 0, anything below EXP_FLOOR (and -inf, a masked key) exactly 0. */
+INLINE __m256 exp8(__m256 x) {
+    __m256 kept = _mm256_cmp_ps(x, _mm256_set1_ps(EXP_FLOOR), _CMP_GE_OQ);
+    return _mm256_and_ps(kept, exp8_in_range(_mm256_max_ps(x, _mm256_set1_ps(EXP_FLOOR))));
+}
+/* All ones in the lanes before count (< 8), 0 past it. */
+INLINE __m256 lanes8(int64_t count) {
+    return _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32((int)count), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)));
+}
 #endif
 
 /* q . k over dim, in blocks of 64 (four vectors summed apart, then together). */
@@ -58,6 +68,17 @@ INLINE float dot(const float *q, const void *k, int bf16, int64_t dim) {
             acc[c] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(lanes, q + d0 + 16 * c), load16(k, bf16, d0 + 16 * c, lanes), acc[c]);
         }
     return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])));
+#elif defined(AVX2_ONLY)
+    /* Blocks of 32 in four vectors summed apart; past the last block, the whole vectors left and then the
+       partial one (zeros past dim) each into the next: the same order for every key of this dim. */
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    int64_t d = 0;
+    for (; d + 32 <= dim; d += 32)
+        for (int c = 0; c < 4; c++) acc[c] = _mm256_fmadd_ps(_mm256_loadu_ps(q + d + 8 * c), load8(k, bf16, d + 8 * c), acc[c]);
+    int c = 0;
+    for (; d + 8 <= dim; d += 8, c++) acc[c] = _mm256_fmadd_ps(_mm256_loadu_ps(q + d), load8(k, bf16, d), acc[c]);
+    if (d < dim) acc[c] = _mm256_fmadd_ps(load8_part(q, 0, d, dim - d), load8_part(k, bf16, d, dim - d), acc[c]);
+    return reduce8(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
 #else
     float total = 0.0f;
     for (int64_t d = 0; d < dim; d++) total += q[d] * vector_at(k, bf16, d);
@@ -82,6 +103,40 @@ INLINE void weighted_sum(float *out, const float *weights, const char *v, int64_
         }
         for (int c = 0; c < 4; c++) _mm512_mask_storeu_ps(out + d0 + 16 * c, lanes[c], acc[c]);
     }
+#elif defined(AVX2_ONLY)
+    /* Blocks of 64 in eight registers (of AVX2's sixteen) across all the keys: one pass over the values for a
+       head of 64. The block past the last whole one (a dim not a multiple of 64) takes its whole vectors,
+       then its partial one through a zeroed buffer, kept out of `out` past dim. */
+    int64_t d0 = 0;
+    for (; d0 + 64 <= dim; d0 += 64) {
+        __m256 acc[8];
+        for (int c = 0; c < 8; c++) acc[c] = _mm256_setzero_ps();
+        for (int64_t j = 0; j < keys; j++) {
+            if (weights[j] == 0.0f) continue;
+            __m256 w = _mm256_set1_ps(weights[j]);
+            const char *row = v + (size_t)j * key_bytes;
+            for (int c = 0; c < 8; c++) acc[c] = _mm256_fmadd_ps(w, load8(row, bf16, d0 + 8 * c), acc[c]);
+        }
+        for (int c = 0; c < 8; c++) _mm256_storeu_ps(out + d0 + 8 * c, acc[c]);
+    }
+    if (d0 < dim) {
+        const int whole = (int)((dim - d0) / 8), rest = (int)((dim - d0) % 8);
+        __m256 acc[8];
+        for (int c = 0; c < 8; c++) acc[c] = _mm256_setzero_ps();
+        for (int64_t j = 0; j < keys; j++) {
+            if (weights[j] == 0.0f) continue;
+            __m256 w = _mm256_set1_ps(weights[j]);
+            const char *row = v + (size_t)j * key_bytes;
+            for (int c = 0; c < whole; c++) acc[c] = _mm256_fmadd_ps(w, load8(row, bf16, d0 + 8 * c), acc[c]);
+            if (rest) acc[whole] = _mm256_fmadd_ps(w, load8_part(row, bf16, d0 + 8 * whole, rest), acc[whole]);
+        }
+        for (int c = 0; c < whole; c++) _mm256_storeu_ps(out + d0 + 8 * c, acc[c]);
+        if (rest) {
+            float part[8];
+            _mm256_storeu_ps(part, acc[whole]);
+            memcpy(out + d0 + 8 * whole, part, (size_t)rest * sizeof(float));
+        }
+    }
 #else
     for (int64_t d = 0; d < dim; d++) out[d] = 0.0f;
     for (int64_t j = 0; j < keys; j++)
@@ -104,6 +159,22 @@ INLINE float exponentiate(float *scores, int64_t keys, float largest) {
         sums = _mm512_add_ps(sums, e);
     }
     return _mm512_reduce_add_ps(sums);
+#elif defined(AVX2_ONLY)
+    __m256 sums = _mm256_setzero_ps();
+    __m256 top = _mm256_set1_ps(largest);
+    for (; j + 8 <= keys; j += 8) {
+        __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(scores + j), top));
+        _mm256_storeu_ps(scores + j, e);
+        sums = _mm256_add_ps(sums, e);
+    }
+    if (j < keys) {  /* the last, partial vector through a buffer, its padding 0: every key takes the same path */
+        float part[8];
+        __m256 e = _mm256_and_ps(exp8(_mm256_sub_ps(load8_part(scores, 0, j, keys - j), top)), lanes8(keys - j));
+        _mm256_storeu_ps(part, e);
+        memcpy(scores + j, part, (size_t)(keys - j) * sizeof(float));
+        sums = _mm256_add_ps(sums, e);
+    }
+    return reduce8(sums);
 #else
     float total = 0.0f;
     for (; j < keys; j++) {
@@ -145,7 +216,7 @@ static void attend(const Attention *a, int64_t row, int64_t head, float *scratch
     for (int64_t d = 0; d < a->dim; d++) q[d] = vector_at(qp, a->bf16, d);
     float largest = -INFINITY;
     for (int64_t j = 0; j < a->keys; j++) {
-#if defined(VECTOR)
+#if defined(VECTOR) || defined(AVX2_ONLY)
         /* The cache streams in from memory (the weights have swept it from every cache): ask for the key
            PREFETCH_KEYS ahead and for this key's value, which the weighted sum reads next. */
         if (j + PREFETCH_KEYS < a->keys)

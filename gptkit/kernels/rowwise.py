@@ -50,6 +50,39 @@ INLINE void put(void *p, int bf16, int64_t i, float v) {
     else ((float *)p)[i] = v;
 }
 
+#if defined(AVX2_ONLY)
+/* All ones in the lanes before count (< 8), 0 past it: keeps a partial vector's padding out of a sum. */
+INLINE __m256 lanes8(int64_t count) {
+    return _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32((int)count), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)));
+}
+/* 8 float32 to p + i, a bfloat16 rounded as float_to_bf16 rounds (to nearest even; NaN kept). */
+INLINE void store8(void *p, int bf16, int64_t i, __m256 v) {
+    if (!bf16) { _mm256_storeu_ps((float *)p + i, v); return; }
+    __m256i u = _mm256_castps_si256(v);
+    __m256i rounded = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7fff)),
+                                        _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1))), 16);
+    __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+    rounded = _mm256_blendv_epi8(rounded, _mm256_or_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(0x40)), nan);
+    /* Every lane is below 2^16 by now, so the saturating pack to 16 bits keeps it as it is. */
+    _mm_storeu_si128((__m128i *)((uint16_t *)p + i),
+                     _mm_packus_epi32(_mm256_castsi256_si128(rounded), _mm256_extracti128_si256(rounded, 1)));
+}
+/* The first count (< 8) lanes of v to p + i: through a buffer, as AVX2 has no masked 16-bit store. */
+INLINE void store8_part(void *p, int bf16, int64_t i, __m256 v, int64_t count) {
+    float part[8];
+    _mm256_storeu_ps(part, v);
+    for (int64_t c = 0; c < count; c++) put(p, bf16, i + c, part[c]);
+}
+/* The tanh GELU of 8 numbers, as the AVX-512 loop computes each of its 16. */
+INLINE __m256 gelu8(__m256 v) {
+    __m256 u = _mm256_mul_ps(_mm256_set1_ps(0.7978845608028654f),
+                             _mm256_fmadd_ps(_mm256_mul_ps(_mm256_set1_ps(0.044715f), v), _mm256_mul_ps(v, v), v));
+    __m256 t = _mm256_mul_ps(_mm256_set1_ps(-2.0f), u);
+    __m256 e = exp8_in_range(_mm256_min_ps(_mm256_max_ps(t, _mm256_set1_ps(-87.3f)), _mm256_set1_ps(88.3f)));
+    return _mm256_div_ps(v, _mm256_add_ps(_mm256_set1_ps(1.0f), e));
+}
+#endif
+
 /* One row of k: (x - mean) / sqrt(var + eps) * weight + bias, weight and bias optional. */
 static void norm_row(const void *x, void *y, int64_t k, const void *weight, const void *bias, float eps, int bf16) {
     float mean, var;
@@ -71,6 +104,47 @@ static void norm_row(const void *x, void *y, int64_t k, const void *weight, cons
         if (weight) v = _mm512_mul_ps(v, load16(weight, bf16, j, lanes));
         if (bias) v = _mm512_add_ps(v, load16(bias, bf16, j, lanes));
         store16(y, bf16, j, v, lanes);
+    }
+#elif defined(AVX2_ONLY)
+    /* Four sums apart, each over every fourth vector (short chains of dependent adds), the leftover whole
+       vectors into the first ones and the partial last one (zeros past k) into the fourth: an order fixed by
+       k alone, so a row gets the same bits in any batch. */
+    const int64_t whole = k / 8 * 8, rest = k - whole;
+    __m256 s[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    int64_t j = 0;
+    for (; j + 32 <= whole; j += 32)
+        for (int c = 0; c < 4; c++) s[c] = _mm256_add_ps(s[c], load8(x, bf16, j + 8 * c));
+    for (int c = 0; j < whole; j += 8, c++) s[c] = _mm256_add_ps(s[c], load8(x, bf16, j));
+    if (rest) s[3] = _mm256_add_ps(s[3], load8_part(x, bf16, whole, rest));
+    mean = reduce8(_mm256_add_ps(_mm256_add_ps(s[0], s[1]), _mm256_add_ps(s[2], s[3]))) / (float)k;
+    __m256 m = _mm256_set1_ps(mean);
+    for (int c = 0; c < 4; c++) s[c] = _mm256_setzero_ps();
+    for (j = 0; j + 32 <= whole; j += 32)
+        for (int c = 0; c < 4; c++) {
+            __m256 d = _mm256_sub_ps(load8(x, bf16, j + 8 * c), m);
+            s[c] = _mm256_fmadd_ps(d, d, s[c]);
+        }
+    for (int c = 0; j < whole; j += 8, c++) {
+        __m256 d = _mm256_sub_ps(load8(x, bf16, j), m);
+        s[c] = _mm256_fmadd_ps(d, d, s[c]);
+    }
+    if (rest) {  /* the padding's 0 - mean must not count */
+        __m256 d = _mm256_and_ps(_mm256_sub_ps(load8_part(x, bf16, whole, rest), m), lanes8(rest));
+        s[3] = _mm256_fmadd_ps(d, d, s[3]);
+    }
+    var = reduce8(_mm256_add_ps(_mm256_add_ps(s[0], s[1]), _mm256_add_ps(s[2], s[3]))) / (float)k;
+    __m256 rstd = _mm256_set1_ps(1.0f / sqrtf(var + eps));
+    for (j = 0; j < whole; j += 8) {
+        __m256 v = _mm256_mul_ps(_mm256_sub_ps(load8(x, bf16, j), m), rstd);
+        if (weight) v = _mm256_mul_ps(v, load8(weight, bf16, j));
+        if (bias) v = _mm256_add_ps(v, load8(bias, bf16, j));
+        store8(y, bf16, j, v);
+    }
+    if (rest) {
+        __m256 v = _mm256_mul_ps(_mm256_sub_ps(load8_part(x, bf16, whole, rest), m), rstd);
+        if (weight) v = _mm256_mul_ps(v, load8_part(weight, bf16, whole, rest));
+        if (bias) v = _mm256_add_ps(v, load8_part(bias, bf16, whole, rest));
+        store8_part(y, bf16, whole, v, rest);
     }
 #else
     float sum = 0.0f, squares = 0.0f;
@@ -101,6 +175,10 @@ static void gelu_span(const void *x, void *y, int64_t begin, int64_t end, int bf
         __m512 e = exp16_in_range(_mm512_min_ps(_mm512_max_ps(t, _mm512_set1_ps(-87.3f)), _mm512_set1_ps(88.3f)));
         store16(y, bf16, j, _mm512_div_ps(v, _mm512_add_ps(_mm512_set1_ps(1.0f), e)), lanes);
     }
+#elif defined(AVX2_ONLY)
+    (void)c;
+    for (; j + 8 <= end; j += 8) store8(y, bf16, j, gelu8(load8(x, bf16, j)));
+    if (j < end) store8_part(y, bf16, j, gelu8(load8_part(x, bf16, j, end - j)), end - j);  /* lane by lane: the same bits */
 #else
     for (; j < end; j++) {
         float v = vector_at(x, bf16, j);
