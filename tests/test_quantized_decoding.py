@@ -205,6 +205,26 @@ def test_bf16_row_limit_follows_how_the_cpu_multiplies_bf16(monkeypatch: pytest.
 
 
 @needs_gemv
+def test_many_bf16_rows_are_multiplied_in_float32_where_the_cpu_has_no_bf16_arithmetic(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gptkit.kernels import onednn_linear
+
+    x, weight, bias = (torch.randn(*shape).bfloat16() for shape in [(gemv.MAX_ROWS + 8, 96), (40, 96), (40,)])
+    exact = (x.double() @ weight.double().T + bias.double()).bfloat16()  # one rounding of the exact sums
+    monkeypatch.setattr(onednn_linear, "bf16_gemv_kind", lambda: "widened-avx2")
+    with torch.no_grad():
+        widened = onednn_linear.linear(x, weight, bias)
+    assert widened.dtype == torch.bfloat16
+    assert torch.equal(widened, onednn_linear.linear(x.float(), weight.float(), bias.float()).bfloat16())
+    assert ((widened.double() - exact.double()).abs() <= exact.double().abs() / 128 + 1e-6).all()  # a bf16 ulp
+    monkeypatch.setattr(onednn_linear, "bf16_gemv_kind", lambda: "pairs")  # bfloat16 instructions: the library's
+    with torch.no_grad():
+        assert torch.equal(onednn_linear.linear(x, weight, bias), F.linear(x, weight, bias))
+    monkeypatch.setattr(onednn_linear, "bf16_gemv_kind", lambda: "widened-avx2")
+    with_grad = onednn_linear.linear(x, weight.requires_grad_(), bias)  # a gradient to take: autograd's path
+    assert with_grad.grad_fn is not None and torch.equal(with_grad.detach(), F.linear(x, weight, bias).detach())
+
+
+@needs_gemv
 def test_int8_linear_sends_up_to_32_rows_to_the_kernel_and_aten_serves_without_it(monkeypatch: pytest.MonkeyPatch) -> None:
     torch.manual_seed(3)
     layer = Int8Linear.from_linear(torch.nn.Linear(48, 32))
