@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from rich.console import Console
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -277,6 +278,9 @@ def matrix_groups(variants: list[Variant], hold_all: bool) -> list[list[Variant]
     return groups
 
 
+PROGRESS = Console(stderr=True)
+
+
 def time_group(
     models: dict[Variant, Any], preset: str, group_index: int, batch: int, vocab_size: int, new: int, repeats: int
 ) -> list[dict[str, Any]]:
@@ -331,6 +335,9 @@ def run_matrix(args: argparse.Namespace) -> dict[str, Any]:
             else:
                 models = build_pair(cfg, group)
             for batch in args.batch:
+                # Hugging Face's bfloat16 on a CPU without AVX-512 BF16 decodes at a few tokens/s: a run can take
+                # many minutes, so each group says what it times as it starts.
+                PROGRESS.log(f"{preset}, batch {batch}: {', '.join(v.name for v in group)}")
                 rows += time_group(models, preset, group_index, batch, cfg.vocab_size, new, args.repeats)
             del models
             gc.collect()
