@@ -337,7 +337,8 @@ def run_matrix(args: argparse.Namespace) -> dict[str, Any]:
             for batch in args.batch:
                 # Hugging Face's bfloat16 on a CPU without AVX-512 BF16 decodes at a few tokens/s: a run can take
                 # many minutes, so each group says what it times as it starts.
-                PROGRESS.log(f"{preset}, batch {batch}: {', '.join(v.name for v in group)}")
+                # (print, not log: log keeps the caller's frame, and with it this group's models, alive)
+                PROGRESS.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {preset}, batch {batch}: {', '.join(v.name for v in group)}")
                 rows += time_group(models, preset, group_index, batch, cfg.vocab_size, new, args.repeats)
             del models
             gc.collect()
