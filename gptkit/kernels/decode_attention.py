@@ -86,6 +86,29 @@ INLINE float dot(const float *q, const void *k, int bf16, int64_t dim) {
 #endif
 }
 
+#if defined(AVX2_ONLY)
+/* out[d0 ..] = sum_j weights[j] v_j[d0 ..] over `whole` vectors of 8 and `rest` (< 8) numbers past them; with
+   constants for whole and rest at a call site the sums stay in registers. */
+INLINE void weighted_block8(float *out, const float *weights, const char *v, int64_t key_bytes, int bf16, int64_t keys,
+                            int64_t d0, const int whole, const int rest) {
+    __m256 acc[8];
+    for (int c = 0; c < 8; c++) acc[c] = _mm256_setzero_ps();
+    for (int64_t j = 0; j < keys; j++) {
+        if (weights[j] == 0.0f) continue;
+        __m256 w = _mm256_set1_ps(weights[j]);
+        const char *row = v + (size_t)j * key_bytes;
+        for (int c = 0; c < whole; c++) acc[c] = _mm256_fmadd_ps(w, load8(row, bf16, d0 + 8 * c), acc[c]);
+        if (rest) acc[whole] = _mm256_fmadd_ps(w, load8_part(row, bf16, d0 + 8 * whole, rest), acc[whole]);
+    }
+    for (int c = 0; c < whole; c++) _mm256_storeu_ps(out + d0 + 8 * c, acc[c]);
+    if (rest) {
+        float part[8];
+        _mm256_storeu_ps(part, acc[whole]);
+        memcpy(out + d0 + 8 * whole, part, (size_t)rest * sizeof(float));
+    }
+}
+#endif
+
 /* out[d] = sum_j weights[j] v_j[d] over the keys whose weight is not 0, for each block of 64 of dim held in
    registers across all the keys. */
 INLINE void weighted_sum(float *out, const float *weights, const char *v, int64_t key_bytes, int bf16, int64_t keys,
@@ -108,35 +131,8 @@ INLINE void weighted_sum(float *out, const float *weights, const char *v, int64_
        head of 64. The block past the last whole one (a dim not a multiple of 64) takes its whole vectors,
        then its partial one through a zeroed buffer, kept out of `out` past dim. */
     int64_t d0 = 0;
-    for (; d0 + 64 <= dim; d0 += 64) {
-        __m256 acc[8];
-        for (int c = 0; c < 8; c++) acc[c] = _mm256_setzero_ps();
-        for (int64_t j = 0; j < keys; j++) {
-            if (weights[j] == 0.0f) continue;
-            __m256 w = _mm256_set1_ps(weights[j]);
-            const char *row = v + (size_t)j * key_bytes;
-            for (int c = 0; c < 8; c++) acc[c] = _mm256_fmadd_ps(w, load8(row, bf16, d0 + 8 * c), acc[c]);
-        }
-        for (int c = 0; c < 8; c++) _mm256_storeu_ps(out + d0 + 8 * c, acc[c]);
-    }
-    if (d0 < dim) {
-        const int whole = (int)((dim - d0) / 8), rest = (int)((dim - d0) % 8);
-        __m256 acc[8];
-        for (int c = 0; c < 8; c++) acc[c] = _mm256_setzero_ps();
-        for (int64_t j = 0; j < keys; j++) {
-            if (weights[j] == 0.0f) continue;
-            __m256 w = _mm256_set1_ps(weights[j]);
-            const char *row = v + (size_t)j * key_bytes;
-            for (int c = 0; c < whole; c++) acc[c] = _mm256_fmadd_ps(w, load8(row, bf16, d0 + 8 * c), acc[c]);
-            if (rest) acc[whole] = _mm256_fmadd_ps(w, load8_part(row, bf16, d0 + 8 * whole, rest), acc[whole]);
-        }
-        for (int c = 0; c < whole; c++) _mm256_storeu_ps(out + d0 + 8 * c, acc[c]);
-        if (rest) {
-            float part[8];
-            _mm256_storeu_ps(part, acc[whole]);
-            memcpy(out + d0 + 8 * whole, part, (size_t)rest * sizeof(float));
-        }
-    }
+    for (; d0 + 64 <= dim; d0 += 64) weighted_block8(out, weights, v, key_bytes, bf16, keys, d0, 8, 0);
+    if (d0 < dim) weighted_block8(out, weights, v, key_bytes, bf16, keys, d0, (int)((dim - d0) / 8), (int)((dim - d0) % 8));
 #else
     for (int64_t d = 0; d < dim; d++) out[d] = 0.0f;
     for (int64_t j = 0; j < keys; j++)
