@@ -52,10 +52,6 @@ INLINE __m256 exp8(__m256 x) {
     __m256 kept = _mm256_cmp_ps(x, _mm256_set1_ps(EXP_FLOOR), _CMP_GE_OQ);
     return _mm256_and_ps(kept, exp8_in_range(_mm256_max_ps(x, _mm256_set1_ps(EXP_FLOOR))));
 }
-/* All ones in the lanes before count (< 8), 0 past it. */
-INLINE __m256 lanes8(int64_t count) {
-    return _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32((int)count), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)));
-}
 #endif
 
 /* q . k over dim, in blocks of 64 (four vectors summed apart, then together). */

@@ -80,10 +80,7 @@ INLINE __m512 weight16(const void *w, int kind, int64_t i) {
 }
 #elif defined(AVX2_ONLY)
 INLINE __m256 weight8(const void *w, int kind, int64_t i) {
-    if (kind == BF16)
-        return _mm256_castsi256_ps(_mm256_slli_epi32(
-            _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)((const uint16_t *)w + i))), 16));
-    if (kind == F32) return _mm256_loadu_ps((const float *)w + i);
+    if (kind != INT8) return load8(w, kind == BF16, i);
     return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)((const int8_t *)w + i))));
 }
 #endif

@@ -91,6 +91,10 @@ INLINE __m256 load8_part(const void *p, int bf16, int64_t i, int64_t count) {
     for (int64_t c = 0; c < count; c++) part[c] = bf16 ? bf16_to_float(((const uint16_t *)p)[i + c]) : ((const float *)p)[i + c];
     return _mm256_loadu_ps(part);
 }
+/* All ones in the lanes before count (< 8), 0 past it: keeps a partial vector's padding out of a sum. */
+INLINE __m256 lanes8(int64_t count) {
+    return _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32((int)count), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)));
+}
 /* The lanes of v summed in one fixed order: the upper half onto the lower, then pairs, then the last two. */
 INLINE float reduce8(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));

@@ -51,10 +51,6 @@ INLINE void put(void *p, int bf16, int64_t i, float v) {
 }
 
 #if defined(AVX2_ONLY)
-/* All ones in the lanes before count (< 8), 0 past it: keeps a partial vector's padding out of a sum. */
-INLINE __m256 lanes8(int64_t count) {
-    return _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32((int)count), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)));
-}
 /* 8 float32 to p + i, a bfloat16 rounded as float_to_bf16 rounds (to nearest even; NaN kept). */
 INLINE void store8(void *p, int bf16, int64_t i, __m256 v) {
     if (!bf16) { _mm256_storeu_ps((float *)p + i, v); return; }
