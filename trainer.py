@@ -62,6 +62,7 @@ from gptkit.training.lora import (
 )
 from gptkit.training.objectives import Classification, NextToken, Objective
 from gptkit.training.optimizers import build_optimizer
+from gptkit.training.precision import training_dtype
 from gptkit.training.train_state import (
     CallbackContext,
     EvalMetrics,
@@ -206,7 +207,7 @@ class Trainer:
         self._size_batches(meta, resume_from)
         self._build_batches(data)
         self.schedule = self._build_schedule(registry)
-        self.amp_dtype = torch_dtype(cfg.run.dtype)
+        self.amp_dtype, self.precision_note = training_dtype(torch_dtype(cfg.run.dtype), self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.peak_flops = peak_flops_for(self.device, cfg.run.peak_flops)
         self._stop_reason: str | None = None

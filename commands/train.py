@@ -259,12 +259,13 @@ def train(args: argparse.Namespace, cfg: RunConfig, registry: Registry) -> int:
 
 
 def report_setup(trainer: Trainer, cfg: RunConfig, run_dir: Path) -> None:
-    if trainer.batch_note:
-        console.print(f"note: {trainer.batch_note}", markup=False, highlight=False)
+    for note in (trainer.batch_note, trainer.precision_note):
+        if note:
+            console.print(f"note: {note}", markup=False, highlight=False)
     world = trainer.process.world_size
     where = f"{trainer.device.type} x {world} processes ({cfg.run.parallel})" if world > 1 else str(trainer.device)
     console.print(
-        f"model: {trainer.model.num_parameters() / 1e6:.1f}M parameters{trainable_note(trainer)} on {where} ({cfg.run.dtype}); "
+        f"model: {trainer.model.num_parameters() / 1e6:.1f}M parameters{trainable_note(trainer)} on {where} ({str(trainer.amp_dtype).removeprefix('torch.')}); "
         f"run directory {run_dir}", markup=False, highlight=False,
     )
     if world > 1:

@@ -121,6 +121,19 @@ def test_train_then_resume_and_incompatible_resume(tmp_path: Path, corpus: Path)
     assert_user_error(main(*args), "already exists")
 
 
+def test_bf16_run_names_the_precision_it_trains_in(tmp_path: Path, corpus: Path) -> None:
+    from gptkit.training.precision import cpu_has_bf16_matmul
+
+    result = main(*TINY, *data_args(corpus, tmp_path), "--set", "run.dtype=bfloat16", "--set", "train.max_steps=1")
+    assert result.returncode == 0, result.stdout + result.stderr
+    note = "note: run.dtype=bfloat16 trains in float32 on this CPU: it has no bfloat16 matrix kernels"
+    setup = next(line for line in result.stdout.splitlines() if line.startswith("model: "))
+    if cpu_has_bf16_matmul():
+        assert note not in result.stdout and "(bfloat16); run directory" in setup, result.stdout
+    else:
+        assert note in result.stdout and "(float32); run directory" in setup, result.stdout
+
+
 def test_ctrl_c_saves_and_explains_resume(tmp_path: Path, corpus: Path) -> None:
     args = [*TINY, *data_args(corpus, tmp_path), "--set", "run.name=c", "--set", "train.max_steps=100000",
             "--set", "train.eval_every=1000"]

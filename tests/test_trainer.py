@@ -15,7 +15,9 @@ from gptkit import build_registry, hookimpl
 from gptkit.data.dataset import prepare_dataset
 from gptkit.data.tokenizer import Tokenizer
 from gptkit.plugins import default_registry
+from gptkit.training import precision
 from gptkit.training.checkpoint import latest_checkpoint, list_checkpoints
+from gptkit.training.precision import cpu_has_bf16_matmul
 from trainer import Trainer, TrainingStopped
 
 TINY = [
@@ -174,9 +176,47 @@ def test_gpt2_124m_recipe_runs_two_steps(corpus: Path, tmp_path: Path) -> None:
     recorder = Recorder()
     trainer = Trainer(cfg, tmp_path, data, tokenizer, default_registry(), extra_callbacks=[recorder])
     assert trainer.model.num_parameters() == 124_439_808
+    assert trainer.amp_dtype == (torch.bfloat16 if cpu_has_bf16_matmul() else torch.float32)  # see below
     summary = trainer.fit()
     assert summary.steps == 2 and all(math.isfinite(v) for v in recorder.losses.values())
     assert recorder.losses[1] == pytest.approx(math.log(50257), abs=0.5)  # ~uniform at init
+
+
+def cpuinfo_flags() -> set[str]:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith(("flags", "Features")):  # x86, Arm
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+@pytest.mark.skipif(not Path("/proc/cpuinfo").exists(), reason="reads the CPU's flags from Linux's /proc/cpuinfo")
+def test_bf16_matmul_check_agrees_with_the_cpu_flags() -> None:
+    flags = cpuinfo_flags()
+    assert cpu_has_bf16_matmul() == ({"avx512bw", "avx512vl", "avx512dq"} <= flags or "bf16" in flags)
+
+
+@pytest.mark.parametrize("has_kernels", [True, False])
+def test_bf16_on_a_cpu_without_bf16_matrix_kernels_trains_in_float32_and_says_so(
+    corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, has_kernels: bool
+) -> None:
+    monkeypatch.setattr(precision, "cpu_has_bf16_matmul", lambda: has_kernels)
+    trainer, rec = make_trainer(corpus, tmp_path, ["run.dtype=bfloat16", "train.max_steps=1", "train.callbacks=[]", "model.drop_rate=0"])
+    with trainer.autocast():
+        autocast = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu")
+    if has_kernels:
+        assert (trainer.amp_dtype, autocast, trainer.precision_note) == (torch.bfloat16, torch.bfloat16, None)
+        return
+    assert (trainer.amp_dtype, autocast) == (torch.float32, False)
+    assert trainer.precision_note == (
+        "run.dtype=bfloat16 trains in float32 on this CPU: it has no bfloat16 matrix kernels (AVX-512 or Arm BF16), "
+        "so bfloat16 steps would run tens of times slower than float32; set run.dtype=float32 to say so in the config"
+    )
+    # The step is a float32 one: the same loss as the float32 model's own forward pass.
+    reference = copy.deepcopy(trainer.model)
+    x, y = trainer.train_batches.batch(0, 0)
+    _, loss = reference(x, y, keep_logits=False)
+    trainer.fit()
+    assert rec.losses[1] == pytest.approx(loss.item(), abs=1e-6)
 
 
 def test_callback_from_a_plugin_is_selected_by_name(corpus: Path, tmp_path: Path) -> None:
