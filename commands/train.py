@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from commands import Interrupted, console
 from commands.options import add_config_options, resolve_config
 from gptkit.atomic import write_text_atomic
+from gptkit.dtypes import dtype_name
 from gptkit.errors import ConfigError, GptkitError
 
 if TYPE_CHECKING:
@@ -265,7 +266,7 @@ def report_setup(trainer: Trainer, cfg: RunConfig, run_dir: Path) -> None:
     world = trainer.process.world_size
     where = f"{trainer.device.type} x {world} processes ({cfg.run.parallel})" if world > 1 else str(trainer.device)
     console.print(
-        f"model: {trainer.model.num_parameters() / 1e6:.1f}M parameters{trainable_note(trainer)} on {where} ({str(trainer.amp_dtype).removeprefix('torch.')}); "
+        f"model: {trainer.model.num_parameters() / 1e6:.1f}M parameters{trainable_note(trainer)} on {where} ({dtype_name(trainer.amp_dtype)}); "
         f"run directory {run_dir}", markup=False, highlight=False,
     )
     if world > 1:

@@ -22,3 +22,8 @@ def torch_dtype(name: str) -> torch.dtype:
     if name not in DTYPE_NAMES:
         raise ValueError(f"unknown dtype {name!r}; expected one of {', '.join(DTYPE_NAMES)}")
     return getattr(torch, name)
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """"float32" for `torch.float32`, and so on: the name `torch_dtype` takes."""
+    return str(dtype).removeprefix("torch.")

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from gptkit.atomic import write_json
+from gptkit.dtypes import dtype_name
 from gptkit.errors import CheckpointError, GptkitError
 from gptkit.interop.hf_convert import (
     GPTKIT_KEY,
@@ -127,7 +128,7 @@ def _write_export(model: GPTModel, config: dict[str, Any], directory: Path) -> N
     generation = {"bos_token_id": config["bos_token_id"], "eos_token_id": config["eos_token_id"]}
     write_json(directory / GENERATION_CONFIG_FILE, generation)
     # What transformers' own save_pretrained records; from_pretrained(dtype="auto") loads the weights as saved.
-    dtype = str(model.tok_emb.weight.dtype).removeprefix("torch.")
+    dtype = dtype_name(model.tok_emb.weight.dtype)
     write_json(directory / CONFIG_FILE, {**config, "torch_dtype": dtype})
 
 

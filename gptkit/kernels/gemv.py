@@ -272,7 +272,7 @@ INLINE void channels_few(const Product *p, const int kind, int64_t begin, int64_
    cache, and the first pass over a group prefetches the next one. With AVX2 a float32 group is prefetched by
    every pass: the lines asked for again are already on their way or in L1, and the memory is kept busy for the
    whole group, not its first third. On the 2-core Zen 3, eight rows through all 49 float32 products of a
-   GPT-2 124M step took 25.0-25.6 ms against 29.4-29.8 (interleaved); int8 (four times the arithmetic per
+   GPT-2 124M step took 25.0-27.0 ms against 29.4-31.8 (interleaved); int8 (four times the arithmetic per
    byte) was 10% slower that way and bfloat16 no faster, so they keep one prefetching pass. */
 #if defined(AVX2_ONLY)
 #define PREFETCH_EVERY_PASS(kind) ((kind) == F32)
